@@ -1,0 +1,57 @@
+"""What one accelerator instance can execute: the capacity checks on an instruction.
+
+The compiler tiles so that these hold; the golden model and the RTL refuse an instruction that breaks
+them with ``ErrorCode.BAD_FIELD``. One function, used by all three.
+"""
+
+from __future__ import annotations
+
+from shiftpu.arch.config import AccelConfig
+from shiftpu.arch.isa import Instruction, Opcode
+from shiftpu.arch.layout import ceil_div
+
+
+def line_buffer_need(instr: Instruction, cfg: AccelConfig) -> int:
+    """Bytes of line buffer a CONV needs: kh rows x strip input columns x channel tile (rounded to blocks)."""
+    channels = instr.oc_tile if instr.depthwise else instr.ic_tile
+    cols = (instr.strip_w - 1) * instr.stride + instr.kw
+    return instr.kh * cols * ceil_div(channels, cfg.channel_block) * cfg.channel_block
+
+
+def weight_buffer_need(instr: Instruction, cfg: AccelConfig) -> int:
+    """Bytes of weight buffer a CONV needs for one (output tile, input tile)."""
+    per_oc = 1 if instr.depthwise else instr.ic_tile
+    return ceil_div(instr.oc_tile * per_oc * instr.kh * instr.kw * cfg.weight_code.bits, 8)
+
+
+def acc_buffer_need(instr: Instruction) -> int:
+    """Accumulators a CONV needs: output tile x strip width."""
+    return instr.oc_tile * instr.strip_w
+
+
+def violation(instr: Instruction, cfg: AccelConfig) -> str | None:
+    """Why ``instr`` cannot run on an accelerator built from ``cfg``, or None if it can."""
+    if instr.opcode is Opcode.END:
+        return None
+    if instr.out_bits > cfg.act_bits:
+        return f"out_bits {instr.out_bits} exceeds the accelerator's act_bits {cfg.act_bits}"
+    if instr.opcode in (Opcode.CONV, Opcode.POOL) and max(instr.kh, instr.kw) > cfg.max_kernel:
+        return f"kernel {instr.kh}x{instr.kw} exceeds max_kernel {cfg.max_kernel}"
+    if instr.opcode is not Opcode.CONV:
+        return None
+    if instr.strip_w > cfg.strip_width:
+        return f"strip_w {instr.strip_w} exceeds strip_width {cfg.strip_width}"
+    if instr.oc_tile % cfg.pe_oc:
+        return f"oc_tile {instr.oc_tile} is not a multiple of pe_oc {cfg.pe_oc}"
+    if instr.depthwise and instr.ic_tile != instr.oc_tile:
+        return f"depthwise CONV needs ic_tile == oc_tile (got {instr.ic_tile} and {instr.oc_tile})"
+    need = line_buffer_need(instr, cfg)
+    if need > cfg.line_buffer_bytes:
+        return f"line buffer needs {need} bytes, has {cfg.line_buffer_bytes}"
+    need = weight_buffer_need(instr, cfg)
+    if need > cfg.weight_buffer_bytes:
+        return f"weight buffer needs {need} bytes, has {cfg.weight_buffer_bytes}"
+    need = acc_buffer_need(instr)
+    if need > cfg.acc_buffer_words:
+        return f"accumulator buffer needs {need} words, has {cfg.acc_buffer_words}"
+    return None
