@@ -7,6 +7,16 @@ and the field.
 if __name__ != "shiftpu.boards":  # the folder is only importable as part of the one package
     raise ImportError("'boards' is part of shiftpu: import shiftpu.boards instead")
 
-from shiftpu.boards.board import Board, BoardError, board_names, load_board, load_board_file  # noqa: E402
+from shiftpu.boards.board import (  # noqa: E402
+    DEFAULT_BOARD,
+    Board,
+    BoardError,
+    PsFamily,
+    YosysFamily,
+    board_names,
+    load_board,
+    load_board_file,
+)
 
-__all__ = ["Board", "BoardError", "board_names", "load_board", "load_board_file"]
+__all__ = ["DEFAULT_BOARD", "Board", "BoardError", "PsFamily", "YosysFamily", "board_names", "load_board",
+           "load_board_file"]

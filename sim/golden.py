@@ -132,17 +132,25 @@ class GoldenAccelerator:
             raise AcceleratorError(ErrorCode.BAD_FIELD, pc, f"weights: {e}") from None
         bias, shift = layout.unpack_qparams(self._slice(const, i.qp_addr, layout.qparam_bytes(i.out_c, cfg), pc),
                                             i.out_c)
-        xp = np.pad(x.astype(np.float64), ((0, 0), (i.pad_t, i.pad_b), (i.pad_l, i.pad_r)))
+        # float32 sums are exact while every partial sum stays below 2^24; otherwise use float64
+        in_max = max(abs(int(x.min(initial=0))), int(x.max(initial=0)))
+        bound = int(np.abs(w.astype(np.int64)).reshape(i.out_c, -1).sum(axis=1).max(initial=0)) * in_max
+        ftype = np.float32 if bound < (1 << 24) else np.float64
+        xp = np.pad(x.astype(ftype), ((0, 0), (i.pad_t, i.pad_b), (i.pad_l, i.pad_r)))
         s, oh, ow = i.stride, i.out_h, i.out_w
-        acc = np.zeros((i.out_c, oh * ow), dtype=np.float64)
-        wf = w.astype(np.float64)
-        for ky in range(i.kh):
-            for kx in range(i.kw):
+        wf = w.astype(ftype)
+        taps = [(ky, kx) for ky in range(i.kh) for kx in range(i.kw)]
+        if i.depthwise:
+            acc = np.zeros((i.out_c, oh * ow), dtype=ftype)
+            for ky, kx in taps:
                 xs = xp[:, ky: ky + s * (oh - 1) + 1: s, kx: kx + s * (ow - 1) + 1: s].reshape(i.in_c, -1)
-                if i.depthwise:
-                    acc += wf[:, 0, ky, kx][:, None] * xs
-                else:
-                    acc += wf[:, :, ky, kx] @ xs
+                acc += wf[:, 0, ky, kx][:, None] * xs
+        else:
+            cols = np.empty((len(taps), i.in_c, oh, ow), dtype=ftype)  # im2col: one matrix product per layer
+            for t, (ky, kx) in enumerate(taps):
+                cols[t] = xp[:, ky: ky + s * (oh - 1) + 1: s, kx: kx + s * (ow - 1) + 1: s]
+            wmat = wf.transpose(0, 2, 3, 1).reshape(i.out_c, -1)
+            acc = wmat @ cols.reshape(len(taps) * i.in_c, oh * ow)
         total = acc.astype(np.int64).reshape(i.out_c, oh, ow) + bias.astype(np.int64)[:, None, None]
         return requantize(total, shift.astype(np.int64)[:, None, None], fmt, Activation(i.act), i.leaky_shift)
 

@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 #: Modules under shiftpu.cli that each add their subcommands to ``app``.
-COMMAND_MODULES = ("doctor", "info")
+COMMAND_MODULES = ("doctor", "info", "boards", "quantize", "compile", "bench", "rtl")
 
 
 def _version_callback(value: bool) -> None:

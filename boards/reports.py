@@ -1,0 +1,282 @@
+"""Parsers for Vivado's ``report_utilization`` and ``report_timing_summary`` text reports, into JSON.
+
+Header-driven, so they read the Zynq-7000 ("Slice Logic") and UltraScale+ ("CLB Logic") layouts, with
+or without the "Prohibited" column that newer Vivado versions add.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from shiftpu.errors import ShiftpuError
+
+#: Utilisation rows (first match wins) that give each board resource.
+UTILIZATION_ROWS: dict[str, tuple[str, ...]] = {
+    "LUT": ("CLB LUTs", "Slice LUTs"),
+    "FF": ("CLB Registers", "Slice Registers"),
+    "DSP": ("DSPs",),
+    "BRAM36": ("Block RAM Tile",),
+    "URAM": ("URAM",),
+}
+
+_HEADER_FIELD = re.compile(r"^\|\s*([A-Za-z][A-Za-z ]*?)\s*:\s*(.*?)\s*$")
+_TABLE_RULE = re.compile(r"^\+[-+]+\+\s*$")
+_CLOCK_LINE = re.compile(r"^(\s*)(\S+)\s+\{([-\d.]+)\s+([-\d.]+)[^}]*\}\s+([\d.]+)\s+([\d.]+)")
+
+
+class ReportError(ShiftpuError):
+    """A Vivado report is missing or not in the expected format."""
+
+
+@dataclass(frozen=True)
+class SiteUse:
+    """One row of a utilisation table."""
+
+    used: float
+    available: int | None  #: None where Vivado leaves the column empty
+
+    @property
+    def percent(self) -> float | None:
+        if not self.available:
+            return None
+        return 100.0 * self.used / self.available
+
+
+@dataclass(frozen=True)
+class UtilizationReport:
+    """The parts of report_utilization that the flow uses."""
+
+    tool_version: str
+    device: str
+    design: str
+    design_state: str
+    sites: dict[str, SiteUse]  #: every "Site Type" row, by name (without footnote stars); first table wins
+
+    def resource(self, kind: str) -> SiteUse:
+        """LUT, FF, DSP, BRAM36 or URAM (a device without URAM reports 0 of 0)."""
+        for row in UTILIZATION_ROWS[kind]:
+            if row in self.sites:
+                return self.sites[row]
+        if kind == "URAM":
+            return SiteUse(0.0, 0)
+        raise ReportError(f"utilization report has no row for {kind} (looked for {', '.join(UTILIZATION_ROWS[kind])})")
+
+    def to_json(self) -> dict[str, Any]:
+        resources = {}
+        for kind in UTILIZATION_ROWS:
+            use = self.resource(kind)
+            pct = use.percent
+            resources[kind] = {"used": use.used, "available": use.available,
+                               "percent": None if pct is None else round(pct, 2)}
+        return {"tool_version": self.tool_version, "device": self.device, "design": self.design,
+                "design_state": self.design_state, "resources": resources}
+
+
+@dataclass(frozen=True)
+class ClockTiming:
+    """One clock of report_timing_summary, with its worst setup and hold slack."""
+
+    name: str
+    period_ns: float
+    frequency_mhz: float
+    wns_ns: float | None  #: worst setup slack (None: no paths on this clock)
+    whs_ns: float | None  #: worst hold slack
+
+    @property
+    def fmax_mhz(self) -> float | None:
+        """Frequency at which the worst setup path would have zero slack (estimated: 1 / (period - WNS))."""
+        if self.wns_ns is None:
+            return None
+        return 1000.0 / (self.period_ns - self.wns_ns)
+
+
+@dataclass(frozen=True)
+class TimingReport:
+    """The Design Timing Summary, the verdict and the clocks of report_timing_summary."""
+
+    tool_version: str
+    device: str
+    design: str
+    summary: dict[str, float]  #: column -> value ("WNS(ns)", "TNS Failing Endpoints", ...)
+    met: bool  #: Vivado's own verdict: "All user specified timing constraints are met."
+    clocks: tuple[ClockTiming, ...]
+
+    @property
+    def wns_ns(self) -> float:
+        return self.summary["WNS(ns)"]
+
+    @property
+    def whs_ns(self) -> float:
+        return self.summary["WHS(ns)"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tool_version": self.tool_version, "device": self.device, "design": self.design, "met": self.met,
+            "wns_ns": self.wns_ns, "tns_ns": self.summary.get("TNS(ns)"), "whs_ns": self.whs_ns,
+            "ths_ns": self.summary.get("THS(ns)"),
+            "failing_setup_endpoints": int(self.summary.get("TNS Failing Endpoints", 0)),
+            "failing_hold_endpoints": int(self.summary.get("THS Failing Endpoints", 0)),
+            "clocks": [{**asdict(c), "fmax_mhz": None if c.fmax_mhz is None else round(c.fmax_mhz, 1)}
+                       for c in self.clocks],
+        }
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def _header(lines: list[str]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in lines[:20]:
+        m = _HEADER_FIELD.match(line)
+        if m:
+            fields.setdefault(m.group(1), m.group(2))
+    return fields
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _site_tables(lines: list[str]) -> dict[str, SiteUse]:
+    """Rows of every "+---+ / | Site Type | Used | ... |" table."""
+    sites: dict[str, SiteUse] = {}
+    i = 0
+    while i < len(lines) - 2:
+        if not (_TABLE_RULE.match(lines[i]) and lines[i + 1].startswith("|") and _TABLE_RULE.match(lines[i + 2])):
+            i += 1
+            continue
+        header = _cells(lines[i + 1])
+        i += 3
+        if "Site Type" not in header or "Used" not in header:
+            continue
+        col_used = header.index("Used")
+        col_avail = header.index("Available") if "Available" in header else None
+        while i < len(lines) and lines[i].startswith("|"):
+            cells = _cells(lines[i])
+            i += 1
+            if len(cells) != len(header):
+                continue
+            name = cells[0].rstrip("*").strip()
+            try:
+                used = _number(cells[col_used])
+            except ValueError:
+                continue
+            avail_text = cells[col_avail] if col_avail is not None else ""
+            available = int(_number(avail_text)) if avail_text else None
+            sites.setdefault(name, SiteUse(used, available))
+    return sites
+
+
+def _read(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        raise ReportError(f"{path}: cannot read report: {e}") from None
+
+
+def parse_utilization(path: str | Path) -> UtilizationReport:
+    """Parse a ``report_utilization`` text report."""
+    path = Path(path)
+    lines = _read(path)
+    header = _header(lines)
+    sites = _site_tables(lines)
+    if not sites:
+        raise ReportError(f"{path}: no 'Site Type' tables: not a Vivado utilization report")
+    report = UtilizationReport(tool_version=header.get("Tool Version", ""), device=header.get("Device", ""),
+                               design=header.get("Design", ""), design_state=header.get("Design State", ""),
+                               sites=sites)
+    for kind in UTILIZATION_ROWS:
+        report.resource(kind)  # raises ReportError naming the missing row
+    return report
+
+
+def _section(lines: list[str], title: str) -> list[str]:
+    """Lines of a "| Title" section of report_timing_summary, up to the next section."""
+    for i, line in enumerate(lines):
+        if line.strip() == f"| {title}":
+            body = []
+            for rest in lines[i + 3:]:
+                if rest.startswith("| ") and not rest.startswith("| -"):
+                    break
+                body.append(rest)
+            while body and set(body[-1].strip()) <= {"-"}:
+                body.pop()
+            return body
+    return []
+
+
+def _columns(header_line: str) -> list[str]:
+    return [c for c in re.split(r"\s{2,}", header_line.strip()) if c]
+
+
+def _value_table(body: list[str], first_column: str | None) -> list[dict[str, str]]:
+    """Rows of a whitespace-aligned table whose header line holds "WNS(ns)"."""
+    for i, line in enumerate(body):
+        if "WNS(ns)" in line:
+            names = _columns(line)
+            rows = []
+            for row in body[i + 2:]:
+                if not row.strip():
+                    if rows:
+                        break
+                    continue
+                values = row.split()
+                if len(values) != len(names):
+                    continue
+                rows.append(dict(zip(names, values, strict=True)))
+            if first_column is not None and names and names[0] != first_column:
+                return []
+            return rows
+    return []
+
+
+def parse_timing_summary(path: str | Path) -> TimingReport:
+    """Parse a ``report_timing_summary`` text report."""
+    path = Path(path)
+    lines = _read(path)
+    header = _header(lines)
+    summary_rows = _value_table(_section(lines, "Design Timing Summary"), None)
+    if not summary_rows:
+        raise ReportError(f"{path}: no Design Timing Summary: not a Vivado timing summary report")
+    try:
+        summary = {k: _number(v) for k, v in summary_rows[0].items()}
+    except ValueError as e:
+        raise ReportError(f"{path}: unreadable Design Timing Summary value: {e}") from None
+    for key in ("WNS(ns)", "WHS(ns)"):
+        if key not in summary:
+            raise ReportError(f"{path}: Design Timing Summary has no {key} column")
+    text = "\n".join(lines)
+    if "All user specified timing constraints are met." in text:
+        met = True
+    elif "Timing constraints are not met." in text:
+        met = False
+    else:
+        raise ReportError(f"{path}: no timing verdict ('... constraints are met' / 'are not met')")
+    intra = {row["Clock"]: row for row in _value_table(_section(lines, "Intra Clock Table"), "Clock")}
+    clocks = []
+    for line in _section(lines, "Clock Summary"):
+        m = _CLOCK_LINE.match(line)
+        if not m:
+            continue
+        name = m.group(2)
+        row = intra.get(name, {})
+        clocks.append(ClockTiming(
+            name=name, period_ns=float(m.group(5)), frequency_mhz=float(m.group(6)),
+            wns_ns=_number(row["WNS(ns)"]) if "WNS(ns)" in row else None,
+            whs_ns=_number(row["WHS(ns)"]) if "WHS(ns)" in row else None,
+        ))
+    return TimingReport(tool_version=header.get("Tool Version", ""), device=header.get("Device", ""),
+                        design=header.get("Design", ""), summary=summary, met=met, clocks=tuple(clocks))
+
+
+def reports_json(utilization: str | Path, timing: str | Path) -> dict[str, Any]:
+    """Both reports as one JSON object (figures from Vivado's implementation, not estimates)."""
+    return {
+        "source": "Vivado implementation reports (report_utilization, report_timing_summary)",
+        "utilization": parse_utilization(utilization).to_json(),
+        "timing": parse_timing_summary(timing).to_json(),
+    }

@@ -1,0 +1,169 @@
+"""``compile_model``: quantized ONNX -> typed IR -> passes -> code generation -> compiled folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from shiftpu import __version__
+from shiftpu.arch.isa import ISA_VERSION, Dataflow, Instruction, Opcode
+from shiftpu.boards import load_board
+from shiftpu.compiler.artifact import FORMAT_NAME, FORMAT_VERSION, MODEL_FILE, write_folder
+from shiftpu.compiler.codegen import SegmentImage, generate, layer_ids
+from shiftpu.compiler.estimate import estimate, format_table
+from shiftpu.compiler.ir import ConcatOp, ConvOp, CpuNode, FabricOp, Graph, QTensor
+from shiftpu.compiler.onnx_import import load_onnx, prepare, shape_of
+from shiftpu.compiler.passes import CompileOptions, run_pipeline
+from shiftpu.compiler.perf import Schedule
+from shiftpu.compiler.qdq import fold_qdq
+
+
+@dataclass
+class CompileResult:
+    """Everything a compilation produced (also what the compiled folder holds)."""
+
+    graph: Graph
+    images: list[SegmentImage]
+    manifest: dict[str, Any]
+    report: str
+    estimate: dict
+
+
+def _dtype_name(t: QTensor) -> str:
+    return "int8" if t.fmt.signed else "uint8"
+
+
+def _io(graph: Graph, names: list[str]) -> list[dict]:
+    out = []
+    model = graph.model
+    for name in names:
+        vi = next(v for v in list(model.graph.input) + list(model.graph.output) if v.name == name)
+        elem = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        entry = {"name": name, "dtype": np.dtype(elem).name, "shape": list(shape_of(model, name) or [])}
+        q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name]
+        dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == name]
+        src = q[0].output[0] if q else (dq[0].input[0] if dq else None)
+        if src in graph.tensors:
+            t = graph.tensors[src]
+            entry["quantization"] = {"tensor": src, "dtype": _dtype_name(t), "scale_exp": t.exp}
+        out.append(entry)
+    return out
+
+
+def build_manifest(graph: Graph, images: list[SegmentImage], board: str, opts: CompileOptions, source: str,
+                   est: dict) -> dict[str, Any]:
+    """The manifest.json content (docs/compiled-format.md)."""
+    cfg = opts.config
+    node_index = {id(n): k for k, n in enumerate(graph.model.graph.node)}
+    fabric_out = {op.output for op in graph.fabric_ops()}
+    cpu_in = {name for n in graph.cpu_nodes() for name in n.inputs} | set(graph.outputs)
+    ids = layer_ids(graph)
+    segments, schedule = [], []
+    for img in images:
+        seg = img.segment
+        reads = [n for op in seg.ops for n in op.inputs if n not in fabric_out]
+        writes = [op.output for op in seg.ops if op.output in cpu_in]
+        segments.append({
+            "index": seg.index, "const": f"segment{seg.index}.bin", "const_bytes": int(img.image.size),
+            "instructions": len(img.instructions) + 1,
+            "layers": [ids[id(op)] for op in seg.ops if not isinstance(op, ConcatOp)],
+            "inputs": list(dict.fromkeys(reads)), "outputs": list(dict.fromkeys(writes)),
+        })
+    seg_of = {id(op): s.index for s in graph.segments for op in s.ops}
+    for st in graph.steps:
+        if isinstance(st, CpuNode):
+            schedule.append({"cpu": node_index[id(st.node)]})
+        elif not schedule or schedule[-1].get("segment") != seg_of[id(st)]:
+            schedule.append({"segment": seg_of[id(st)]})
+    layers = []
+    for op in graph.fabric_ops():
+        entry: dict[str, Any] = {"layer_id": ids[id(op)], "name": op.name, "kind": op.kind, "segment": seg_of[id(op)],
+                                 "inputs": op.inputs, "output": op.output, "onnx_nodes": op.sources}
+        if isinstance(op, ConvOp):
+            assert op.tiling is not None and op.dataflow is not None
+            entry |= {"dataflow": op.dataflow.name, "strip_w": op.tiling.strip_w, "ic_tile": op.tiling.ic_tile,
+                      "oc_tile": op.tiling.oc_tile,
+                      "dataflow_options": {df.name: round(u, 4) for df, u in op.options.items()}}
+        layers.append(entry)
+    tensors = {}
+    for name, t in graph.tensors.items():
+        e: dict[str, Any] = {"shape": list(t.onnx_shape), "chw": list(t.chw), "dtype": _dtype_name(t),
+                             "bits": t.fmt.bits, "scale_exp": t.exp}
+        if name in graph.placements:
+            p = graph.placements[name]
+            e |= {"offset": p.offset, "nbytes": p.nbytes}
+        if name in graph.aliases:
+            e["inside"] = list(graph.aliases[name])
+        tensors[name] = e
+    return {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "shiftpu_version": __version__,
+        "isa_version": ISA_VERSION, "board": board, "config": cfg.to_dict(),
+        "config_hash": f"0x{cfg.config_hash():08x}", "source": source, "model": MODEL_FILE,
+        "arena_bytes": graph.arena_bytes,
+        "inputs": _io(graph, graph.inputs), "outputs": _io(graph, graph.outputs),
+        "tensors": tensors, "segments": segments,
+        "cpu_nodes": [{"index": node_index[id(n.node)], "name": n.name, "op_type": n.node.op_type,
+                       "reason": n.reason.name, "why": n.reason.value, "detail": n.detail}
+                      for n in graph.cpu_nodes()],
+        "schedule": schedule, "layers": layers,
+        "estimate": {k: est[k] for k in ("kind", "schedule", "cycles", "fps", "utilization")},
+    }
+
+
+def partition_report(graph: Graph, board: str, est: dict) -> str:
+    """Fabric segments, CPU nodes with their reasons, dataflow choices and the estimate."""
+    ids = layer_ids(graph)
+    lines = [f"shiftpu partition report ({board})", ""]
+    n_fab = sum(not isinstance(o, ConcatOp) for o in graph.fabric_ops())
+    lines.append(f"{n_fab} fabric instructions in {len(graph.segments)} segment(s), {len(graph.cpu_nodes())} CPU node(s)")
+    lines.append("")
+    seg_of = {id(op): s.index for s in graph.segments for op in s.ops}
+    for st in graph.steps:
+        if isinstance(st, CpuNode):
+            why = st.reason.value + (f": {st.detail}" if st.detail else "")
+            lines.append(f"  CPU     {st.node.op_type:<17} {st.name:<30} because: {why}")
+        else:
+            assert isinstance(st, FabricOp)
+            extra = ""
+            if isinstance(st, ConvOp):
+                opts = ", ".join(f"{df.name} {100 * u:.1f}%" for df, u in st.options.items())
+                t = st.tiling
+                extra = (f"  dataflow {st.dataflow.name} (estimated utilisation: {opts}); "
+                         f"strip_w {t.strip_w} ic_tile {t.ic_tile} oc_tile {t.oc_tile}") if t and st.dataflow is not None else ""
+            lid = f"#{ids[id(st)]}"
+            lines.append(f"  fabric{seg_of[id(st)]:<2} {st.kind:<17} {st.name:<30} {lid}{extra}")
+    lines += ["", format_table(est), ""]
+    return "\n".join(lines)
+
+
+def compile_model(model: str | Path | onnx.ModelProto, board: str, out_dir: str | Path | None = None,
+                  dump_passes: str | Path | None = None,
+                  dataflows: frozenset[Dataflow] = frozenset(Dataflow),
+                  schedule: Schedule = Schedule.SEQUENTIAL) -> CompileResult:
+    """Compile a quantized ONNX model for a board; with ``out_dir``, write the compiled folder.
+
+    ``dataflows`` restricts the PE-array mappings to those the target accelerator implements; ``schedule``
+    is how it overlaps loads and computation (the cost model that chooses tilings and dataflows).
+    """
+    b = load_board(board)
+    if isinstance(model, onnx.ModelProto):
+        proto, source = prepare(model), model.graph.name
+    else:
+        proto, source = load_onnx(model), str(model)
+    opts = CompileOptions(b.accel, b.ddr_bytes_per_cycle, frozenset(dataflows), schedule)
+    graph = fold_qdq(proto, b.accel)
+    graph = run_pipeline(graph, opts, Path(dump_passes) if dump_passes is not None else None)
+    images = generate(graph, b.accel)
+    names = {k: op.name for k, op in enumerate(graph.fabric_ops())}
+    est = estimate([img.instructions + [Instruction(Opcode.END)] for img in images], b.accel, b.ddr_bytes_per_cycle, names, board,
+                   schedule)
+    report = partition_report(graph, board, est)
+    manifest = build_manifest(graph, images, board, opts, Path(source).name, est)
+    if out_dir is not None:
+        write_folder(Path(out_dir), manifest, {f"segment{i.segment.index}.bin": i.image for i in images}, graph.model,
+                     report)
+    return CompileResult(graph, images, manifest, report, est)

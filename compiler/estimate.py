@@ -1,0 +1,87 @@
+"""Whole-model performance estimate from the compiled programs (the performance model applied per instruction)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from shiftpu.arch.config import AccelConfig
+from shiftpu.arch.isa import Instruction, Opcode
+from shiftpu.compiler.perf import INSTR_OVERHEAD, Schedule, instruction_cost
+
+
+@dataclass(frozen=True)
+class LayerEstimate:
+    """Estimated figures of one instruction (a layer on the fabric)."""
+
+    layer_id: int
+    name: str
+    segment: int
+    op: str
+    dataflow: str | None
+    macs: int
+    cycles: int
+    compute_cycles: int
+    stall_cycles: int
+    utilization: float  #: MACs / (cycles x PEs), 0..1 (0 for non-CONV)
+    ddr_read_bytes: int
+    ddr_write_bytes: int
+
+    @property
+    def ddr_bytes(self) -> int:
+        return self.ddr_read_bytes + self.ddr_write_bytes
+
+
+def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_cycle: float,
+             names: dict[int, str], board: str, schedule: Schedule = Schedule.SEQUENTIAL) -> dict:
+    """The estimate as a JSON-ready dict: fps, cycles, utilization (MAC-weighted), layers, all estimated."""
+    layers: list[LayerEstimate] = []
+    total = 0
+    for seg, prog in enumerate(programs):
+        total += INSTR_OVERHEAD  # header fetch and checks
+        for i in prog:
+            c = instruction_cost(i, cfg, ddr_bytes_per_cycle, schedule)
+            total += c.cycles
+            if i.opcode is Opcode.END:
+                continue
+            layers.append(LayerEstimate(
+                i.layer_id, names.get(i.layer_id, f"layer{i.layer_id}"), seg, i.opcode.name,
+                i.dataflow.name if i.opcode is Opcode.CONV else None, c.macs, c.cycles, c.compute_cycles,
+                c.stall_cycles, round(c.utilization(cfg), 4), c.read_bytes, c.write_bytes))
+    macs = sum(la.macs for la in layers)
+    util = sum(la.macs * la.utilization for la in layers) / macs if macs else 0.0
+    secs = total / (cfg.clock_mhz * 1e6)
+    return {
+        "kind": "estimated (performance model; fabric only, CPU nodes not included)",
+        "board": board,
+        "schedule": schedule.value,
+        "clock_mhz": cfg.clock_mhz,
+        "cycles": total,
+        "latency_ms": round(secs * 1e3, 4),
+        "fps": round(1.0 / secs, 3) if secs else 0.0,
+        "macs": macs,
+        "utilization": round(util, 4),
+        "overall_pe_utilization": round(macs / (total * cfg.macs_per_cycle), 4) if total else 0.0,
+        "ddr_bytes": sum(la.ddr_bytes for la in layers),
+        "layers": [asdict(la) | {"ddr_bytes": la.ddr_bytes} for la in layers],
+    }
+
+
+def format_table(est: dict) -> str:
+    """The estimate as a readable table."""
+    lines = [
+        f"performance estimate ({est['kind']}) on {est['board']} at {est['clock_mhz']} MHz, "
+        f"{est['schedule']} schedule",
+        f"{'id':>4} {'layer':<28} {'op':<5} {'dataflow':<13} {'MMAC':>8} {'kcycles':>9} {'stall%':>7} "
+        f"{'util%':>6} {'DDR KiB':>9}",
+    ]
+    for la in est["layers"]:
+        stall = 100.0 * la["stall_cycles"] / la["cycles"] if la["cycles"] else 0.0
+        lines.append(
+            f"{la['layer_id']:>4} {la['name'][:28]:<28} {la['op']:<5} {la['dataflow'] or '-':<13} "
+            f"{la['macs'] / 1e6:>8.2f} {la['cycles'] / 1e3:>9.1f} {stall:>7.1f} {100 * la['utilization']:>6.1f} "
+            f"{la['ddr_bytes'] / 1024:>9.1f}")
+    lines.append(
+        f"total: {est['cycles']} cycles (estimated), {est['latency_ms']} ms, {est['fps']} fps (estimated), "
+        f"MAC-weighted PE utilisation {100 * est['utilization']:.1f}% (estimated), "
+        f"DDR traffic {est['ddr_bytes'] / 2**20:.2f} MiB (estimated)")
+    return "\n".join(lines)

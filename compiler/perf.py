@@ -1,0 +1,279 @@
+"""Performance model: estimated cycles, DDR traffic and PE utilisation of each instruction.
+
+Two schedules of the same loop nest (docs/architecture.md) are modelled term by term:
+
+* :attr:`Schedule.SEQUENTIAL`: the phases of the generated RTL one after another (shiftpu/hw/conv_engine.py
+  and eltwise.py state their per-phase costs): per output row and input tile the line buffer is refilled
+  (``kh`` rows x blocks x (1 + input columns) cycles, plus the read latency ``L_r`` for each row inside the
+  tensor), weights are loaded when the (output tile, input tile) pair changes (per pe_oc block:
+  1 + ``L_r`` + ``it·kh·kw`` steps), the PE array computes, and the row is written (per channel group of
+  ``min(pe_oc, cb)``: 1 + ``sw`` beats); fixed costs per strip/tile, row and instruction are counted as
+  the state machines spend them. This is what the RTL simulation measures.
+* :attr:`Schedule.OVERLAPPED`: the double-buffered schedule the architecture allows (described below):
+  loads of the next row and write-back overlap the computation; the target for a future RTL.
+
+Transfers cost ``max(1, beat bytes / B)`` cycles per beat at the board's bandwidth. Symbols of the
+overlapped model: ``P = pe_oc * pe_px``, ``cb`` the channel block, ``B`` the DDR bytes per
+accelerator cycle (``min(board bandwidth / clock, AXI bytes per beat)``).
+
+CONV, for each column strip (width ``sw``) and output-channel tile (``ot`` channels):
+
+* ``compute_row = sum over input tiles (it channels) of C(sw, ot, it)`` with ``C`` the formula of the
+  dataflow (PIXEL ``ceil(sw/pe_px)·ceil(ot/pe_oc)·it·kh·kw``; INPUT_CHANNEL ``sw·ceil(ot/pe_oc)·ceil(it/pe_px)·kh·kw``;
+  DEPTHWISE ``ceil(sw/pe_px)·ceil(ot/pe_oc)·kh·kw``).
+* input bytes: the strip's input columns ``cols = min((sw−1)·stride + kw, in_w)``, ``ceil(it/cb)·cb`` bytes per
+  pixel. With one input tile the K-row line buffer fetches every input row of the strip once (``rows =
+  min(in_h, (out_h−1)·stride + kh)``) and the weights once; with several input tiles each output row refetches
+  ``kh`` rows and the weights of every input tile.
+* output bytes per row: ``sw · ceil(ot/cb)·cb``; bias/shift table: ``8·ot`` once.
+* time: ``FILL + prologue/B + out_h · max(compute_row, row_bytes/B)``: the first ``kh`` rows, the first
+  weights and the table are loaded before the PE array starts (prologue); afterwards loads of the next row
+  and the write-back of the previous row overlap the computation (double buffering).
+
+POOL, ADD and MOVE stream one output beat (``cb`` channels of one pixel) per cycle:
+``FILL + max(out_beats, (read_bytes + write_bytes)/B)``. Every instruction also pays ``INSTR_OVERHEAD``
+cycles (fetch and decode). Utilisation of an instruction is ``MACs / (cycles · P)`` (0 for non-CONV).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from shiftpu.arch.config import AccelConfig
+from shiftpu.arch.isa import Dataflow, Instruction, Opcode
+from shiftpu.arch.layout import QPARAM_BYTES, ceil_div
+
+#: Cycles to fetch and decode one instruction (64 bytes) before its work starts.
+INSTR_OVERHEAD = 16
+#: Pipeline fill/drain cycles per (strip, output tile) of a CONV and per streaming instruction.
+FILL = 8
+#: AXI read latency of the memory system in cycles (command accepted to first beat), calibrated on the
+#: RTL simulation's memory model; a board's DDR adds more.
+READ_LATENCY = 2
+#: Cycles from the last write beat until its response is back (FINISH of an engine).
+WRITE_LATENCY = 4
+
+
+class Schedule(Enum):
+    """How loads, computation and stores follow each other in the accelerator."""
+
+    SEQUENTIAL = "sequential"  #: one phase after the other (the generated RTL)
+    OVERLAPPED = "overlapped"  #: double-buffered loads and stores overlap the computation
+
+
+@dataclass(frozen=True)
+class InstrCost:
+    """Estimated cost of one instruction."""
+
+    cycles: int
+    compute_cycles: int
+    stall_cycles: int  #: cycles the PE array waits on memory
+    read_bytes: int
+    write_bytes: int
+    macs: int
+
+    def utilization(self, cfg: AccelConfig) -> float:
+        """Useful MACs per PE per cycle (0..1)."""
+        return self.macs / (self.cycles * cfg.macs_per_cycle) if self.cycles else 0.0
+
+
+def bytes_per_cycle(cfg: AccelConfig, ddr_bytes_per_cycle: float) -> float:
+    """DDR bytes the accelerator moves per cycle: the board's bandwidth, at most one AXI beat."""
+    return min(float(ddr_bytes_per_cycle), float(cfg.axi_bytes))
+
+
+def _tiles(total: int, tile: int) -> list[tuple[int, int]]:
+    """(size, count) pairs of a dimension cut into tiles: full tiles and the remainder."""
+    full, rem = divmod(total, tile)
+    out = [(tile, full)] if full else []
+    return out + [(rem, 1)] if rem else out
+
+
+def conv_compute(dataflow: Dataflow, sw: int, ot: int, it: int, kh: int, kw: int, cfg: AccelConfig) -> int:
+    """PE-array cycles of one (row, input tile) step (docs/architecture.md)."""
+    if dataflow is Dataflow.PIXEL:
+        return ceil_div(sw, cfg.pe_px) * ceil_div(ot, cfg.pe_oc) * it * kh * kw
+    if dataflow is Dataflow.INPUT_CHANNEL:
+        return sw * ceil_div(ot, cfg.pe_oc) * ceil_div(it, cfg.pe_px) * kh * kw
+    return ceil_div(sw, cfg.pe_px) * ceil_div(ot, cfg.pe_oc) * kh * kw
+
+
+def conv_macs(i: Instruction) -> int:
+    per_out = (1 if i.depthwise else i.in_c) * i.kh * i.kw
+    return i.out_c * i.out_h * i.out_w * per_out
+
+
+def _conv_cost(i: Instruction, cfg: AccelConfig, bpc: float) -> InstrCost:
+    cb = cfg.channel_block
+    wbits = cfg.weight_code.bits
+    cycles = compute = read = write = 0
+    first_rows = min(i.kh, i.in_h)
+    all_rows = min(i.in_h, (i.out_h - 1) * i.stride + i.kh)
+    for sw, n_strips in _tiles(i.out_w, i.strip_w):
+        cols = min((sw - 1) * i.stride + i.kw, i.in_w)
+        for ot, n_ot in _tiles(i.out_c, i.oc_tile):
+            in_tiles = [(ot, 1)] if i.depthwise else _tiles(i.in_c, i.ic_tile)
+            per_oc = 1 if i.depthwise else None
+            n_it = sum(n for _, n in in_tiles)
+            c_row = sum(n * conv_compute(i.dataflow, sw, ot, it, i.kh, i.kw, cfg) for it, n in in_tiles)
+            w_bytes = sum(n * ceil_div(ot * (per_oc or it) * i.kh * i.kw * wbits, 8) for it, n in in_tiles)
+            pix_bytes = sum(n * ceil_div(it, cb) * cb for it, n in in_tiles)
+            out_row = sw * ceil_div(ot, cb) * cb
+            table = QPARAM_BYTES * ot
+            if n_it == 1:
+                prologue = first_rows * cols * pix_bytes + w_bytes + table
+                steady_in = (all_rows - first_rows) * cols * pix_bytes
+                total_in = prologue - table - w_bytes + steady_in
+                row_bytes = steady_in / i.out_h + out_row
+                rd = total_in + w_bytes + table
+            else:
+                it0 = in_tiles[0][0]
+                prologue = first_rows * cols * ceil_div(it0, cb) * cb + ceil_div(ot * it0 * i.kh * i.kw * wbits, 8) + table
+                row_bytes = i.kh * cols * pix_bytes + w_bytes + out_row
+                rd = i.out_h * (i.kh * cols * pix_bytes + w_bytes) + table
+            t = FILL + prologue / bpc + i.out_h * max(c_row, row_bytes / bpc)
+            reps = n_strips * n_ot
+            cycles += reps * t
+            compute += reps * i.out_h * c_row
+            read += reps * rd
+            write += reps * i.out_h * out_row
+    total = INSTR_OVERHEAD + int(round(cycles))
+    return InstrCost(total, compute, total - compute, int(read), int(write), conv_macs(i))
+
+
+def _stream_cost(i: Instruction, cfg: AccelConfig, bpc: float) -> InstrCost:
+    cb = cfg.channel_block
+    in_beats = ceil_div(i.in_c, cb) * i.in_h * i.in_w
+    out_beats = ceil_div(i.out_c, cb) * i.out_h * i.out_w
+    read = in_beats * cb * (2 if i.opcode is Opcode.ADD else 1)
+    write = out_beats * cb
+    compute = out_beats
+    t = FILL + max(compute, (read + write) / bpc)
+    total = INSTR_OVERHEAD + int(round(t))
+    return InstrCost(total, compute, total - compute, read, write, 0)
+
+
+def _valid_rows(i: Instruction) -> int:
+    """Number of (output row, kernel row) pairs whose input row lies inside the tensor."""
+    n = 0
+    for ky in range(i.kh):
+        lo = max(0, -(-(i.pad_t - ky) // i.stride))
+        hi = min(i.out_h - 1, (i.in_h - 1 + i.pad_t - ky) // i.stride)
+        n += max(0, hi - lo + 1)
+    return n
+
+
+def _fetch_cycles(cfg: AccelConfig, beat: float) -> float:
+    """Sequencer: fetch one 64-byte instruction (command, latency, beats), decode, retire."""
+    return 2 + READ_LATENCY + 64 / cfg.axi_bytes * beat + 2
+
+
+def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost:
+    cb, po = cfg.channel_block, cfg.pe_oc
+    group = min(po, cb)
+    khkw = i.kh * i.kw
+    valid = _valid_rows(i)
+    n_ot = ceil_div(i.out_c, i.oc_tile)
+    last = i.out_c - (n_ot - 1) * i.oc_tile
+    padded = ceil_div(i.out_c, cb) * cb
+    # (tile size, count, channels written per row: the last tile also writes the zero pad channels)
+    oc_tiles = ([(i.oc_tile, n_ot - 1, i.oc_tile)] if n_ot > 1 else []) + [(last, 1, padded - (n_ot - 1) * i.oc_tile)]
+    cycles = _fetch_cycles(cfg, beat) + 1 + WRITE_LATENCY
+    compute = read = write = 0.0
+    w_loads_single = 0
+    for sw, n_strips in _tiles(i.out_w, i.strip_w):
+        cols = (sw - 1) * i.stride + i.kw
+        for ot, n_tile, end_ch in oc_tiles:
+            reps = n_strips * n_tile
+            obs = ceil_div(ot, po)
+            in_tiles = [(ot, 1)] if i.depthwise else _tiles(i.in_c, i.ic_tile)
+            n_it = sum(n for _, n in in_tiles)
+            tile = 3 + READ_LATENCY + obs * po * QPARAM_BYTES / cfg.axi_bytes * beat
+            per_row = 1.0
+            lb_latency = 0.0
+            c_row = 0
+            w_load = 0.0
+            rd_row = 0
+            for it, n in in_tiles:
+                nblk = ceil_div(it, cb)
+                it_w = 1 if i.depthwise else it
+                steps = it_w * khkw
+                c = conv_compute(i.dataflow, sw, ot, it, i.kh, i.kw, cfg)
+                per_row += n * (2 + i.kh * nblk * (1 + cols * beat) + 1 + 1 + c + 1)
+                lb_latency += n * nblk * valid * READ_LATENCY
+                c_row += n * c
+                rd_row += n * i.kh * nblk * cols * cb
+                w_load += n * obs * (1 + READ_LATENCY + steps * po * cfg.weight_code.bits / 8 / cfg.axi_bytes * beat)
+            out_row = ceil_div(end_ch, group) * (1 + sw * beat) + 1
+            if n_it > 1:
+                loads = i.out_h
+            elif n_ot > 1:
+                loads = 1
+            else:
+                loads = 0
+                w_loads_single = w_load
+            t = tile + i.out_h * (per_row + out_row) + lb_latency + loads * w_load
+            cycles += reps * t
+            compute += reps * i.out_h * c_row
+            read += reps * (i.out_h * rd_row + obs * po * QPARAM_BYTES)
+            write += reps * i.out_h * sw * end_ch
+    cycles += w_loads_single
+    total = int(round(cycles))
+    return InstrCost(total, int(compute), total - int(compute), int(read), int(write), conv_macs(i))
+
+
+def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost:
+    cb = cfg.channel_block
+    nblk = ceil_div(i.out_c, cb)
+    cycles = _fetch_cycles(cfg, beat) + 1 + WRITE_LATENCY
+    read = write = 0
+    pool_valid = _valid_rows(i) if i.opcode is Opcode.POOL else 0
+    for n, n_segs in _tiles(i.out_w, cfg.strip_width):
+        reps = n_segs * i.out_h * nblk
+        out = 1 + n * beat + 1
+        if i.opcode is Opcode.POOL:
+            cols = (n - 1) * i.stride + i.kw
+            seg = 1 + n + i.kh * (1 + 1) + out
+            seg_rows = (1 + READ_LATENCY + cols * beat + n * i.kw)
+            cycles += reps * seg + n_segs * nblk * pool_valid * seg_rows
+            read += n_segs * nblk * pool_valid * cols * cb
+        elif i.opcode is Opcode.ADD:
+            seg = 1 + 1 + READ_LATENCY + n * beat + 1 + READ_LATENCY + out
+            cycles += reps * seg
+            read += reps * 2 * n * cb
+        else:
+            cols = ceil_div(n, i.upsample)
+            seg = 1 + 1 + READ_LATENCY + cols * beat + out
+            cycles += reps * seg
+            read += reps * cols * cb
+        write += reps * n * cb
+    total = int(round(cycles))
+    compute = i.out_h * i.out_w * nblk
+    return InstrCost(total, compute, total - compute, int(read), int(write), 0)
+
+
+def instruction_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float,
+                     schedule: Schedule = Schedule.SEQUENTIAL) -> InstrCost:
+    """Estimated cost of one instruction on an accelerator with DDR bandwidth ``ddr_bytes_per_cycle``."""
+    bpc = bytes_per_cycle(cfg, ddr_bytes_per_cycle)
+    if i.opcode is Opcode.END:
+        return InstrCost(INSTR_OVERHEAD, 0, 0, 0, 0, 0)
+    if schedule is Schedule.SEQUENTIAL:
+        beat = max(1.0, cfg.axi_bytes / bpc)
+        return _conv_sequential(i, cfg, beat) if i.opcode is Opcode.CONV else _stream_sequential(i, cfg, beat)
+    if i.opcode is Opcode.CONV:
+        return _conv_cost(i, cfg, bpc)
+    return _stream_cost(i, cfg, bpc)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """The performance model of one target: accelerator, DDR bandwidth and schedule."""
+
+    config: AccelConfig
+    ddr_bytes_per_cycle: float
+    schedule: Schedule = Schedule.SEQUENTIAL
+
+    def cost(self, i: Instruction) -> InstrCost:
+        return instruction_cost(i, self.config, self.ddr_bytes_per_cycle, self.schedule)

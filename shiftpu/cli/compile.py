@@ -1,0 +1,144 @@
+"""`shiftpu compile`, `disasm`, `run`, `estimate`: from a quantized ONNX model to a program, and running it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from shiftpu.cli.main import app
+from shiftpu.errors import ShiftpuError
+
+
+class CliInputError(ShiftpuError):
+    """A command-line argument names a file that cannot be used."""
+
+
+@app.command()
+def compile(
+    model: Path = typer.Argument(..., help="Quantized ONNX model (QDQ form, docs/quantized-onnx.md)."),
+    board: str = typer.Option("ultra96v2", "--board", "-b", help="Target board: pynq-z2, ultra96v2, zcu104, kv260."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically; replaced if it exists)."),
+    dump_passes: Path = typer.Option(None, "--dump-passes", help="Write the IR after import and after every pass here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the partition report."),
+    dataflows: str = typer.Option(
+        "pixel,input-channel,depthwise", "--dataflows",
+        help="PE-array mappings the target accelerator implements (comma-separated); the cost model chooses among "
+             "them per layer. Without depthwise, depthwise convolutions run as dense ones."),
+    schedule: str = typer.Option(
+        "sequential", "--schedule",
+        help="How the accelerator overlaps loads and computation, for the cost model that picks tilings and "
+             "dataflows: sequential (the generated RTL) or overlapped (double-buffered)."),
+) -> None:
+    """Compile a quantized ONNX model into a program for the accelerator of a board; print the partition report."""
+    from shiftpu.arch.isa import Dataflow
+    from shiftpu.compiler.driver import compile_model
+
+    names = {df.name.lower().replace("_", "-"): df for df in Dataflow}
+    chosen = [d.strip() for d in dataflows.split(",") if d.strip()]
+    unknown = [d for d in chosen if d not in names]
+    if unknown or not chosen:
+        raise CliInputError(f"--dataflows: unknown dataflow(s) {', '.join(unknown) or '(none given)'}; "
+                            f"choose from {', '.join(names)}")
+    result = compile_model(model, board, out, dump_passes, frozenset(names[d] for d in chosen), _schedule(schedule))
+    if not quiet:
+        typer.echo(result.report)
+    typer.echo(f"wrote {out} ({len(result.images)} fabric segment(s), {len(result.graph.cpu_nodes())} CPU node(s))")
+
+
+@app.command()
+def disasm(folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`).")) -> None:
+    """Print the compiled programs readably: header, every instruction with its fields, memory map."""
+    from shiftpu.compiler.artifact import read_folder
+    from shiftpu.compiler.disasm import disassemble
+
+    typer.echo(disassemble(read_folder(folder)))
+
+
+def _schedule(name: str):
+    from shiftpu.compiler.perf import Schedule
+
+    try:
+        return Schedule(name)
+    except ValueError:
+        raise CliInputError(f"--schedule must be one of {', '.join(s.value for s in Schedule)}, got {name!r}") from None
+
+
+def _load_input(path: Path):
+    import numpy as np
+
+    if not path.is_file():
+        raise CliInputError(f"{path}: no such input file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CliInputError(f"{path}: not a readable .npy array: {e}") from None
+
+
+@app.command()
+def run(
+    folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Model input as .npy (dtype and shape of the model input), "
+                               "or a folder of images (detections JSON and drawn images go to --output, a folder)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the first model output here (.npy)."),
+    backend: str = typer.Option("golden", "--backend", help="golden (bit-exact model), rtl (RTL simulation), board."),
+    compare: bool = typer.Option(False, "--compare",
+                                 help="Also run onnxruntime and name the first tensor that differs, and by how much."),
+) -> None:
+    """Run a compiled model on a backend; optionally compare every layer with onnxruntime."""
+    import numpy as np
+
+    if input.is_dir():
+        from shiftpu.sw.images import run_image_folder
+
+        typer.echo(f"wrote {run_image_folder(folder, input, output or Path('detections'), backend)}")
+        return
+
+    from shiftpu.sw.executor import Executor
+
+    x = _load_input(input)
+    ex = Executor(folder, backend, keep_intermediates=compare)
+    frame = ex.execute(ex.prepare(x))
+    outs = ex.finish(frame)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        np.save(output, outs[0])
+        typer.echo(f"wrote {output}: {outs[0].dtype} {tuple(outs[0].shape)}")
+    for name, y in zip(ex.output_names, outs, strict=True):
+        typer.echo(f"output {name}: {y.dtype} {tuple(y.shape)} min {y.min():g} max {y.max():g}")
+    if frame.stats and all(s.measured for s in frame.stats):
+        cycles = sum(s.cycles for s in frame.stats)
+        mhz = ex.compiled.config.clock_mhz
+        typer.echo(f"fabric: {cycles} cycles measured on the {backend} backend ({cycles / mhz / 1e3:.3f} ms at "
+                   f"{mhz} MHz), {sum(s.stall_cycles or 0 for s in frame.stats)} of them stalled on memory")
+    if compare:
+        from shiftpu.compiler.compare import first_divergence
+
+        report = first_divergence(ex, frame, x)
+        typer.echo(report.text())
+        if not report.equal:
+            raise typer.Exit(2)
+
+
+@app.command()
+def estimate(
+    folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object (fps, cycles, utilization, layers)."),
+    schedule: str = typer.Option(
+        None, "--schedule",
+        help="sequential: load, compute and store one after another, as the generated RTL does (agrees with the "
+             "RTL simulation); overlapped: double-buffered loads and stores, the architecture's target. "
+             "Default: the schedule the folder was compiled for."),
+) -> None:
+    """Estimated cycles, DDR traffic, PE utilisation per layer and fps at the board clock (performance model)."""
+    from shiftpu.boards import load_board
+    from shiftpu.compiler.artifact import read_folder
+    from shiftpu.compiler.estimate import estimate as estimate_programs
+    from shiftpu.compiler.estimate import format_table
+    c = read_folder(folder)
+    sched = _schedule(schedule or c.manifest["estimate"].get("schedule", "sequential"))
+    b = load_board(c.board)
+    names = {la["layer_id"]: la["name"] for la in c.manifest["layers"]}
+    est = estimate_programs(c.programs(), c.config, b.ddr_bytes_per_cycle, names, c.board, sched)
+    typer.echo(json.dumps(est, indent=1) if as_json else format_table(est))

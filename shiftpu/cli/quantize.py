@@ -1,0 +1,94 @@
+"""`shiftpu quantize` (post-training shift quantization), `shiftpu check` (does a model fit the fabric) and
+`shiftpu import-qonnx` (QONNX / Brevitas QCDQ graphs to the quantized ONNX form)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from shiftpu.cli.main import app
+
+
+class WeightCodeOption(str, Enum):
+    """Weight coding named on the command line."""
+
+    shift4 = "shift4"
+    two_term = "two-term"
+
+
+def _weight_code(option: WeightCodeOption):
+    from shiftpu.arch.numerics import WeightCode
+
+    return WeightCode.SHIFT4 if option is WeightCodeOption.shift4 else WeightCode.SHIFT8_TWO_TERM
+
+
+@app.command()
+def quantize(
+    model: Path = typer.Argument(..., help="Float ONNX model (Conv, Gemm/MatMul, Relu, pooling, Add, Concat, ...)."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration inputs: a .npy float array, NCHW, preprocessed "
+                               "exactly as the model input."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the shift-quantized QDQ ONNX model."),
+    weight_code: WeightCodeOption = typer.Option(WeightCodeOption.shift4, "--weight-code",
+                                                 help="shift4: weights 0 or +-2^e; two-term: +-2^e1 +- 2^e2."),
+    act_bits: int = typer.Option(8, "--act-bits", help="Activation width in bits: 8 or 4."),
+) -> None:
+    """Post-training quantization: float ONNX -> shift-quantized QDQ ONNX, with a per-layer SQNR report."""
+    import onnx
+
+    from shiftpu.compiler.quant.calibrate import load_calibration
+    from shiftpu.compiler.quant.onnxio import ModelError, load_model
+    from shiftpu.compiler.quant.ptq import PtqOptions, quantize_model
+
+    if act_bits not in (4, 8):
+        raise ModelError(f"--act-bits must be 4 or 8, got {act_bits}")
+    float_model = load_model(model)
+    data = load_calibration(calib)
+    q, report = quantize_model(float_model, data, PtqOptions(_weight_code(weight_code), act_bits))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(q, str(output))
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {output}")
+
+
+@app.command()
+def check(
+    model: Path = typer.Argument(..., help="Quantized ONNX model (QDQ form) to check."),
+    weight_code: WeightCodeOption = typer.Option(WeightCodeOption.shift4, "--weight-code",
+                                                 help="Weight coding of the target accelerator."),
+) -> None:
+    """Name every node that keeps the model from running whole on the accelerator; exit 0 only if none does."""
+    from dataclasses import replace
+
+    from shiftpu.arch.config import AccelConfig
+    from shiftpu.compiler.quant.check import check_model
+    from shiftpu.compiler.quant.onnxio import load_model
+
+    report = check_model(load_model(model), replace(AccelConfig(), weight_code=_weight_code(weight_code)))
+    for line in report.lines():
+        typer.echo(line)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("import-qonnx")
+def import_qonnx(
+    model: Path = typer.Argument(..., help="QONNX model (Quant nodes) or Brevitas QCDQ model (QuantizeLinear -> Clip -> "
+                                 "DequantizeLinear)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the model in shiftpu's QDQ form."),
+    weight_code: WeightCodeOption = typer.Option(WeightCodeOption.shift4, "--weight-code",
+                                                 help="Weight coding the weights must be representable in."),
+) -> None:
+    """Convert a QONNX or Brevitas QCDQ graph with power-of-two scales and shift weights to the QDQ form."""
+    import onnx
+
+    from shiftpu.compiler.quant.check import check_model
+    from shiftpu.compiler.quant.onnxio import load_model
+    from shiftpu.compiler.quant.qonnx_import import import_quantized
+
+    converted = import_quantized(load_model(model, validate=False), _weight_code(weight_code))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(converted, str(output))
+    report = check_model(converted)
+    typer.echo(f"wrote {output}; shiftpu check: {'ok' if report.ok else f'{len(report.findings)} problem(s)'}")

@@ -1,0 +1,146 @@
+"""RtlAccelerator: the Accelerator protocol on the Verilator simulation of the generated RTL.
+
+Each run writes the two memory images to files, runs the cocotb testbench (shiftpu.sim.rtl.testbench)
+in the Verilator executable (a subprocess), and reads back the arena and the registers. Cycle counts
+are measured by the accelerator's own CYCLES register; they depend on the memory model
+(:class:`SimMemory`): the compiled RAM answers faster than cocotbext-axi's AxiRam.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from shiftpu.arch.config import AccelConfig
+from shiftpu.arch.regmap import ErrorCode, Status
+from shiftpu.errors import ShiftpuError
+from shiftpu.sim.accelerator import AcceleratorError, RunStats
+from shiftpu.sim.rtl.build import DEFAULT_BUILD_ROOT, RtlBuild, ensure_built
+from shiftpu.sim.rtl.sim_ram import RAM_BYTES, read_image, write_image
+from shiftpu.toolchain import verilator_env
+
+#: Placement of the segments in the simulated DDR.
+SEGMENT_ALIGN = 1 << 16
+
+
+class SimMemory(Enum):
+    """Which model serves the accelerator's AXI4 master in the simulation."""
+
+    AXI_RAM = "axiram"  #: cocotbext-axi AxiRam (Python bus model, the reference of the system tests)
+    COMPILED = "compiled"  #: the Verilog RAM inside the simulation top: no Python per cycle, faster
+
+
+class RtlSimError(ShiftpuError):
+    """The RTL simulation did not complete (timeout or simulator failure)."""
+
+
+@dataclass
+class RtlRun:
+    """Measured figures of the last simulation run."""
+
+    cycles: int
+    wall_seconds: float
+
+    @property
+    def cycles_per_second(self) -> float:
+        return self.cycles / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+def _align(n: int, a: int = SEGMENT_ALIGN) -> int:
+    return -(-n // a) * a
+
+
+class RtlAccelerator:
+    """Runs programs on the Verilator model of the accelerator generated from ``config``."""
+
+    name = "rtl"
+
+    def __init__(self, config: AccelConfig, build_root: Path = DEFAULT_BUILD_ROOT, max_cycles: int = 50_000_000,
+                 memory: SimMemory = SimMemory.AXI_RAM):
+        self.config = config
+        self.memory = SimMemory(memory)
+        self.build_root = Path(build_root)
+        self.max_cycles = max_cycles
+        self.last_run: RtlRun | None = None
+        self._build: RtlBuild | None = None
+
+    @property
+    def build(self) -> RtlBuild:
+        if self._build is None:
+            self._build = ensure_built(self.config, self.build_root)
+        return self._build
+
+    def run_program(self, const: np.ndarray, act: np.ndarray) -> RunStats:
+        const = np.ascontiguousarray(const, dtype=np.uint8)
+        if act.dtype != np.uint8 or act.ndim != 1:
+            raise TypeError("the activation arena must be a 1-D uint8 array")
+        result = self.run_raw(const, act)
+        cycles = result["CYCLES_LO"] | result["CYCLES_HI"] << 32
+        self.last_run = RtlRun(cycles, result["wall_seconds"])
+        if result["timeout"]:
+            raise RtlSimError(f"the accelerator did not finish within {self.max_cycles} cycles")
+        if result["axi_protocol_errors"]:
+            raise RtlSimError(f"{result['axi_protocol_errors']} AXI4 protocol violations on m_axi")
+        if result["STATUS"] >> Status.ERROR & 1:
+            raise AcceleratorError(ErrorCode(result["ERROR_CODE"]), result["PC"], "reported by the RTL")
+        return RunStats(
+            backend=self.name, instructions=result["INSTR_RETIRED"], cycles=cycles,
+            stall_cycles=result["STALL_LO"] | result["STALL_HI"] << 32,
+            read_beats=result["RD_BEATS"], write_beats=result["WR_BEATS"],
+        )
+
+    def run_raw(self, const: np.ndarray, act: np.ndarray) -> dict:
+        """Run and return the testbench's record (registers, timeout flag, wall time); updates ``act``."""
+        from cocotb_tools.runner import get_runner
+
+        from shiftpu.sim.rtl.harness import TB_TOP
+
+        build = self.build
+        runs = build.directory / "runs"
+        runs.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=runs) as tmp:
+            work = Path(tmp)
+            act_base = _align(max(const.size, 1))
+            memory = self.memory
+            if memory is SimMemory.COMPILED and act_base + act.size > RAM_BYTES:
+                memory = SimMemory.AXI_RAM  # larger than the compiled RAM
+            job = {
+                "const": str(work / "const.bin"), "act": str(work / "act.bin"), "act_out": str(work / "act_out.bin"),
+                "result": str(work / "result.json"), "const_base": 0, "act_base": act_base, "act_bytes": act.size,
+                "mem_size": _align(act_base + act.size) + SEGMENT_ALIGN, "max_cycles": self.max_cycles,
+                "memory": memory.value,
+            }
+            plusargs = []
+            if memory is SimMemory.COMPILED:
+                nb = self.config.axi_bytes
+                write_image(work / "mem_in.hex", [(0, const), (act_base, act)], self.config)
+                plusargs = [f"+SHIFTPU_MEM_IN={work / 'mem_in.hex'}", f"+SHIFTPU_MEM_OUT={work / 'mem_out.hex'}",
+                            f"+SHIFTPU_MEM_LO={act_base // nb}", f"+SHIFTPU_MEM_HI={(act_base + act.size - 1) // nb}"]
+            else:
+                (work / "const.bin").write_bytes(const.tobytes())
+                (work / "act.bin").write_bytes(act.tobytes())
+            (work / "job.json").write_text(json.dumps(job))
+            os.environ.update(verilator_env())
+            runner = get_runner("verilator")
+            try:
+                runner.test(hdl_toplevel=TB_TOP, hdl_toplevel_lang="verilog", test_module="shiftpu.sim.rtl.testbench", build_dir=build.directory,
+                            test_dir=work, extra_env={"SHIFTPU_RTL_JOB": str(work / "job.json")}, plusargs=plusargs,
+                            log_file=work / "sim.log")
+            except SystemExit:
+                pass
+            if not (work / "result.json").exists():
+                log = (work / "sim.log").read_text() if (work / "sim.log").exists() else ""
+                tail = "\n".join(log.strip().splitlines()[-15:])
+                raise RtlSimError(f"the RTL simulation failed:\n{tail}")
+            result = json.loads((work / "result.json").read_text())
+            if memory is SimMemory.COMPILED:
+                act[:] = read_image(work / "mem_out.hex", act.size, self.config)
+            else:
+                act[:] = np.frombuffer((work / "act_out.bin").read_bytes(), dtype=np.uint8)
+        return result

@@ -1,0 +1,101 @@
+"""Verilator builds of the generated accelerator, cached per config hash under a build folder.
+
+The simulated top is the harness of shiftpu.sim.rtl.harness (accelerator, protocol checker, fast RAM).
+A build is reused while the config and the generator sources are unchanged (their fingerprint is
+stored next to the executable). Concurrent processes building the same config wait on a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shiftpu.arch.config import AccelConfig
+from shiftpu.toolchain import ToolchainError, verilator_env
+
+#: Default root of the RTL builds.
+DEFAULT_BUILD_ROOT = Path("build") / "rtl"
+#: Verilator options: Amaranth's output trips width lint warnings that are not errors.
+VERILATOR_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-CMPCONST")
+
+
+@dataclass(frozen=True)
+class RtlBuild:
+    """A built Verilator model of one config."""
+
+    config: AccelConfig
+    directory: Path
+    verilog: Path
+    build_seconds: float  #: measured wall time of the build that produced it (0 if it was reused)
+    reused: bool
+
+
+def generator_fingerprint(cfg: AccelConfig) -> str:
+    """Hash of the config and every generator source file: a build is valid while this is unchanged."""
+    import amaranth
+
+    import shiftpu.hw
+    import shiftpu.sim.rtl.harness as harness
+    import shiftpu.sim.rtl.protocol as protocol
+    import shiftpu.sim.rtl.sim_ram as sim_ram
+
+    h = hashlib.sha256(cfg.canonical_json().encode())
+    for module in (harness, protocol, sim_ram):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(amaranth.__version__.encode())
+    for path in sorted(Path(shiftpu.hw.__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_directory(cfg: AccelConfig, root: Path = DEFAULT_BUILD_ROOT) -> Path:
+    return Path(root).resolve() / f"{cfg.config_hash():08x}"
+
+
+def ensure_built(cfg: AccelConfig, root: Path = DEFAULT_BUILD_ROOT) -> RtlBuild:
+    """Generate the Verilog of ``cfg`` and build it with Verilator, unless an up-to-date build exists."""
+    from shiftpu.hw.emit import write_verilog
+    from shiftpu.hw.top import TOP_NAME
+    from shiftpu.sim.rtl.harness import TB_TOP, harness_verilog
+
+    directory = build_directory(cfg, root)
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = directory / "build.json"
+    verilog_path = directory / f"{TOP_NAME}.v"
+    tb_path = directory / f"{TB_TOP}.sv"
+    fingerprint = generator_fingerprint(cfg)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists():
+            info = json.loads(stamp.read_text())
+            if info.get("fingerprint") == fingerprint and (directory / TB_TOP).exists():
+                return RtlBuild(cfg, directory, verilog_path, 0.0, True)
+        t0 = time.perf_counter()
+        write_verilog(cfg, verilog_path)
+        tb_path.write_text(harness_verilog(cfg))
+        t_gen = time.perf_counter() - t0
+        _verilate([verilog_path, tb_path], directory, TB_TOP)
+        seconds = time.perf_counter() - t0
+        stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": cfg.to_dict(),
+                                     "generate_seconds": round(t_gen, 2), "build_seconds": round(seconds, 2)},
+                                    indent=2))
+        return RtlBuild(cfg, directory, verilog_path, seconds, False)
+
+
+def _verilate(sources: list[Path], directory: Path, top: str) -> None:
+    import os
+
+    from cocotb_tools.runner import get_runner
+
+    os.environ.update(verilator_env())
+    runner = get_runner("verilator")
+    try:
+        runner.build(sources=sources, hdl_toplevel=top, build_dir=directory, build_args=list(VERILATOR_ARGS),
+                     always=True, log_file=directory / "build.log")
+    except (SystemExit, Exception) as e:  # the runner exits on a failed build
+        raise ToolchainError(f"Verilator build failed, see {directory / 'build.log'}: {e}") from None

@@ -1,0 +1,113 @@
+"""The benchmark behind `shiftpu bench`: a compiled model in the pipeline on a chosen backend."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shiftpu.boards import load_board
+from shiftpu.errors import ShiftpuError
+from shiftpu.sw.device_backends import open_backend
+from shiftpu.sw.executor import Executor
+from shiftpu.sw.pipeline import Pipeline, run_all
+from shiftpu.sw.pipeline_model import ArenaPool, ModelStages
+from shiftpu.sw.power import RailSampler
+from shiftpu.sw.trace import Trace
+
+#: Device arenas alternating under ACT_BASE.
+N_ARENAS = 2
+
+
+class BenchError(ShiftpuError):
+    """The benchmark cannot run with these options."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    folder: Path
+    backend: str = "golden"
+    frames: int = 100
+    input: Path | None = None
+    bitstream: Path | None = None
+    depth: int = 2
+    trace: Path | None = None
+    gantt: Path | None = None
+    timeout_s: float | None = None  #: None: the backend's default
+    seed: int = 0
+
+
+def _frames(opts: BenchOptions, spec: dict) -> list[np.ndarray]:
+    """The distinct inputs cycled through: from --input, else random frames of the model's input shape."""
+    if opts.input is None:
+        rng = np.random.default_rng(opts.seed)
+        shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+        return [rng.uniform(-1, 1, size=shape).astype(dtype) for _ in range(min(opts.frames, 8))]
+    if opts.input.is_dir():
+        from shiftpu.sw.images import load_folder
+
+        return [img for _, img in load_folder(opts.input)]
+    try:
+        return [np.load(opts.input, allow_pickle=False)]
+    except (OSError, ValueError) as e:
+        raise BenchError(f"{opts.input}: cannot read a .npy input: {e}") from None
+
+
+def _stages_alone(stages: ModelStages, inputs: list[np.ndarray], frames: int) -> dict[str, float]:
+    """Median ms per frame of each stage run alone: frame after frame, nothing overlapped (measured, after
+    two warm-up frames that upload the programs; the median resists load spikes of a shared machine)."""
+    times: dict[str, list[float]] = {s.name: [] for s in stages.stages()}
+    for i in range(frames + 2):
+        item: Any = inputs[i % len(inputs)]
+        for stage in stages.stages():
+            t0 = time.perf_counter()
+            item = stage.fn(item)
+            if i >= 2:
+                times[stage.name].append(time.perf_counter() - t0)
+    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    """Run the pipeline and return the JSON-ready result (figures measured unless labelled otherwise)."""
+    probe = Executor(opts.folder, backend="golden")
+    compiled = probe.compiled
+    board = load_board(compiled.board)
+    with tempfile.TemporaryDirectory(prefix="shiftpu-bench-") as work:
+        accel = open_backend(opts.backend, compiled.config, board.name, opts.bitstream, opts.timeout_s, Path(work))
+        executor = Executor(compiled, backend=accel)
+        arena_bytes = compiled.manifest["arena_bytes"]
+        pool = ArenaPool([accel.arena(arena_bytes) for _ in range(N_ARENAS)])
+        stages = ModelStages(executor, pool)
+        inputs = _frames(opts, executor.inputs[0])
+        alone = _stages_alone(stages, inputs, max(1, min(opts.frames // 4, 30)))
+        trace = Trace() if (opts.trace or opts.gantt) else None
+        pipeline = Pipeline(stages.stages(), depth=opts.depth, trace=trace, on_stop=pool.close)
+        with RailSampler(board) as rails:
+            stats = run_all(pipeline, (inputs[i % len(inputs)] for i in range(opts.frames)))
+        device = accel.driver.device.name
+        accel.driver.free_buffers()
+    est = compiled.manifest.get("estimate", {})
+    ops_per_frame = float(est["macs"]) if "macs" in est else (
+        float(est.get("utilization", 0.0)) * board.accel.macs_per_cycle * float(est.get("cycles", 0)))
+    power = rails.report(ops_per_frame * stats.fps / 1e9)
+    slowest_alone_fps = 1e3 / max(alone.values())
+    if trace is not None and opts.trace:
+        trace.write_chrome(opts.trace)
+    if trace is not None and opts.gantt:
+        trace.write_gantt(opts.gantt)
+    return {
+        "model": str(opts.folder), "backend": opts.backend, "device": device, "board": board.name,
+        "frames": stats.frames, "fps": round(stats.fps, 3), "measured": True,
+        "latency_ms": {f"p{q}": round(stats.latency_ms(q), 3) for q in (50, 90, 99)},
+        "stages": {k: round(v, 3) for k, v in stats.stage_mean_ms().items()},
+        "slowest_stage_fps": round(stats.slowest_stage_fps, 3),
+        "pipeline_efficiency": round(stats.efficiency, 3),
+        "stages_alone": {k: round(v, 3) for k, v in alone.items()},
+        "pipeline_efficiency_vs_sequential": round(stats.fps / slowest_alone_fps, 3),
+        "power_w": power.watts, "power_source": power.source.value, "power_detail": power.detail,
+        "depth": opts.depth, "arenas": N_ARENAS,
+    }

@@ -1,0 +1,184 @@
+"""The model executor: runs a compiled folder on an accelerator backend plus the CPU operators.
+
+``Executor(folder, backend="golden").run(x)`` checks the input, quantizes it with the model's own
+QuantizeLinear (a CPU node), packs quantized tensors into the activation arena (shiftpu.arch.layout),
+runs each fabric segment with one ``run_program`` on the backend and each CPU node with
+shiftpu.sw.cpu_ops, and returns the model outputs. ``prepare`` / ``execute`` / ``finish`` split a run
+for pipelining; backends are chosen by name from :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+from onnx import numpy_helper
+
+from shiftpu.arch.config import AccelConfig
+from shiftpu.arch.isa import encode_program
+from shiftpu.arch.layout import pack_activation, unpack_activation
+from shiftpu.compiler.artifact import CompiledFolder, read_folder
+from shiftpu.errors import ShiftpuError
+from shiftpu.sim.accelerator import Accelerator, RunStats
+from shiftpu.sw.cpu_ops import run_node
+
+#: backend name -> "module:class" (None: reserved, not available here)
+BACKENDS: dict[str, str | None] = {
+    "golden": "shiftpu.sim.golden:GoldenAccelerator",
+    "rtl": "shiftpu.sim.rtl:RtlAccelerator",
+    "board": None,
+}
+
+
+class ExecutorError(ShiftpuError):
+    """Bad input for a compiled model, or a backend that cannot be used."""
+
+
+def make_backend(name: str, config: AccelConfig) -> Accelerator:
+    """An accelerator backend by name."""
+    if name not in BACKENDS:
+        raise ExecutorError(f"unknown backend '{name}': choose one of {', '.join(BACKENDS)}")
+    target = BACKENDS[name]
+    if target is None:
+        raise ExecutorError(f"backend '{name}' is not available on this machine (it runs on the board runtime)")
+    module, cls = target.split(":")
+    try:
+        return getattr(import_module(module), cls)(config)
+    except (ImportError, AttributeError) as e:
+        raise ExecutorError(f"backend '{name}' is not available: {e}") from None
+
+
+@dataclass
+class Frame:
+    """One inference in flight: the value of every tensor computed so far and the activation arena."""
+
+    values: dict[str, np.ndarray]
+    arena: np.ndarray
+    packed: set[str] = field(default_factory=set)
+    stats: list[RunStats] = field(default_factory=list)
+
+
+class Executor:
+    """Runs a compiled model; one instance serves any number of frames."""
+
+    def __init__(self, folder: str | Path | CompiledFolder, backend: str | Accelerator = "golden",
+                 keep_intermediates: bool = False):
+        self.compiled = folder if isinstance(folder, CompiledFolder) else read_folder(folder)
+        m = self.compiled.manifest
+        self.manifest = m
+        self.model = self.compiled.model()
+        self.nodes = list(self.model.graph.node)
+        self.constants = {i.name: numpy_helper.to_array(i) for i in self.model.graph.initializer}
+        self.accel = make_backend(backend, self.compiled.config) if isinstance(backend, str) else backend
+        self.keep_intermediates = keep_intermediates
+        self.tensors = m["tensors"]
+        self.inputs = m["inputs"]
+        self.output_names = [o["name"] for o in m["outputs"]]
+        self._layer_output = {la["layer_id"]: la["output"] for la in m["layers"]}
+        self._parts: dict[str, set[str]] = {}
+        for name, t in self.tensors.items():
+            if "inside" in t:
+                self._parts.setdefault(t["inside"][0], set()).add(name)
+
+    # -- one frame --------------------------------------------------------------------------------
+
+    def check_inputs(self, inputs: np.ndarray | list[np.ndarray] | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs by name, with their dtype and shape checked against the model."""
+        if isinstance(inputs, np.ndarray):
+            inputs = [inputs]
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != len(self.inputs):
+                raise ExecutorError(f"the model has {len(self.inputs)} input(s), got {len(inputs)}")
+            inputs = {spec["name"]: x for spec, x in zip(self.inputs, inputs, strict=True)}
+        out = {}
+        for spec in self.inputs:
+            name = spec["name"]
+            if name not in inputs:
+                raise ExecutorError(f"missing model input '{name}'")
+            x = inputs[name]
+            if not isinstance(x, np.ndarray):
+                raise ExecutorError(f"input '{name}' must be a numpy array, got {type(x).__name__}")
+            if x.dtype != np.dtype(spec["dtype"]) or list(x.shape) != spec["shape"]:
+                raise ExecutorError(
+                    f"input '{name}' must be {spec['dtype']} of shape {tuple(spec['shape'])}, "
+                    f"got {x.dtype} of shape {tuple(x.shape)}")
+            out[name] = x
+        return out
+
+    def prepare(self, inputs: np.ndarray | list[np.ndarray] | dict[str, np.ndarray]) -> Frame:
+        """Check the inputs and set up a frame (arena zeroed)."""
+        values = dict(self.constants)
+        values.update(self.check_inputs(inputs))
+        return Frame(values, np.zeros(self.manifest["arena_bytes"], dtype=np.uint8))
+
+    def execute(self, frame: Frame) -> Frame:
+        """Run the schedule: CPU nodes and fabric segments in order."""
+        for step in self.manifest["schedule"]:
+            if "cpu" in step:
+                node = self.nodes[step["cpu"]]
+                outs = run_node(node, [frame.values[i] if i else None for i in node.input])
+                frame.values.update(zip(node.output, outs, strict=False))
+            else:
+                self._run_segment(frame, self.manifest["segments"][step["segment"]])
+        return frame
+
+    def finish(self, frame: Frame) -> list[np.ndarray]:
+        """The model outputs of a finished frame."""
+        return [frame.values[name] for name in self.output_names]
+
+    def run(self, inputs: np.ndarray | list[np.ndarray] | dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One inference: model inputs -> model outputs (as onnxruntime returns them)."""
+        return self.finish(self.execute(self.prepare(inputs)))
+
+    # -- fabric segments --------------------------------------------------------------------------
+
+    def _run_segment(self, frame: Frame, seg: dict) -> None:
+        cfg = self.compiled.config
+        for name in seg["inputs"]:
+            if name in frame.packed:
+                continue
+            t = self.tensors[name]
+            data = pack_activation(frame.values[name].reshape(t["chw"]), cfg)
+            frame.arena[t["offset"]: t["offset"] + data.size] = data
+            frame.packed.add(name)
+        image = self.compiled.images[seg["index"]]
+        if self.keep_intermediates:
+            self._run_stepwise(frame, seg, image)
+        else:
+            frame.stats.append(self.accel.run_program(image, frame.arena))
+        for name in seg["outputs"]:
+            frame.values[name] = self.read_tensor(frame, name)
+
+    def _run_stepwise(self, frame: Frame, seg: dict, image: np.ndarray) -> None:
+        """Run a segment one instruction at a time and read every result back before the arena reuses it.
+
+        Each step is the program [instruction, END] placed over the segment's own instruction list, so
+        weight and table addresses stay valid.
+        """
+        written = set(frame.packed)
+        for instr in self.compiled.programs()[seg["index"]][:-1]:
+            step = image.copy()
+            program = np.frombuffer(encode_program([instr], self.compiled.config.config_hash()), dtype=np.uint8)
+            step[: program.size] = program
+            frame.stats.append(self.accel.run_program(step, frame.arena))
+            out = self._layer_output[instr.layer_id]
+            frame.values[out] = self.read_tensor(frame, out)
+            written.add(out)
+            done = True
+            while done:
+                done = False
+                for container, parts in self._parts.items():
+                    if container not in written and parts <= written:
+                        frame.values[container] = self.read_tensor(frame, container)
+                        written.add(container)
+                        done = True
+
+    def read_tensor(self, frame: Frame, name: str) -> np.ndarray:
+        """A quantized tensor from the arena, in its ONNX shape and dtype."""
+        t = self.tensors[name]
+        c, h, w = t["chw"]
+        raw = frame.arena[t["offset"]: t["offset"] + t["nbytes"]]
+        arr = unpack_activation(raw, c, h, w, t["dtype"] == "int8", self.compiled.config)
+        return arr.reshape(t["shape"])

@@ -1,0 +1,91 @@
+"""Power of a run: measured from the board's PMBus rails where it has them, else estimated.
+
+Estimate (watts) = board static power (fabric idle, from the board file)
+                 + fabric dynamic power: ``DYNAMIC_W_PER_GOPS`` x achieved shift-add throughput (GOP/s)
+                 x (pe_oc x pe_px) / (8 x 8), i.e. the activity the run achieved on the PE array scaled by its size.
+The coefficient is a planning figure for a shift-add array at 16 nm / 28 nm (not a measurement); the
+result is always labelled "estimated".
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from enum import Enum
+
+from shiftpu.boards import Board
+
+#: Dynamic fabric power per GOP/s of shift-add work (planning figure, watts).
+DYNAMIC_W_PER_GOPS = 0.02
+
+
+class PowerSource(str, Enum):
+    MEASURED = "measured"  #: PYNQ PMBus rails, averaged over the run
+    ESTIMATED = "estimated"  #: the formula in this module's docstring
+
+
+@dataclass(frozen=True)
+class PowerReport:
+    watts: float
+    source: PowerSource
+    detail: str
+
+
+def estimate_power(board: Board, gops: float) -> PowerReport:
+    """Static power of the board plus dynamic power for ``gops`` GOP/s of shift-add work."""
+    scale = board.accel.macs_per_cycle / 64
+    dynamic = DYNAMIC_W_PER_GOPS * gops * scale
+    return PowerReport(round(board.static_power_w + dynamic, 3), PowerSource.ESTIMATED,
+                       f"static {board.static_power_w} W (board file) + dynamic {dynamic:.3f} W "
+                       f"({DYNAMIC_W_PER_GOPS} W per GOP/s x {gops:.2f} GOP/s x array scale {scale:g})")
+
+
+class RailSampler:
+    """Samples the board's power rails (``pynq.get_rails()``) in a thread while a run is going on."""
+
+    def __init__(self, board: Board, period_s: float = 0.1):
+        self.board = board
+        self.period_s = period_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rails = self._open()
+
+    def _open(self) -> dict:
+        if not self.board.power_rails:
+            return {}
+        try:
+            import pynq
+            rails = pynq.get_rails()
+        except Exception:  # noqa: BLE001 - no PMBus here: the estimate is used instead
+            return {}
+        return {name: rails[name] for name in self.board.power_rails
+                if name in rails and getattr(rails[name], "power", None) is not None}
+
+    @property
+    def available(self) -> bool:
+        return bool(self._rails)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(sum(float(r.power.value) for r in self._rails.values()))
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> RailSampler:
+        if self.available:
+            self._thread = threading.Thread(target=self._sample, name="shiftpu-power", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def report(self, fallback_gops: float) -> PowerReport:
+        if self.samples:
+            watts = sum(self.samples) / len(self.samples)
+            return PowerReport(round(watts, 3), PowerSource.MEASURED,
+                               f"mean of {len(self.samples)} samples of rails {', '.join(self._rails)} "
+                               f"every {self.period_s * 1e3:.0f} ms")
+        return estimate_power(self.board, fallback_gops)

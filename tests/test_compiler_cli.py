@@ -1,0 +1,91 @@
+"""The compile, disasm, run and estimate commands, end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from qdq_graphs import detector, random_input, run_onnxruntime
+from typer.testing import CliRunner
+
+from shiftpu.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    m = detector(32, seed=7)
+    onnx.save(m, d / "det.onnx")
+    x = random_input(m, 3)
+    np.save(d / "x.npy", x)
+    r = runner.invoke(app, ["compile", str(d / "det.onnx"), "--board", "pynq-z2", "-o", str(d / "out")])
+    assert r.exit_code == 0, r.output
+    assert "fabric0" in r.output and "because: converts between float and quantized values" in r.output
+    return d, m, x
+
+
+def test_run_writes_what_onnxruntime_gives(compiled):
+    d, m, x = compiled
+    r = runner.invoke(app, ["run", str(d / "out"), "--input", str(d / "x.npy"), "--output", str(d / "y.npy"),
+                            "--compare"])
+    assert r.exit_code == 0, r.output
+    assert "compare: all 20 tensors equal to onnxruntime, bit for bit" in r.output
+    y = np.load(d / "y.npy")
+    ref = run_onnxruntime(m, x)[0]
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_estimate_json(compiled):
+    d, _, _ = compiled
+    r = runner.invoke(app, ["estimate", str(d / "out"), "--json"])
+    assert r.exit_code == 0, r.output
+    est = json.loads(r.output)
+    assert {"fps", "cycles", "utilization", "layers"} <= set(est)
+    assert 0 < est["utilization"] <= 1 and est["fps"] > 0 and "estimated" in est["kind"]
+    conv = [la for la in est["layers"] if la["op"] == "CONV"]
+    assert len(conv) == 15
+    assert all({"cycles", "dataflow", "utilization", "ddr_bytes"} <= set(la) for la in est["layers"])
+    assert est["cycles"] > sum(la["cycles"] for la in est["layers"])  # plus header fetch and END
+
+
+def test_disasm_lists_every_instruction(compiled):
+    d, _, _ = compiled
+    r = runner.invoke(app, ["disasm", str(d / "out")])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert sum(" CONV  layer_id=" in la for la in lines) == 15
+    assert any(la.strip().endswith(": END") for la in lines)
+    assert "memory map (ACT_BASE +):" in r.output
+
+
+def test_bad_inputs_give_one_line_errors(compiled, tmp_path):
+    d, _, x = compiled
+    np.save(tmp_path / "bad.npy", x[:, :, :16])
+    for args, msg in [
+        (["run", str(d / "out"), "--input", str(tmp_path / "bad.npy")], "must be float32 of shape (1, 3, 32, 32)"),
+        (["run", str(d / "out"), "--input", str(tmp_path / "none.npy")], "no such input file"),
+        (["run", str(tmp_path), "--input", str(d / "x.npy")], "not a compiled shiftpu folder"),
+        (["compile", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o")], "no such ONNX file"),
+        (["run", str(d / "out"), "--input", str(d / "x.npy"), "--backend", "board"], "not available on this machine"),
+    ]:
+        from shiftpu.cli.main import main
+
+        with pytest.raises(SystemExit) as e:
+            import sys
+
+            sys.argv = ["shiftpu", *args]
+            main()
+        assert e.value.code == 1
+        r = runner.invoke(app, args)
+        assert msg in str(r.exception), (args, r.exception)
+
+
+def test_help_is_meaningful():
+    for cmd in ("compile", "disasm", "run", "estimate"):
+        r = runner.invoke(app, [cmd, "--help"])
+        assert r.exit_code == 0 and len(r.output) > 200

@@ -1,0 +1,54 @@
+"""The performance model (sequential schedule) against cycles measured in the RTL simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qdq_graphs import QdqBuilder, random_input, run_onnxruntime
+
+from shiftpu.arch.isa import Dataflow
+from shiftpu.compiler.driver import compile_model
+from shiftpu.sw.executor import Executor
+
+pytestmark = [pytest.mark.slow, pytest.mark.rtl]
+
+
+@pytest.mark.parametrize("case", ["conv3x3", "conv5x5_s2", "depthwise", "maxpool", "upsample", "ic_conv3x3",
+                                  "ic_conv1x1"])
+def test_estimate_within_5_percent_of_rtl(tmp_path, case):
+    shapes = {"conv3x3": (16, 32, 32), "conv5x5_s2": (12, 20, 45), "depthwise": (32, 16, 16), "maxpool": (8, 20, 40),
+              "upsample": (16, 16, 16), "ic_conv3x3": (64, 8, 8), "ic_conv1x1": (32, 4, 20)}
+    b = QdqBuilder(shapes[case], seed=1)
+    y = {"conv3x3": lambda: b.conv(b.x, 16, 3, act="relu"),
+         "ic_conv3x3": lambda: b.conv(b.x, 32, 3, act="relu"),
+         "ic_conv1x1": lambda: b.conv(b.x, 16, 1, act="leaky"),
+         "conv5x5_s2": lambda: b.conv(b.x, 24, 5, stride=2, act="relu"),
+         "depthwise": lambda: b.conv(b.x, 32, 3, groups=32, act="relu"),
+         "maxpool": lambda: b.maxpool(b.x, 3, 1, 1),
+         "upsample": lambda: b.resize(b.x)}[case]()
+    b.output(y)
+    m = b.model()
+    x = random_input(m)
+    dataflows = {Dataflow.INPUT_CHANNEL} if case.startswith("ic_") else {Dataflow.PIXEL, Dataflow.DEPTHWISE}
+    r = compile_model(m, "pynq-z2", tmp_path / "out", dataflows=frozenset(dataflows))
+    ex = Executor(tmp_path / "out", "rtl")
+    frame = ex.execute(ex.prepare(x))
+    np.testing.assert_array_equal(ex.finish(frame)[0], run_onnxruntime(m, x)[0])
+    measured = sum(s.cycles for s in frame.stats)
+    print(case, "estimated", r.estimate["cycles"], "measured", measured)
+    assert abs(r.estimate["cycles"] / measured - 1) < 0.05
+
+
+def test_whole_detector_on_rtl_is_exact_and_estimated_within_5_percent(tmp_path):
+    from qdq_graphs import detector
+
+    m = detector(32, seed=0)
+    x = random_input(m)
+    r = compile_model(m, "pynq-z2", tmp_path / "out")
+    ex = Executor(tmp_path / "out", "rtl")
+    frame = ex.execute(ex.prepare(x))
+    for got, ref in zip(ex.finish(frame), run_onnxruntime(m, x), strict=True):
+        np.testing.assert_array_equal(got, ref)
+    measured = sum(s.cycles for s in frame.stats)
+    print("detector 32x32 estimated", r.estimate["cycles"], "measured", measured)
+    assert abs(r.estimate["cycles"] / measured - 1) < 0.05

@@ -1,0 +1,39 @@
+"""The full randomised RTL regression (``make test-slow``): many seeds, larger layers, several configs.
+
+Each config is one Verilator build (one to three minutes); every program is compared with the golden
+model over the whole activation arena.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("cocotb")
+pytest.importorskip("amaranth")
+
+from rtl_support import LAYER_KINDS, SMALL, assert_bit_exact, random_program  # noqa: E402
+
+from shiftpu.arch.config import AccelConfig  # noqa: E402
+from shiftpu.arch.numerics import WeightCode  # noqa: E402
+from shiftpu.sim.rtl import RtlAccelerator  # noqa: E402
+
+pytestmark = [pytest.mark.rtl, pytest.mark.slow]
+
+CONFIGS = {
+    "small-4x4": SMALL,
+    "default-8x8": AccelConfig(),
+    "two-term-2x4-axi32": AccelConfig(pe_oc=2, pe_px=4, weight_code=WeightCode.SHIFT8_TWO_TERM, strip_width=8,
+                                      axi_data_bits=32, max_burst_beats=4, line_buffer_bytes=4096,
+                                      weight_buffer_bytes=2048, acc_buffer_words=256),
+}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def rtl(request):
+    return RtlAccelerator(CONFIGS[request.param])
+
+
+@pytest.mark.parametrize("seed", range(100, 112))
+def test_random_programs(rtl, seed):
+    kinds = [LAYER_KINDS[(seed + k) % len(LAYER_KINDS)] for k in range(8)]
+    assert_bit_exact(rtl, random_program(rtl.config, seed, kinds, max_hw=20, max_c=40))
