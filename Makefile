@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.shiftpu-installed
 JOBS ?= 2
 
-.PHONY: setup test test-slow test-rtl demo bench lint docs clean
+.PHONY: setup test test-slow test-rtl test-browser demo bench lint docs clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP) ## the test suite (fast: well under 30 minutes on 2 cores)
 
 test-slow: $(STAMP) ## the long regressions (marked slow), e.g. the full RTL regression
 	$(PY) -m pytest -n $(JOBS) --timeout=7200 -q -m slow
+
+test-browser: $(STAMP) ## render the HTML report in headless Chromium (installs Debian's chromium when missing)
+	@[ -x /usr/bin/chromium ] || { $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update && \
+		$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y chromium; }
+	$(PY) -m pytest -q -m browser
 
 demo: $(STAMP) ## compile the shipped detector and run it on the golden model and the RTL simulation
 	$(PY) -m shiftpu.demo --out demo_out

@@ -1,4 +1,5 @@
-"""Pipeline benchmark: efficiency on the golden backend, and a long soak checking order and memory.
+"""Pipeline benchmark on the golden backend: efficiency, GIL contention, pipelined vs frame-after-frame
+throughput (alternating, same inputs), and a long soak checking order, outputs and memory.
 
     python -m bench.pipeline_bench [--model FOLDER] [--frames 10000] [--out bench/results/pipeline.json]
 
@@ -102,6 +103,34 @@ def gil_check(folder: Path, photos: Path, frames: int = 30) -> dict:
             "preprocess_fps_meanwhile": round(done[0] / elapsed, 1)}
 
 
+def sequential_vs_pipelined(folder: Path, photos: Path, frames: int = 100, rounds: int = 3) -> dict:
+    """Throughput of the same stages run frame after frame and pipelined, alternating, on the same inputs."""
+    import time
+
+    from shiftpu.sw.images import load_folder
+    from shiftpu.sw.pipeline import run_all
+
+    probe = Executor(folder)
+    accel = open_accelerator(RuntimeBackend.GOLDEN, probe.compiled.config, probe.compiled.board)
+    executor = Executor(probe.compiled, backend=accel)
+    pool = ArenaPool([accel.arena(probe.compiled.manifest["arena_bytes"]) for _ in range(N_ARENAS)])
+    stages = ModelStages(executor, pool).stages()
+    images = [img for _, img in load_folder(photos)]
+    seq_fps, pipe_fps = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(frames):
+            item = images[i % len(images)]
+            for st in stages:
+                item = st.fn(item)
+        seq_fps.append(frames / (time.perf_counter() - t0))
+        stats = run_all(Pipeline(stages, depth=2, on_stop=pool.close), (images[i % len(images)] for i in range(frames)))
+        pipe_fps.append(stats.fps)
+    return {"frames_per_round": frames, "sequential_fps": [round(v, 1) for v in seq_fps],
+            "pipelined_fps": [round(v, 1) for v in pipe_fps],
+            "speedup_median": round(float(np.median(pipe_fps) / np.median(seq_fps)), 3)}
+
+
 def soak(folder: Path, frames: int) -> dict:
     """``frames`` distinct-valued frames through the pipeline; checks order, completeness, content, memory."""
     probe = Executor(folder)
@@ -147,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         eff["input"] = "2 photographs (sklearn sample images, 427x640) letterboxed to the model input, cycled"
         source = json.loads((Path(folder) / "manifest.json").read_text()).get("source", "")
         result = {"model": f"{folder} (compiled from {source})",
-                  "efficiency_run": eff, "gil": gil_check(folder, photos), "soak": soak(folder, args.frames),
+                  "efficiency_run": eff, "gil": gil_check(folder, photos),
+                  "sequential_vs_pipelined": sequential_vs_pipelined(folder, photos), "soak": soak(folder, args.frames),
                   "kind": "measured", "load_average_1min": round(os.getloadavg()[0], 2),
                   "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,10 @@ import numpy as np
 
 from shiftpu.boards import load_board
 from shiftpu.errors import ShiftpuError
+from shiftpu.sw.detection import DecodeParams
 from shiftpu.sw.device_backends import open_backend
 from shiftpu.sw.executor import Executor
+from shiftpu.sw.images import find_sidecar
 from shiftpu.sw.pipeline import Pipeline, run_all
 from shiftpu.sw.pipeline_model import ArenaPool, ModelStages
 from shiftpu.sw.power import RailSampler
@@ -39,6 +41,17 @@ class BenchOptions:
     gantt: Path | None = None
     timeout_s: float | None = None  #: None: the backend's default
     seed: int = 0
+
+
+def _decode_params(folder: Path, manifest: dict) -> DecodeParams | None:
+    """The detector decode of the model (its sidecar), so postprocessing includes decode and NMS."""
+    side = find_sidecar(folder, manifest.get("source", ""))
+    if side is None:
+        return None
+    try:
+        return DecodeParams.from_json(side)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise BenchError(f"{side}: not a detector description: {e}") from None
 
 
 def _frames(opts: BenchOptions, spec: dict) -> list[np.ndarray]:
@@ -81,7 +94,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         executor = Executor(compiled, backend=accel)
         arena_bytes = compiled.manifest["arena_bytes"]
         pool = ArenaPool([accel.arena(arena_bytes) for _ in range(N_ARENAS)])
-        stages = ModelStages(executor, pool)
+        stages = ModelStages(executor, pool, decode_params=_decode_params(Path(opts.folder), compiled.manifest))
         inputs = _frames(opts, executor.inputs[0])
         alone = _stages_alone(stages, inputs, max(1, min(opts.frames // 4, 30)))
         trace = Trace() if (opts.trace or opts.gantt) else None
@@ -109,5 +122,6 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         "stages_alone": {k: round(v, 3) for k, v in alone.items()},
         "pipeline_efficiency_vs_sequential": round(stats.fps / slowest_alone_fps, 3),
         "power_w": power.watts, "power_source": power.source.value, "power_detail": power.detail,
-        "depth": opts.depth, "arenas": N_ARENAS,
+        "depth": opts.depth, "arenas": N_ARENAS, "postprocess": "decode + class-wise NMS" if
+        stages.decode_params is not None else "model outputs only (no detector description found)",
     }

@@ -93,7 +93,7 @@ class Pipeline:
         self.stages = stages
         self.depth = max(1, depth)
         self.trace = trace
-        self.on_stop = on_stop  #: called when the run stops, to wake stages blocked outside the queues
+        self.on_stop = on_stop  #: called when a run stops early, to wake stages blocked outside the queues
         self.stats = PipelineStats([s.name for s in stages])
 
     def run(self, frames: Iterable[Any]) -> Iterator[tuple[int, Any]]:
@@ -166,9 +166,9 @@ class Pipeline:
         t_start = time.perf_counter()
         for t in threads:
             t.start()
-        def shutdown() -> list[str]:
+        def shutdown(abnormal: bool) -> list[str]:
             stop.set()
-            if self.on_stop is not None:
+            if abnormal and self.on_stop is not None:
                 self.on_stop()
             for t in threads:
                 t.join(timeout=JOIN_TIMEOUT_S)
@@ -189,9 +189,9 @@ class Pipeline:
                 stats.wall_s = time.perf_counter() - t_start
                 yield item.seq, item.payload
         except BaseException:  # Ctrl-C, an order error, or the consumer closing the generator: stop, re-raise
-            shutdown()
+            shutdown(abnormal=True)
             raise
-        alive = shutdown()
+        alive = shutdown(abnormal=bool(errors))
         if errors:
             raise errors[0]
         if alive:

@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 #: Modules under shiftpu.cli that each add their subcommands to ``app``.
-COMMAND_MODULES = ("doctor", "info", "boards", "quantize", "compile", "bench", "rtl")
+COMMAND_MODULES = ("doctor", "info", "boards", "quantize", "compile", "bench", "rtl", "report")
 
 
 def _version_callback(value: bool) -> None:

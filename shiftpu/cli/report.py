@@ -1,0 +1,32 @@
+"""`shiftpu report`: one self-contained HTML report of a compiled model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from shiftpu.cli.main import app
+
+
+@app.command()
+def report(
+    folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`)."),
+    output: Path = typer.Option(None, "--output", "-o", help="HTML file to write (default: FOLDER/report.html)."),
+    resources: Path = typer.Option(None, "--resources",
+                                   help="Resource estimate JSON from `shiftpu build-hw --board B --estimate --json` "
+                                        "(without it the resource section says none was given)."),
+    trace: Path = typer.Option(None, "--trace",
+                               help="Chrome trace JSON from `shiftpu bench FOLDER --trace FILE`, drawn as the "
+                                    "pipeline Gantt chart (measured)."),
+    bench: Path = typer.Option(None, "--bench",
+                               help="Result of `shiftpu bench FOLDER --json` for the measured fps, latency and "
+                                    "power."),
+) -> None:
+    """Write one self-contained HTML page of FOLDER: the per-layer table (operation, shapes, dataflow, tiles,
+    cycles, utilisation, DDR bytes, fabric or CPU), a roofline for the board, the resource chart and the pipeline
+    Gantt chart, each marked measured or estimated. Works offline: no external files or URLs."""
+    from shiftpu.report import write_report
+
+    out = write_report(folder, output, resources=resources, trace=trace, bench=bench)
+    typer.echo(f"wrote {out}")

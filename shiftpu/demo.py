@@ -1,0 +1,198 @@
+"""`make demo`: the whole flow on the shipped shape detector, from ONNX to detections, in minutes.
+
+Steps: check the model; compile it for the default board; run the generated shapes test images through the
+CPU/fabric pipeline on the golden model; run onnxruntime on the same frames and show the outputs are equal bit
+for bit (hence the same mAP); run a frame on the RTL simulation (Verilator) and show it equals the golden model;
+model fps and power on every board; write detections, drawn images and an HTML report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from shiftpu.errors import ShiftpuError
+
+MODEL = Path(__file__).parent / "models" / "shapes_detector.onnx"
+SIDECAR = MODEL.with_suffix(".json")
+
+console = Console()
+
+
+def _step(text: str) -> None:
+    console.print(f"[bold cyan]>>[/bold cyan] {text}")
+
+
+def _onnxruntime_outputs(model_path: Path, frames: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(model_path), opts)
+    name = sess.get_inputs()[0].name
+    return [sess.run(None, {name: f})[0] for f in frames]
+
+
+def _test_split(n: int):
+    """The generated shapes test split (shipped with the examples; deterministic from fixed seeds)."""
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from examples.shapes.dataset import make_split
+
+    return make_split("test", n)
+
+
+def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int) -> dict:
+    from shiftpu.boards import board_names, load_board
+    from shiftpu.compiler.driver import compile_model
+    from shiftpu.compiler.quant.check import check_model
+    from shiftpu.sw.bench_run import BenchOptions, run_bench
+    from shiftpu.sw.detection import DecodeParams, Detections, decode, mean_average_precision
+    from shiftpu.sw.executor import Executor
+    from shiftpu.sw.images import write_results
+    from shiftpu.sw.pipeline import Pipeline
+    from shiftpu.sw.pipeline_model import ModelStages
+    from shiftpu.sw.power import estimate_power
+    from shiftpu.sw.preprocess import image_to_tensor
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"board": board_name, "model": MODEL.name}
+    meta = json.loads(SIDECAR.read_text())
+    classes = list(meta["classes"])
+    params = DecodeParams.from_json(SIDECAR)
+
+    _step(f"checking {MODEL.name}: can the accelerator take it whole?")
+    report = check_model(onnx.load(str(MODEL)), load_board(board_name).accel)
+    console.print("\n".join(report.lines()))
+
+    _step(f"compiling for {board_name}")
+    t0 = time.perf_counter()
+    compiled_dir = out / "compiled"
+    result = compile_model(MODEL, board_name, compiled_dir)
+    summary["compile_s_measured"] = round(time.perf_counter() - t0, 3)
+    console.print(result.report)
+
+    _step(f"generating {n_images} test images of the shapes data set (PNG, with ground truth)")
+    split = _test_split(n_images)
+    images = [(np.clip(f.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8) for f in split.images]
+    img_dir = out / "test_images"
+    img_dir.mkdir(exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(img_dir / f"frame{i:03d}.png")
+    (img_dir / "ground_truth.json").write_text(json.dumps(
+        {f"frame{i:03d}.png": [{"class": classes[int(c)], "box": [round(float(v), 1) for v in b]}
+                               for b, c in zip(bx, lab, strict=True)]
+         for i, (bx, lab) in enumerate(zip(split.boxes, split.labels, strict=True))}, indent=1))
+
+    _step(f"detecting objects in {n_images} images through the CPU/fabric pipeline on the golden model")
+    executor = Executor(compiled_dir, backend="golden")
+    stages = ModelStages(executor, decode_params=params)
+    golden = [res for _, res in Pipeline(stages.stages(), depth=2).run(iter(images))]
+
+    _step("running onnxruntime on the same frames")
+    ort_outs = _onnxruntime_outputs(compiled_dir / "model.onnx", [image_to_tensor(img) for img in images])
+    mismatched = [i for i, (g, r) in enumerate(zip(golden, ort_outs, strict=True))
+                  if not np.array_equal(g.outputs[0], r)]
+    summary["golden_equals_onnxruntime"] = not mismatched
+    if mismatched:
+        raise ShiftpuError(f"golden model and onnxruntime differ on frames {mismatched[:10]}")
+    console.print(f"golden model == onnxruntime on all {n_images} frames, bit for bit")
+
+    truths = [Detections(b.astype(np.float32), np.ones(len(b), np.float32), lab.astype(np.int64))
+              for b, lab in zip(split.boxes, split.labels, strict=True)]
+    golden_det = [g.detections for g in golden]
+    map_golden, _ = mean_average_precision(golden_det, truths, len(classes))
+    map_ort, _ = mean_average_precision([decode(r, params) for r in ort_outs], truths, len(classes))
+    summary["map50_golden"] = round(map_golden, 4)
+    summary["map50_onnxruntime"] = round(map_ort, 4)
+    console.print(f"mAP@0.5 on {n_images} test images: golden {map_golden:.4f}, onnxruntime {map_ort:.4f} (measured)")
+
+    _step("writing detections and drawn images")
+    zoom = 4
+    write_results(out / "detections", [
+        (Path(f"frame{i:03d}.png"), img.repeat(zoom, 0).repeat(zoom, 1),
+         Detections(det.boxes * zoom, det.scores, det.labels))
+        for i, (img, det) in enumerate(zip(images, golden_det, strict=True))], classes)
+    for i in range(min(3, n_images)):
+        det = golden_det[i]
+        top = ", ".join(f"{classes[int(c)]} {s:.2f}" for c, s in zip(det.labels[:4], det.scores[:4], strict=True))
+        console.print(f"frame {i}: {len(det)} detections: {top}")
+
+    if rtl_frames:
+        _step(f"running {rtl_frames} frame(s) on the RTL simulation (Verilator; the first build takes a few minutes)")
+        rtl = Executor(compiled_dir, backend="rtl")
+        for i in range(rtl_frames):
+            frame = rtl.execute(rtl.prepare(image_to_tensor(images[i])))
+            outs = rtl.finish(frame)
+            equal = np.array_equal(outs[0], golden[i].outputs[0])
+            cycles = sum(s.cycles or 0 for s in frame.stats)
+            summary.setdefault("rtl", []).append({"frame": i, "equals_golden": equal, "cycles_measured": cycles,
+                                                  "cycles_estimated": result.estimate["cycles"]})
+            console.print(f"RTL frame {i}: {'equal to' if equal else 'DIFFERENT from'} the golden model; "
+                          f"{cycles} cycles (measured, RTL simulation) vs {result.estimate['cycles']} (estimated)")
+            if not equal:
+                raise ShiftpuError(f"RTL simulation and golden model differ on frame {i}")
+
+    _step("modelling fps and power on every board")
+    table = Table(title="shape detector on each board (estimated: performance and power models)")
+    for col in ("board", "clock MHz", "cycles/frame", "fps", "PE utilisation", "power W"):
+        table.add_column(col, justify="right")
+    boards = []
+    for name in board_names():
+        board = load_board(name)
+        est = compile_model(MODEL, name).estimate
+        power = estimate_power(board, est["macs"] * est["fps"] / 1e9)
+        boards.append({"board": name, "fps_estimated": est["fps"], "cycles_estimated": est["cycles"],
+                       "utilization_estimated": est["utilization"], "power_w_estimated": power.watts})
+        table.add_row(name, f"{board.accel.clock_mhz:g}", str(est["cycles"]), f"{est['fps']:.0f}",
+                      f"{est['utilization']:.1%}", f"{power.watts:.2f}")
+    console.print(table)
+    summary["boards"] = boards
+
+    _step(f"benchmarking the pipeline on the golden backend ({n_images} frames, `shiftpu bench`)")
+    bench = run_bench(BenchOptions(folder=compiled_dir, backend="golden", frames=n_images, input=img_dir,
+                                   trace=out / "trace.json", gantt=out / "gantt.png"))
+    (out / "bench.json").write_text(json.dumps(bench, indent=1))
+    console.print(f"pipeline on this machine (measured): {bench['fps']:.1f} fps, efficiency "
+                  f"{bench['pipeline_efficiency']:.2f}, stages (ms): {bench['stages']}")
+    summary["bench_measured"] = {k: bench[k] for k in ("fps", "pipeline_efficiency", "latency_ms", "stages")}
+
+    _step("writing the HTML report")
+    from shiftpu.report import write_report
+
+    html = write_report(compiled_dir, out / "report.html", trace=out / "trace.json", bench=out / "bench.json")
+    summary["report"] = str(html)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m shiftpu.demo", description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    ap.add_argument("--board", default="ultra96v2", help="board to compile for (default ultra96v2)")
+    ap.add_argument("--images", type=int, default=64, help="test images to run (default 64)")
+    ap.add_argument("--rtl-frames", type=int, default=1, help="frames to run on the RTL simulation (default 1)")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        summary = run_demo(args.out, args.board, args.images, args.rtl_frames)
+    except ShiftpuError as e:
+        console.print(f"[red]error: {e}[/red]")
+        return 1
+    console.print(f"[green]demo finished in {time.perf_counter() - t0:.0f} s (measured)[/green]: "
+                  f"report {summary['report']}, images {args.out / 'detections'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
