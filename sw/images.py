@@ -91,7 +91,7 @@ def find_sidecar(compiled_folder: Path, source: str) -> Path | None:
 
 
 def run_image_folder(compiled_folder: str | Path, images: str | Path, out_dir: str | Path, backend: str = "golden",
-                     sidecar: str | Path | None = None) -> Path:
+                     sidecar: str | Path | None = None, bitstream: str | Path | None = None) -> Path:
     """Detect objects in every image of a folder through the pipeline; writes detections.json and drawn PNGs.
 
     Returns the path of detections.json. Boxes are in pixels of each original image.
@@ -104,7 +104,8 @@ def run_image_folder(compiled_folder: str | Path, images: str | Path, out_dir: s
 
     loaded = load_folder(images)
     compiled = Executor(compiled_folder).compiled
-    executor = Executor(compiled, backend=open_backend(backend, compiled.config, compiled.board))
+    executor = Executor(compiled, backend=open_backend(backend, compiled.config, compiled.board,
+                                                        Path(bitstream) if bitstream else None))
     side = Path(sidecar) if sidecar is not None else find_sidecar(Path(compiled_folder),
                                                                   executor.manifest.get("source", ""))
     if side is None:

@@ -71,7 +71,7 @@ def test_bad_inputs_give_one_line_errors(compiled, tmp_path):
         (["run", str(d / "out"), "--input", str(tmp_path / "none.npy")], "no such input file"),
         (["run", str(tmp_path), "--input", str(d / "x.npy")], "not a compiled shiftpu folder"),
         (["compile", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o")], "no such ONNX file"),
-        (["run", str(d / "out"), "--input", str(d / "x.npy"), "--backend", "board"], "not available on this machine"),
+        (["run", str(d / "out"), "--input", str(d / "x.npy"), "--backend", "board"], "the board backend needs the bitstream"),
     ]:
         from shiftpu.cli.main import main
 

@@ -1,6 +1,6 @@
 """Train the shapes detector (float, then shift QAT), export it, and ship it as the demo model.
 
-    .venv/bin/python -m examples.shapes.train [--out shiftpu/models] [--epochs 20] [--qat-epochs 5]
+    .venv/bin/python -m examples.shapes.train [--out shiftpu/models] [--epochs 8] [--qat-epochs 3]
 
 Prints the float and shift-QAT mAP@0.5 on the test split (measured), checks that onnxruntime on the
 exported QDQ model equals the PyTorch quantized model bit for bit, and writes ``shapes_detector.onnx``
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("shiftpu/models"), help="folder for the ONNX file and sidecar")
     ap.add_argument("--train-images", type=int, default=3000)
     ap.add_argument("--test-images", type=int, default=500)
-    ap.add_argument("--epochs", type=int, default=20, help="float training epochs")
-    ap.add_argument("--qat-epochs", type=int, default=5, help="shift QAT fine-tuning epochs")
+    ap.add_argument("--epochs", type=int, default=8, help="float training epochs")
+    ap.add_argument("--qat-epochs", type=int, default=3, help="shift QAT fine-tuning epochs (the first calibrates the activation scales)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--float-weights", type=Path, default=None,
                     help="cache of the float weights: loaded if the file exists, else written after float training")

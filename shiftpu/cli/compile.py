@@ -82,7 +82,9 @@ def run(
     input: Path = typer.Option(..., "--input", "-i", help="Model input as .npy (dtype and shape of the model input), "
                                "or a folder of images (detections JSON and drawn images go to --output, a folder)."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the first model output here (.npy)."),
-    backend: str = typer.Option("golden", "--backend", help="golden (bit-exact model), rtl (RTL simulation), board."),
+    backend: str = typer.Option("golden", "--backend", help="golden (bit-exact model), rtl (RTL simulation), "
+                                "pynq-sim (PYNQ's own Overlay/MMIO on a simulated device), board (a Zynq board)."),
+    bitstream: Path = typer.Option(None, "--bitstream", help="board backend: the .bit (its .hwh next to it)."),
     compare: bool = typer.Option(False, "--compare",
                                  help="Also run onnxruntime and name the first tensor that differs, and by how much."),
 ) -> None:
@@ -92,13 +94,19 @@ def run(
     if input.is_dir():
         from shiftpu.sw.images import run_image_folder
 
-        typer.echo(f"wrote {run_image_folder(folder, input, output or Path('detections'), backend)}")
+        typer.echo(f"wrote {run_image_folder(folder, input, output or Path('detections'), backend, bitstream=bitstream)}")
         return
 
     from shiftpu.sw.executor import Executor
 
     x = _load_input(input)
-    ex = Executor(folder, backend, keep_intermediates=compare)
+    accel = backend
+    if backend in ("board", "pynq-sim"):
+        from shiftpu.sw.device_backends import open_backend
+
+        compiled = Executor(folder).compiled
+        accel = open_backend(backend, compiled.config, compiled.board, bitstream)
+    ex = Executor(folder, accel, keep_intermediates=compare)
     frame = ex.execute(ex.prepare(x))
     outs = ex.finish(frame)
     if output is not None:

@@ -138,6 +138,9 @@ def gather(folder: str | Path, resources: ResourceEstimate | None = None, trace:
     except ArtifactError as e:
         raise ReportError(str(e)) from None
     cfg = compiled.config
+    if resources is not None and resources.board != compiled.board:
+        raise ReportError(f"the resource estimate is for board {resources.board}, {folder} was compiled for "
+                          f"{compiled.board}")
     if resources is not None and resources.config_hash != cfg.config_hash():
         raise ReportError(f"the resource estimate is for accelerator config 0x{resources.config_hash:08x} on "
                           f"{resources.board}, {folder} was compiled for 0x{cfg.config_hash():08x}")
