@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Instruction, Opcode
-from shiftpu.compiler.perf import INSTR_OVERHEAD, Schedule, instruction_cost
+from shiftpu.compiler.perf import Schedule, instruction_cost, program_overhead
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_
     layers: list[LayerEstimate] = []
     total = 0
     for seg, prog in enumerate(programs):
-        total += INSTR_OVERHEAD  # header fetch and checks
+        total += program_overhead(cfg, ddr_bytes_per_cycle, schedule)
         for i in prog:
             c = instruction_cost(i, cfg, ddr_bytes_per_cycle, schedule)
             total += c.cycles

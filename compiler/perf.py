@@ -2,13 +2,15 @@
 
 Two schedules of the same loop nest (docs/architecture.md) are modelled term by term:
 
-* :attr:`Schedule.SEQUENTIAL`: the phases of the generated RTL one after another (shiftpu/hw/conv_engine.py
-  and eltwise.py state their per-phase costs): per output row and input tile the line buffer is refilled
-  (``kh`` rows x blocks x (1 + input columns) cycles, plus the read latency ``L_r`` for each row inside the
-  tensor), weights are loaded when the (output tile, input tile) pair changes (per pe_oc block:
-  1 + ``L_r`` + ``it·kh·kw`` steps), the PE array computes, and the row is written (per channel group of
-  ``min(pe_oc, cb)``: 1 + ``sw`` beats); fixed costs per strip/tile, row and instruction are counted as
-  the state machines spend them. This is what the RTL simulation measures.
+* :attr:`Schedule.SEQUENTIAL`: the phases of the generated RTL one after another, term by term as
+  docs/rtl.md ("Cycle model") states them: per output row and input tile the line buffer is refilled
+  (``kh`` rows x blocks x (1 + input columns) cycles; a row inside the tensor also waits
+  ``max(0, L_r - leading pad columns)`` for its first beat, as the padding columns are written while the
+  read is in flight), weights are loaded when the (output tile, input tile) pair changes (per pe_oc block:
+  1 + ``L_r`` + the beats of its run), the PE array computes, DRAIN and STORE move the result to the
+  accumulators, and the row is written (per channel group of ``min(pe_oc, cb)``: 1 + ``sw`` beats).
+  ``L_r`` is the read latency of the simulation's memory model (cocotbext-axi ``AxiRam``). This is what
+  the RTL simulation measures.
 * :attr:`Schedule.OVERLAPPED`: the double-buffered schedule the architecture allows (described below):
   loads of the next row and write-back overlap the computation; the target for a future RTL.
 
@@ -51,8 +53,11 @@ FILL = 8
 #: AXI read latency of the memory system in cycles (command accepted to first beat), calibrated on the
 #: RTL simulation's memory model; a board's DDR adds more.
 READ_LATENCY = 2
-#: Cycles from the last write beat until its response is back (FINISH of an engine).
+#: Cycles from the last write beat until its response is back (FINISH of the CONV engine).
 WRITE_LATENCY = 4
+#: Cycles from the last segment of a POOL/ADD/MOVE to its retirement, measured on the RTL simulation
+#: (the last write response overlaps the engine's final NEXT state).
+STREAM_FINISH = 2
 
 
 class Schedule(Enum):
@@ -164,88 +169,122 @@ def _valid_rows(i: Instruction) -> int:
     return n
 
 
+def _row_wait(i: Instruction, x0: int, cols: int) -> int | None:
+    """Cycles a row read of the segment starting at output column ``x0`` waits for its first beat.
+
+    The leading padding columns are written while the read is in flight, so the wait is
+    ``max(0, L_r - leading pad columns)``; None when no column of the segment lies inside the tensor
+    (then no read is issued).
+    """
+    ix0 = x0 * i.stride - i.pad_l
+    lo, hi = max(0, ix0), min(i.in_w, ix0 + cols)
+    if hi <= lo:
+        return None
+    return max(0, READ_LATENCY - (lo - ix0))
+
+
 def _fetch_cycles(cfg: AccelConfig, beat: float) -> float:
-    """Sequencer: fetch one 64-byte instruction (command, latency, beats), decode, retire."""
-    return 2 + READ_LATENCY + 64 / cfg.axi_bytes * beat + 2
+    """Sequencer: fetch one 64-byte instruction (command, latency, beats), latch, decode, retire."""
+    return 1 + READ_LATENCY + 64 / cfg.axi_bytes * beat + 1 + 1 + 1
+
+
+def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, obs: int, beat: float) -> float:
+    """Weight buffer fill for one (output tile, input tile): per pe_oc block W_CMD 1 + L_r + beats of its run.
+
+    A run starts ``s0 mod steps-per-beat`` steps into its first beat (``s0`` its first step in DDR).
+    """
+    khkw = i.kh * i.kw
+    po = cfg.pe_oc
+    if i.depthwise:
+        channels, run = 1, 1
+    elif i.dataflow is Dataflow.INPUT_CHANNEL:
+        channels, run = ceil_div(i.in_c, cfg.pe_px) * cfg.pe_px, ceil_div(it, cfg.pe_px) * cfg.pe_px
+    else:
+        channels, run = i.in_c, it
+    steps = run * khkw
+    step_bits = po * cfg.weight_code.bits
+    total = 0.0
+    for ob in range(obs):
+        if step_bits <= cfg.axi_data_bits:
+            per_beat = cfg.axi_data_bits // step_bits
+            s0 = ((o0 // po + ob) * channels + (0 if i.depthwise else i0)) * khkw
+            beats = ceil_div(s0 % per_beat + steps, per_beat)
+        else:
+            beats = steps * step_bits // cfg.axi_data_bits
+        total += 1 + READ_LATENCY + beats * beat
+    return total
 
 
 def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost:
+    """CONV on the generated RTL, phase by phase (docs/rtl.md, "Cycle model")."""
     cb, po = cfg.channel_block, cfg.pe_oc
     group = min(po, cb)
-    khkw = i.kh * i.kw
     valid = _valid_rows(i)
-    n_ot = ceil_div(i.out_c, i.oc_tile)
-    last = i.out_c - (n_ot - 1) * i.oc_tile
     padded = ceil_div(i.out_c, cb) * cb
-    # (tile size, count, channels written per row: the last tile also writes the zero pad channels)
-    oc_tiles = ([(i.oc_tile, n_ot - 1, i.oc_tile)] if n_ot > 1 else []) + [(last, 1, padded - (n_ot - 1) * i.oc_tile)]
-    cycles = _fetch_cycles(cfg, beat) + 1 + WRITE_LATENCY
-    compute = read = write = 0.0
-    w_loads_single = 0
-    for sw, n_strips in _tiles(i.out_w, i.strip_w):
+    cycles = _fetch_cycles(cfg, beat) + 1 + WRITE_LATENCY  # + FINISH
+    compute = read = write = 0
+    resident: tuple[int, int] | None = None  # (o0, i0) of the weights in the weight buffer
+    for x0 in range(0, i.out_w, i.strip_w):
+        sw = min(i.strip_w, i.out_w - x0)
         cols = (sw - 1) * i.stride + i.kw
-        for ot, n_tile, end_ch in oc_tiles:
-            reps = n_strips * n_tile
+        wait = _row_wait(i, x0, cols)
+        for o0 in range(0, i.out_c, i.oc_tile):
+            ot = min(i.oc_tile, i.out_c - o0)
             obs = ceil_div(ot, po)
-            in_tiles = [(ot, 1)] if i.depthwise else _tiles(i.in_c, i.ic_tile)
-            n_it = sum(n for _, n in in_tiles)
-            tile = 3 + READ_LATENCY + obs * po * QPARAM_BYTES / cfg.axi_bytes * beat
-            per_row = 1.0
-            lb_latency = 0.0
-            c_row = 0
-            w_load = 0.0
-            rd_row = 0
-            for it, n in in_tiles:
+            end_ch = padded - o0 if o0 + i.oc_tile >= i.out_c else ot
+            qp_words = obs * po
+            # TILE, QP_CHECK, QP_CMD, then the bias/shift table: one 8-byte word per cycle
+            cycles += 3 + READ_LATENCY + max(qp_words, ceil_div(qp_words * QPARAM_BYTES, cfg.axi_bytes) * beat)
+            read += qp_words * QPARAM_BYTES
+            in_tiles = [(o0, ot)] if i.depthwise else [(i0, min(i.ic_tile, i.in_c - i0))
+                                                       for i0 in range(0, i.in_c, i.ic_tile)]
+            per_row = 1 + ceil_div(end_ch, group) * (1 + sw * beat) + 1  # ROW, output groups, NEXT_ROW
+            for i0, it in in_tiles:
                 nblk = ceil_div(it, cb)
-                it_w = 1 if i.depthwise else it
-                steps = it_w * khkw
                 c = conv_compute(i.dataflow, sw, ot, it, i.kh, i.kw, cfg)
-                per_row += n * (2 + i.kh * nblk * (1 + cols * beat) + 1 + 1 + c + 1)
-                lb_latency += n * nblk * valid * READ_LATENCY
-                c_row += n * c
-                rd_row += n * i.kh * nblk * cols * cb
-                w_load += n * obs * (1 + READ_LATENCY + steps * po * cfg.weight_code.bits / 8 / cfg.axi_bytes * beat)
-            out_row = ceil_div(end_ch, group) * (1 + sw * beat) + 1
-            if n_it > 1:
-                loads = i.out_h
-            elif n_ot > 1:
-                loads = 1
-            else:
-                loads = 0
-                w_loads_single = w_load
-            t = tile + i.out_h * (per_row + out_row) + lb_latency + loads * w_load
-            cycles += reps * t
-            compute += reps * i.out_h * c_row
-            read += reps * (i.out_h * rd_row + obs * po * QPARAM_BYTES)
-            write += reps * i.out_h * sw * end_ch
-    cycles += w_loads_single
+                # IC, IC_CHECK, line buffer rows (LB_ROW 1 + columns), W_CHECK, COMPUTE_INIT, compute, DRAIN, STORE
+                per_row += 2 + i.kh * nblk * (1 + cols * beat) + 1 + 1 + c + 1 + 1
+                cycles += nblk * valid * (wait or 0)
+                compute += i.out_h * c
+                read += i.out_h * i.kh * nblk * cols * cb
+                w_load = _weight_load(i, cfg, o0, i0, it, obs, beat)
+                if len(in_tiles) > 1:
+                    cycles += i.out_h * w_load
+                elif resident != (o0, i0):
+                    cycles += w_load
+                    resident = (o0, i0)
+            cycles += i.out_h * per_row
+            write += i.out_h * sw * end_ch
     total = int(round(cycles))
-    return InstrCost(total, int(compute), total - int(compute), int(read), int(write), conv_macs(i))
+    return InstrCost(total, compute, total - compute, read, write, conv_macs(i))
 
 
 def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost:
+    """POOL, ADD and MOVE on the generated RTL, segment by segment (shiftpu/hw/eltwise.py)."""
     cb = cfg.channel_block
     nblk = ceil_div(i.out_c, cb)
-    cycles = _fetch_cycles(cfg, beat) + 1 + WRITE_LATENCY
+    cycles = _fetch_cycles(cfg, beat) + STREAM_FINISH
     read = write = 0
     pool_valid = _valid_rows(i) if i.opcode is Opcode.POOL else 0
-    for n, n_segs in _tiles(i.out_w, cfg.strip_width):
-        reps = n_segs * i.out_h * nblk
-        out = 1 + n * beat + 1
+    for xs in range(0, i.out_w, cfg.strip_width):
+        n = min(cfg.strip_width, i.out_w - xs)
+        reps = i.out_h * nblk
+        out = 1 + n * beat + 1  # OUT_CMD, beats, NEXT
         if i.opcode is Opcode.POOL:
             cols = (n - 1) * i.stride + i.kw
-            seg = 1 + n + i.kh * (1 + 1) + out
-            seg_rows = (1 + READ_LATENCY + cols * beat + n * i.kw)
-            cycles += reps * seg + n_segs * nblk * pool_valid * seg_rows
-            read += n_segs * nblk * pool_valid * cols * cb
+            wait = _row_wait(i, xs, cols)
+            # SEG, P_INIT n, per kernel row LOAD 1 + P_NEXT 1; rows inside the tensor: columns, wait, max n*kw
+            cycles += reps * (1 + n + i.kh * 2 + out)
+            if wait is not None:
+                cycles += nblk * pool_valid * (cols * beat + wait + n * i.kw)
+                read += nblk * pool_valid * cols * cb
         elif i.opcode is Opcode.ADD:
-            seg = 1 + 1 + READ_LATENCY + n * beat + 1 + READ_LATENCY + out
-            cycles += reps * seg
+            # SEG, LOAD 1 + L_r + n, B_CMD, OUT_CMD overlapping the B read, its remaining latency, beats, NEXT
+            cycles += reps * (1 + 1 + READ_LATENCY + n * beat + 1 + 1 + max(0, READ_LATENCY - 1) + n * beat + 1)
             read += reps * 2 * n * cb
         else:
             cols = ceil_div(n, i.upsample)
-            seg = 1 + 1 + READ_LATENCY + cols * beat + out
-            cycles += reps * seg
+            cycles += reps * (1 + 1 + READ_LATENCY + cols * beat + out)
             read += reps * cols * cb
         write += reps * n * cb
     total = int(round(cycles))
@@ -257,14 +296,23 @@ def instruction_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: floa
                      schedule: Schedule = Schedule.SEQUENTIAL) -> InstrCost:
     """Estimated cost of one instruction on an accelerator with DDR bandwidth ``ddr_bytes_per_cycle``."""
     bpc = bytes_per_cycle(cfg, ddr_bytes_per_cycle)
+    beat = max(1.0, cfg.axi_bytes / bpc)
     if i.opcode is Opcode.END:
-        return InstrCost(INSTR_OVERHEAD, 0, 0, 0, 0, 0)
+        end = int(round(_fetch_cycles(cfg, beat))) + 2 if schedule is Schedule.SEQUENTIAL else INSTR_OVERHEAD
+        return InstrCost(end, 0, 0, 0, 0, 0)
     if schedule is Schedule.SEQUENTIAL:
-        beat = max(1.0, cfg.axi_bytes / bpc)
         return _conv_sequential(i, cfg, beat) if i.opcode is Opcode.CONV else _stream_sequential(i, cfg, beat)
     if i.opcode is Opcode.CONV:
         return _conv_cost(i, cfg, bpc)
     return _stream_cost(i, cfg, bpc)
+
+
+def program_overhead(cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule = Schedule.SEQUENTIAL) -> int:
+    """Cycles of a program besides its instructions: the header fetch (command, L_r, beats) and its check."""
+    if schedule is not Schedule.SEQUENTIAL:
+        return INSTR_OVERHEAD
+    beat = max(1.0, cfg.axi_bytes / bytes_per_cycle(cfg, ddr_bytes_per_cycle))
+    return int(round(1 + READ_LATENCY + 64 / cfg.axi_bytes * beat + 1))
 
 
 @dataclass(frozen=True)

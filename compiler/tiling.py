@@ -46,8 +46,7 @@ def candidates(op: ConvOp, x: QTensor, y: QTensor, dataflow: Dataflow, cfg: Acce
     strips = sorted({min(out_w, s) for s in range(cfg.pe_px, cfg.strip_width + 1, cfg.pe_px)})
     oc_full = ceil_div(out_c, cfg.pe_oc) * cfg.pe_oc
     ocs = sorted({v for v in _powers(cfg.pe_oc, oc_full) + [oc_full]})
-    lane = cfg.pe_px if dataflow is Dataflow.INPUT_CHANNEL else cfg.channel_block
-    ics = sorted({in_c} | {v for v in _powers(lane, in_c)})
+    ics = sorted({in_c} | {v for v in _powers(cfg.channel_block, in_c)})  # several tiles start on blocks
     out: list[ConvTiling] = []
     first_problem = None
     for sw in strips:

@@ -60,13 +60,14 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
     dw = i.depthwise
     channels = Mux(dw, i.oc_tile, i.ic_tile)
     cb_shift = (p.cb - 1).bit_length()
+    px_shift = (cfg.pe_px - 1).bit_length()
     lb_need = Signal(64)
     wb_need = Signal(64)
     acc_need = Signal(64)
     m.d.comb += [
         lb_need.eq(i.kh * ((i.strip_w - 1) * i.stride + i.kw) * (((channels + p.cb - 1) >> cb_shift) << cb_shift)),
         wb_need.eq((i.oc_tile * Mux(dw, 1, i.ic_tile) * i.kh * i.kw * cfg.weight_code.bits + 7) >> 3),
-        acc_need.eq(i.oc_tile * i.strip_w),
+        acc_need.eq(i.oc_tile * (((i.strip_w + cfg.pe_px - 1) >> px_shift) << px_shift)),
     ]
     problems = [
         i.reserved != 0,
@@ -91,9 +92,9 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
         is_conv & (lb_need > cfg.line_buffer_bytes),
         is_conv & (wb_need > cfg.weight_buffer_bytes),
         is_conv & (acc_need > cfg.acc_buffer_words),
-        # what this generator does not implement
+        is_conv & (i.ic_tile < i.in_c) & (i.ic_tile[:cb_shift] != 0) if p.cb > 1 else 0,
         is_conv & (i.dataflow == Dataflow.INPUT_CHANNEL) & (i.ic_tile < i.in_c)
-        & (i.ic_tile[: (cfg.pe_px - 1).bit_length()] != 0) if cfg.pe_px > 1 else 0,
+        & (i.ic_tile[:px_shift] != 0) if cfg.pe_px > 1 else 0,
         is_conv & dw & (cfg.pe_oc > p.cb),
         is_conv & (i.dataflow == Dataflow.INPUT_CHANNEL) & (cfg.pe_px > p.cb),
     ]

@@ -89,12 +89,12 @@ class HwParams:
 
     @property
     def acc_entries(self) -> int:
-        """Accumulator buffer entries, each pe_oc x pe_px accumulators.
+        """Accumulator buffer entries, each pe_oc x pe_px accumulators: acc_buffer_words in all.
 
-        Sized so that every tiling the contract allows (oc_tile x strip_w <= acc_buffer_words, any
-        strip_w >= 1) fits although one entry always holds pe_px pixels.
+        The contract counts a strip in whole pixel groups (oc_tile x ceil(strip_w / pe_px) x pe_px <=
+        acc_buffer_words), so every tiling it allows fits.
         """
-        return max(1, self.cfg.acc_buffer_words // self.cfg.pe_oc)
+        return max(1, self.cfg.acc_buffer_words // (self.cfg.pe_oc * self.cfg.pe_px))
 
     @property
     def out_group(self) -> int:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from qdq_graphs import QdqBuilder
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Dataflow, Instruction, Opcode
 from shiftpu.compiler.driver import compile_model
-from shiftpu.compiler.perf import InstrCost, Schedule, conv_compute, instruction_cost
+from shiftpu.compiler.perf import InstrCost, Schedule, conv_compute, instruction_cost, program_overhead
 
 OVERLAPPED = Schedule.OVERLAPPED
 
@@ -21,22 +23,37 @@ def _conv(dataflow=Dataflow.PIXEL):
 
 
 def test_sequential_conv_cost_by_hand():
-    # fetch 2 + L_r 2 + 8 beats + 2, engine start 1, write drain 4                          = 19
-    # strip/tile: 3 + L_r + 8 table beats                                                    = 13
+    # fetch 1 + L_r 2 + 8 beats + latch, decode, retire 3; engine start 1, write drain 4     = 19
+    # strip/tile: TILE, QP_CHECK, QP_CMD 3 + L_r 2 + 8 table words                            = 13
     # per row: ROW 1 + IC/IC_CHECK 2 + line buffer 3 rows x 2 blocks x (1 + 10 cols)
-    #          + W_CHECK 1 + COMPUTE_INIT 1 + compute 1*1*16*9 + STORE 1                    = 216
-    #          + output 1 group x (1 + 8 beats) + NEXT_ROW 1                                 = 10
-    # read latency of the 22 (row, kernel row) pairs inside the tensor x 2 blocks x 2      = 88
-    # weights once: 1 + L_r + 144 steps x 32 bits / 64-bit beats                            = 75
+    #          + W_CHECK 1 + COMPUTE_INIT 1 + compute 1*1*16*9 + DRAIN 1 + STORE 1           = 217
+    #          + output 1 group x (1 + 8 beats) + NEXT_ROW 1                                  = 10
+    # read wait max(0, L_r 2 - 1 leading pad column) for the 22 (row, kernel row) pairs
+    # inside the tensor x 2 blocks                                                            = 44
+    # weights once: W_CMD 1 + L_r 2 + 144 steps x 32 bits / 64-bit beats                     = 75
     c = instruction_cost(_conv(), CFG, 8.0)
-    assert c == InstrCost(cycles=19 + 13 + 8 * (216 + 10) + 88 + 75, compute_cycles=1152, stall_cycles=851,
+    assert c == InstrCost(cycles=19 + 13 + 8 * (217 + 10) + 44 + 75, compute_cycles=1152, stall_cycles=815,
                           read_bytes=8 * 480 + 64, write_bytes=512, macs=73728)
 
 
 def test_sequential_add_cost_by_hand():
     add = Instruction(Opcode.ADD, in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=16)
-    # 16 segments (8 rows x 2 blocks) of SEG 1, LOAD 1 + L_r + 8, B_CMD 1 + L_r, OUT_CMD 1 + 8, NEXT 1
-    assert instruction_cost(add, CFG, 8.0) == InstrCost(19 + 16 * 25, 128, 291, 2048, 1024, 0)
+    # fetch 14 + finish 2; 16 segments (8 rows x 2 blocks) of SEG 1, LOAD 1 + L_r 2 + 8, B_CMD 1,
+    # OUT_CMD 1 + remaining B latency 1 + 8 beats, NEXT 1
+    assert instruction_cost(add, CFG, 8.0) == InstrCost(16 + 16 * 24, 128, 272, 2048, 1024, 0)
+
+
+def test_sequential_program_overhead_by_hand():
+    # header: command 1 + L_r 2 + 8 beats + check 1; END: fetch 14 + 2
+    assert program_overhead(CFG, 8.0) == 12
+    assert instruction_cost(Instruction(Opcode.END), CFG, 8.0).cycles == 16
+
+
+def test_left_padding_hides_the_read_latency():
+    padded = _conv()
+    unpadded = dataclasses.replace(padded, pad_l=0, pad_r=2)
+    # same geometry, the 44 (pair, block) row reads wait 2 instead of 1 cycle
+    assert instruction_cost(unpadded, CFG, 8.0).cycles - instruction_cost(padded, CFG, 8.0).cycles == 44
 
 
 def test_conv_cost_by_hand():

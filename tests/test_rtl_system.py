@@ -16,6 +16,7 @@ pytest.importorskip("amaranth")
 
 from rtl_support import SMALL, assert_bit_exact, random_program  # noqa: E402
 
+from shiftpu.arch import limits  # noqa: E402
 from shiftpu.arch.isa import INSTR_BYTES, INSTRUCTION_LAYOUT, ISA_VERSION, Dataflow, Instruction, Opcode, encode_program  # noqa: E402
 from shiftpu.arch.regmap import IP_MAGIC, ErrorCode, Irq, Status  # noqa: E402
 from shiftpu.sim.accelerator import AcceleratorError  # noqa: E402
@@ -102,15 +103,22 @@ def test_no_end(rtl):
     _expect_error(rtl, _program_with([_move(), _move()], n_instr=2), ErrorCode.NO_END, 2)
 
 
-def test_input_channel_tile_inside_a_pixel_group_is_refused(rtl):
-    """INPUT_CHANNEL runs on the pixel-parallel datapath; an input tile must start on a pe_px group."""
-    conv = Instruction(Opcode.CONV, dataflow=Dataflow.INPUT_CHANNEL, in_h=4, in_w=4, in_c=8, out_h=4, out_w=4,
-                       out_c=4, strip_w=4, ic_tile=3, oc_tile=4, out_addr=256, w_addr=256, qp_addr=512)
+@pytest.mark.parametrize("fields", [
+    dict(dataflow=Dataflow.INPUT_CHANNEL, in_c=8, ic_tile=3),  # input tile inside a pe_px group and a block
+    dict(in_c=16, ic_tile=4),  # several input tiles, not on channel blocks
+    dict(in_w=13, out_w=13, strip_w=13, out_c=36, oc_tile=36),  # 36 x 16 accumulators > acc_buffer_words 512
+])
+def test_tiling_rules_are_refused_like_the_golden_model(rtl, fields):
+    """Instructions that break a rule of shiftpu.arch.limits stop with BAD_FIELD at their pc on the RTL."""
+    conv = Instruction(Opcode.CONV, **({"in_h": 4, "in_w": 4, "in_c": 8, "out_h": 4, "out_w": 4, "out_c": 4,
+                                        "strip_w": 4, "ic_tile": 8, "oc_tile": 4, "out_addr": 1024,
+                                        "w_addr": 256, "qp_addr": 512} | fields))
+    assert limits.violation(conv, SMALL) is not None
     const = np.zeros(1024, np.uint8)
     prog = _program_with([conv])
     const[: prog.size] = prog
     with pytest.raises(AcceleratorError) as info:
-        rtl.run_program(const, np.zeros(1024, np.uint8))
+        rtl.run_program(const, np.zeros(4096, np.uint8))
     assert (info.value.code, info.value.pc) == (ErrorCode.BAD_FIELD, 0)
 
 

@@ -104,8 +104,8 @@ def test_conv_matches_onnxruntime(case):
     instr = Instruction(
         Opcode.CONV, dataflow=dataflow, depthwise=depthwise, act=act, leaky_shift=3, in_signed=x_signed,
         out_signed=y_signed, kh=kh, kw=kw, stride=stride, pad_t=pads[0], pad_l=pads[1], pad_b=pads[2], pad_r=pads[3],
-        in_h=h, in_w=w, in_c=c_in, out_h=oh, out_w=ow, out_c=c_out, strip_w=min(ow, 8), ic_tile=4 if depthwise else 1,
-        oc_tile=4, in_addr=0, out_addr=layout.align(layout.activation_bytes(c_in, h, w, CFG)),
+        in_h=h, in_w=w, in_c=c_in, out_h=oh, out_w=ow, out_c=c_out, strip_w=min(ow, 8), ic_tile=CFG.channel_block,
+        oc_tile=CFG.channel_block if depthwise else 4, in_addr=0, out_addr=layout.align(layout.activation_bytes(c_in, h, w, CFG)),
         w_addr=1024, qp_addr=1024 + layout.align(wbytes.size),
     )
     prog = encode_program([instr], CFG.config_hash())
@@ -176,6 +176,28 @@ def test_capacity_violation_is_bad_field():
                        ic_tile=1, oc_tile=4)
     with pytest.raises(AcceleratorError, match="strip_w 32 exceeds strip_width 16") as err:
         GoldenAccelerator(CFG).run_program(_program(conv), np.zeros(4096, np.uint8))
+    assert err.value.code is ErrorCode.BAD_FIELD
+
+
+_WIDE_PE = AccelConfig(pe_oc=16, pe_px=16, strip_width=16, axi_data_bits=64)
+
+
+@pytest.mark.parametrize("config, fields, message", [
+    (CFG, dict(in_c=1, out_w=13, in_w=13, out_c=132, strip_w=13, ic_tile=1, oc_tile=132),
+     "accumulator buffer needs 2112 words, has 2048"),
+    (CFG, dict(in_c=12, out_w=8, in_w=8, out_c=4, strip_w=8, ic_tile=4, oc_tile=4),
+     "ic_tile 4 with several input tiles is not a multiple of channel_block 8"),
+    (CFG, dict(in_c=12, out_w=8, in_w=8, out_c=12, strip_w=8, ic_tile=4, oc_tile=4, depthwise=True,
+               dataflow=Dataflow.DEPTHWISE), "ic_tile 4 with several input tiles is not a multiple of channel_block 8"),
+    (_WIDE_PE, dict(in_c=8, out_w=8, in_w=8, out_c=16, strip_w=8, ic_tile=8, oc_tile=16,
+                    dataflow=Dataflow.INPUT_CHANNEL), "INPUT_CHANNEL needs pe_px 16 <= channel_block 8"),
+    (_WIDE_PE, dict(in_c=16, out_w=8, in_w=8, out_c=16, strip_w=8, ic_tile=16, oc_tile=16, depthwise=True,
+                    dataflow=Dataflow.DEPTHWISE), "DEPTHWISE needs pe_oc 16 <= channel_block 8"),
+])
+def test_tiling_rules_are_bad_field(config, fields, message):
+    conv = Instruction(Opcode.CONV, kh=1, kw=1, in_h=1, out_h=1, **fields)
+    with pytest.raises(AcceleratorError, match=message) as err:
+        GoldenAccelerator(config).run_program(_program(conv, config=config), np.zeros(1 << 16, np.uint8))
     assert err.value.code is ErrorCode.BAD_FIELD
 
 

@@ -44,7 +44,7 @@ class AccelConfig:
     line_buffer_bytes: int = 32 * 1024
     #: Weight buffer capacity in bytes (one output-channel tile x input-channel tile x K x K codes).
     weight_buffer_bytes: int = 16 * 1024
-    #: Accumulator buffer capacity in accumulators (strip width x output-channel tile).
+    #: Accumulator buffer capacity in accumulators (output-channel tile x strip width rounded up to pe_px).
     acc_buffer_words: int = 2048
     #: Data width of the AXI4 master (the Zynq HP port) in bits.
     axi_data_bits: int = 64

@@ -7,7 +7,7 @@ them with ``ErrorCode.BAD_FIELD``. One function, used by all three.
 from __future__ import annotations
 
 from shiftpu.arch.config import AccelConfig
-from shiftpu.arch.isa import Instruction, Opcode
+from shiftpu.arch.isa import Dataflow, Instruction, Opcode
 from shiftpu.arch.layout import ceil_div
 
 
@@ -24,9 +24,25 @@ def weight_buffer_need(instr: Instruction, cfg: AccelConfig) -> int:
     return ceil_div(instr.oc_tile * per_oc * instr.kh * instr.kw * cfg.weight_code.bits, 8)
 
 
-def acc_buffer_need(instr: Instruction) -> int:
-    """Accumulators a CONV needs: output tile x strip width."""
-    return instr.oc_tile * instr.strip_w
+def acc_buffer_need(instr: Instruction, cfg: AccelConfig) -> int:
+    """Accumulators a CONV needs: output tile x strip width rounded up to whole pixel groups (pe_px)."""
+    return instr.oc_tile * ceil_div(instr.strip_w, cfg.pe_px) * cfg.pe_px
+
+
+def _dataflow_violation(instr: Instruction, cfg: AccelConfig) -> str | None:
+    """Why the dataflow or the input-channel tiling of a CONV does not fit the PE array, or None.
+
+    Input tiles start on channel-block boundaries; as pe_px <= channel_block for INPUT_CHANNEL (both
+    powers of two), they then also start on multiples of pe_px, which that dataflow's adder tree needs.
+    """
+    cb = cfg.channel_block
+    if instr.dataflow is Dataflow.INPUT_CHANNEL and cfg.pe_px > cb:
+        return f"INPUT_CHANNEL needs pe_px {cfg.pe_px} <= channel_block {cb}"
+    if instr.depthwise and cfg.pe_oc > cb:
+        return f"DEPTHWISE needs pe_oc {cfg.pe_oc} <= channel_block {cb}"
+    if instr.ic_tile < instr.in_c and instr.ic_tile % cb:
+        return f"ic_tile {instr.ic_tile} with several input tiles is not a multiple of channel_block {cb}"
+    return None
 
 
 def violation(instr: Instruction, cfg: AccelConfig) -> str | None:
@@ -45,13 +61,16 @@ def violation(instr: Instruction, cfg: AccelConfig) -> str | None:
         return f"oc_tile {instr.oc_tile} is not a multiple of pe_oc {cfg.pe_oc}"
     if instr.depthwise and instr.ic_tile != instr.oc_tile:
         return f"depthwise CONV needs ic_tile == oc_tile (got {instr.ic_tile} and {instr.oc_tile})"
+    problem = _dataflow_violation(instr, cfg)
+    if problem:
+        return problem
     need = line_buffer_need(instr, cfg)
     if need > cfg.line_buffer_bytes:
         return f"line buffer needs {need} bytes, has {cfg.line_buffer_bytes}"
     need = weight_buffer_need(instr, cfg)
     if need > cfg.weight_buffer_bytes:
         return f"weight buffer needs {need} bytes, has {cfg.weight_buffer_bytes}"
-    need = acc_buffer_need(instr)
+    need = acc_buffer_need(instr, cfg)
     if need > cfg.acc_buffer_words:
         return f"accumulator buffer needs {need} words, has {cfg.acc_buffer_words}"
     return None

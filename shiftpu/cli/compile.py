@@ -115,11 +115,14 @@ def run(
         typer.echo(f"wrote {output}: {outs[0].dtype} {tuple(outs[0].shape)}")
     for name, y in zip(ex.output_names, outs, strict=True):
         typer.echo(f"output {name}: {y.dtype} {tuple(y.shape)} min {y.min():g} max {y.max():g}")
-    if frame.stats and all(s.measured for s in frame.stats):
-        cycles = sum(s.cycles for s in frame.stats)
+    measured = [s for s in frame.stats if s.measured]
+    if measured:
+        cycles = sum(s.cycles for s in measured)
         mhz = ex.compiled.config.clock_mhz
-        typer.echo(f"fabric: {cycles} cycles measured on the {backend} backend ({cycles / mhz / 1e3:.3f} ms at "
-                   f"{mhz} MHz), {sum(s.stall_cycles or 0 for s in frame.stats)} of them stalled on memory")
+        how = "measured, RTL simulation" if backend == "rtl" else f"measured on the {backend} backend"
+        typer.echo(f"fabric: {cycles} cycles ({how}; {cycles / mhz / 1e3:.3f} ms at {mhz} MHz), "
+                   f"{sum(s.stall_cycles or 0 for s in measured)} of them stalled on memory; "
+                   f"{ex.compiled.manifest['estimate']['cycles']} cycles estimated by the performance model")
     if compare:
         from shiftpu.compiler.compare import first_divergence
 
