@@ -25,6 +25,7 @@ from typing import Any
 
 from shiftpu import __version__
 from shiftpu.arch.config import AccelConfig, ConfigError
+from shiftpu.boards.manifest import read_json_object
 from shiftpu.boards.vivado import HW_MANIFEST, read_hw_manifest
 from shiftpu.errors import ShiftpuError
 
@@ -61,14 +62,8 @@ def model_config_hash(model_dir: Path) -> int:
     """The config hash a compiled model folder was compiled for (its manifest's ``config_hash``, or its
     ``config`` when only that is recorded)."""
     path = model_dir / MODEL_MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{model_dir} is not a compiled model folder: {MODEL_MANIFEST} is missing") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path}: cannot read: {e}") from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{path}: must hold a JSON object")
+    data = read_json_object(path, f"{model_dir} is not a compiled model folder: {MODEL_MANIFEST} is missing",
+                            BundleError)
     if "config_hash" in data:
         return parse_config_hash(data["config_hash"], f"{path}: field 'config_hash'")
     if isinstance(data.get("config"), dict):
@@ -165,13 +160,9 @@ def load_bundle(path: str | Path) -> Bundle:
     """Read a bundle and check it: format, matching config hashes, files present and unchanged."""
     root = Path(path)
     manifest_path = root / BUNDLE_MANIFEST
-    try:
-        data = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{root} is not a shiftpu bundle: {BUNDLE_MANIFEST} is missing") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{manifest_path}: cannot read: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+    data = read_json_object(manifest_path, f"{root} is not a shiftpu bundle: {BUNDLE_MANIFEST} is missing",
+                            BundleError)
+    if data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{manifest_path}: not a {BUNDLE_FORMAT} manifest (field 'format')")
     for key in ("board", "part"):
         if not isinstance(data.get(key), str):

@@ -22,6 +22,7 @@ import jinja2
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.regmap import REGISTER_SPACE_BYTES
 from shiftpu.boards.board import Board, PsFamily
+from shiftpu.boards.manifest import read_json_object
 from shiftpu.boards.ps import ATTACHMENTS, ps_config, register_range
 from shiftpu.boards.reports import reports_json
 from shiftpu.boards.rtl import TOP_MODULE
@@ -139,13 +140,8 @@ def write_flow(board: Board, cfg: AccelConfig, out_dir: Path, verilog: str, jobs
 def read_hw_manifest(hw_dir: Path) -> dict[str, Any]:
     """hw.json of a build-hw output folder, checked for the fields other steps rely on."""
     path = hw_dir / HW_MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VivadoError(f"{hw_dir} is not a build-hw output folder: {HW_MANIFEST} is missing") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VivadoError(f"{path}: cannot read: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != HW_FORMAT:
+    data = read_json_object(path, f"{hw_dir} is not a build-hw output folder: {HW_MANIFEST} is missing", VivadoError)
+    if data.get("format") != HW_FORMAT:
         raise VivadoError(f"{path}: not a {HW_FORMAT} manifest (field 'format')")
     for key in ("board", "part", "config_hash", "bitstream", "hwh"):
         if not isinstance(data.get(key), str):
