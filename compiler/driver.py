@@ -109,7 +109,7 @@ def build_manifest(graph: Graph, images: list[SegmentImage], board: str, opts: C
         "cpu_nodes": [{"index": node_index[id(n.node)], "name": n.name, "op_type": n.node.op_type,
                        "reason": n.reason.name, "why": n.reason.value, "detail": n.detail}
                       for n in graph.cpu_nodes()],
-        "schedule": schedule, "layers": layers,
+        "schedule": schedule, "layers": layers, "warnings": list(graph.warnings),
         "estimate": {k: est[k] for k in ("kind", "schedule", "cycles", "fps", "utilization")},
     }
 
@@ -136,6 +136,8 @@ def partition_report(graph: Graph, board: str, est: dict) -> str:
                          f"strip_w {t.strip_w} ic_tile {t.ic_tile} oc_tile {t.oc_tile}") if t and st.dataflow is not None else ""
             lid = f"#{ids[id(st)]}"
             lines.append(f"  fabric{seg_of[id(st)]:<2} {st.kind:<17} {st.name:<30} {lid}{extra}")
+    if graph.warnings:
+        lines += ["", "warnings:"] + [f"  {w}" for w in graph.warnings]
     lines += ["", format_table(est), ""]
     return "\n".join(lines)
 

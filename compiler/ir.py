@@ -216,6 +216,8 @@ class Graph:
     aliases: dict[str, tuple[str, int]] = field(default_factory=dict)
     placements: dict[str, Placement] = field(default_factory=dict)
     arena_bytes: int = 0
+    #: things the user should know that do not stop compilation (e.g. onnxruntime may round a sum)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def inputs(self) -> list[str]:

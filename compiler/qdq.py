@@ -37,6 +37,8 @@ from shiftpu.compiler.onnx_import import attrs, shape_of
 MAX_PAD = 7
 #: Range of the 8-bit signed requantisation shift fields.
 SHIFT_RANGE = (-128, 127)
+#: Integers up to this magnitude are exact in float32 (24-bit significand): onnxruntime's sums stay exact below it.
+FLOAT32_EXACT = 1 << 24
 #: Widest alignment shift of ADD inputs (5-bit fields).
 MAX_ADD_SHIFT = 31
 _ACTIVATIONS = ("Relu", "LeakyRelu", "Clip")
@@ -64,6 +66,7 @@ class _Folder:
     def __init__(self, model: onnx.ModelProto, cfg: AccelConfig):
         self.model = model
         self.cfg = cfg
+        self.warnings: list[str] = []
         g = model.graph
         self.consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         self.producer: dict[str, onnx.NodeProto] = {}
@@ -123,7 +126,22 @@ class _Folder:
         if shape is None or len(shape) not in (2, 4) or shape[0] != 1:
             raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, f"shape {shape} is not (1, C, H, W) or (1, K)")
         out = node.output[0]
-        self.tensors[out] = QTensor(out, shape, ActFormat(8, dtype == np.int8), int(exp.reshape(-1)[0]))
+        e = int(exp.reshape(-1)[0])
+        signed = dtype == np.int8
+        # a Clip to exactly the 4-bit range right before the quantizer makes the tensor 4-bit
+        four = ActFormat(4, signed)
+        bits = 4 if self._range_clip(self.producer.get(node.input[0]), four, e) else 8
+        self.tensors[out] = QTensor(out, shape, ActFormat(bits, signed), e)
+
+    def _range_clip(self, node: onnx.NodeProto | None, fmt: ActFormat, exp: int) -> bool:
+        """Whether ``node`` is ``Clip(qmin * 2^exp, qmax * 2^exp)``: the clip that 4-bit quantizers put first."""
+        if node is None or node.op_type != "Clip" or len(node.input) < 3:
+            return False
+        lo, hi = self.consts.get(node.input[1]), self.consts.get(node.input[2])
+        if lo is None or hi is None or lo.size != 1 or hi.size != 1:
+            return False
+        scale = 2.0 ** exp
+        return float(lo) == fmt.qmin * scale and float(hi) == fmt.qmax * scale
 
     def _dequant(self, node: onnx.NodeProto) -> None:
         src, out = node.input[0], node.output[0]
@@ -162,12 +180,25 @@ class _Folder:
             raise _NoMatch(CpuReason.FLOAT_OPERANDS, f"the float value '{x}' is also used elsewhere")
         absorbed = []
         act, leaky = Activation.NONE, 0
+        if out.fmt.bits < 8 and self._range_clip(core, out.fmt, out.exp):
+            # the 4-bit range clip: the fabric's saturation to out_bits does the same after rounding
+            absorbed.append(core)
+            y = core.input[0]
+            if y in self.dq_act:  # requantising a tensor to 4 bits
+                t = self.tensors[self.dq_act[y]]
+                return MoveOp(q.name or out.name, [t.name], out.name, [],
+                              out_shift=self._shift(out.exp - t.exp, q)), absorbed
+            core = self.producer.get(y)
+            if core is None:
+                raise _NoMatch(CpuReason.QUANT_BOUNDARY, "quantizes a model input")
+            if not self._only_consumer(y, absorbed[-1]):
+                raise _NoMatch(CpuReason.FLOAT_OPERANDS, "4-bit range clip of a value used elsewhere")
         if core.op_type in _ACTIVATIONS:
             act, leaky = self._activation(core, out)
             absorbed.append(core)
             y = core.input[0]
             core = self.producer.get(y)
-            if core is None or not self._only_consumer(y, absorbed[0]):
+            if core is None or not self._only_consumer(y, absorbed[-1]):
                 raise _NoMatch(CpuReason.FLOAT_OPERANDS, "activation of a value used elsewhere")
         absorbed.append(core)
         name = core.name or out.name
@@ -280,6 +311,11 @@ class _Folder:
             raise CompileError(
                 f"node '{node.name}': accumulator of output channel {o} could reach {int(worst[o])}, "
                 f"beyond the {cfg.acc_bits}-bit accumulator ({limit})")
+        if worst.max() >= FLOAT32_EXACT:
+            o = int(worst.argmax())
+            self.warnings.append(
+                f"node '{node.name}': accumulator of output channel {o} could reach {int(worst[o])} >= 2^24: exact on "
+                f"the accelerator and the golden model, but onnxruntime's float32 sum may round (docs/numerics.md)")
         return ConvOp(name, [x.name], out.name, sources, act, leaky, weights=w.astype(np.int8), bias=bias,
                       shift=shifts.astype(np.int64), stride=stride, pads=pads, depthwise=depthwise)
 
@@ -461,7 +497,7 @@ class _Folder:
                 steps.append(fabric[id(node)])
             elif id(node) not in absorbed:
                 steps.append(self._cpu(node))
-        return Graph(self.model, dict(self.tensors), steps)
+        return Graph(self.model, dict(self.tensors), steps, warnings=list(self.warnings))
 
     def _cpu(self, node: onnx.NodeProto) -> CpuNode:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -471,6 +507,11 @@ class _Folder:
             return CpuNode(node, CpuReason.QUANT_BOUNDARY)
         if node.op_type in ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"):
             return CpuNode(node, CpuReason.SHAPE_ONLY)
+        cons = self.consumers.get(node.output[0], [])
+        if len(cons) == 1 and cons[0].op_type == "QuantizeLinear" and cons[0].output[0] in self.tensors:
+            t = self.tensors[cons[0].output[0]]
+            if t.fmt.bits < 8 and self._range_clip(node, t.fmt, t.exp):
+                return CpuNode(node, CpuReason.QUANT_BOUNDARY, "the 4-bit range clip of a quantizer on the CPU")
         f = self.failures.get(id(node))
         if f is not None:
             return CpuNode(node, f.reason, f.detail)

@@ -30,6 +30,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpu.arch.isa import Dataflow
 from shiftpu.arch.regmap import ErrorCode
 from shiftpu.hw.axi_master import transfer_layout, write_beat_layout
+from shiftpu.hw.crossbar import rotate_words
 from shiftpu.hw.decode import INSTRUCTION
 from shiftpu.hw.gearbox import BeatsToWords
 from shiftpu.hw.line_buffer import LineBuffer
@@ -89,8 +90,9 @@ class ConvEngine(wiring.Component):
         acc_bits = acc_layout(p).size
         m.submodules.accbuf = accbuf = memory.Memory(shape=unsigned(acc_bits), depth=p.acc_entries, init=[])
         acc_wr = accbuf.write_port()
+        # one read port: partial sums for the PE array while computing, finished rows while writing out
         acc_rd = accbuf.read_port()
-        acc_out = accbuf.read_port()
+        out_phase = Signal()
         qp_rec = data.StructLayout({"bias": signed(32), "shift": signed(8)})
         m.submodules.qpmem = qpmem = memory.Memory(shape=unsigned(qp_rec.size * PO), depth=p.acc_entries, init=[])
         qp_wr = qpmem.write_port(granularity=qp_rec.size)
@@ -182,7 +184,6 @@ class ConvEngine(wiring.Component):
             lb.rd_addr.eq((ky * nblk + (ch >> lcb) - blk_lo) * in_cols + ((pg << lp) + Mux(ic_mode, slot, 0)) * s + kx),
             lb.rd_stride.eq(s),
             wb.rd_addr.eq(wb_base + Mux(ic_mode, step << lp, step)),
-            acc_rd.addr.eq(ai),
             pe.init.eq(Mux(~dw & (i0 != 0), acc_rd.data, 0)),
             pe.en.eq(en1),
             pe.first.eq(first1),
@@ -190,12 +191,16 @@ class ConvEngine(wiring.Component):
             pe.slot.eq(slot1),
         ]
         codes = data.View(data.ArrayLayout(data.ArrayLayout(unsigned(cfg.weight_code.bits), PO), P), wb.rd_data)
+        # each column's word rotated so that byte t holds channel lane + t (mod cb): PIXEL takes byte 0 of its
+        # column, DEPTHWISE byte r for row r, INPUT_CHANNEL byte j of the one pixel's word for column j
+        rot = []
+        for j in range(P):
+            col_bytes = [lb.rd_data[j].word_select(t, 8) for t in range(CB)]
+            rot.append(Cat(*rotate_words(m, col_bytes, ch1[:lcb], 8, f"col{j}")) if lcb else lb.rd_data[j])
         for r in range(PO):
-            lane = Signal(lcb, name=f"lane_{r}")
-            m.d.comb += lane.eq(ch1[:lcb] + Mux(dw, r, 0))
             for j in range(P):
-                # INPUT_CHANNEL: lane j of the one pixel's word, else column j's word
-                byte = Mux(ic_mode, lb.rd_data[0].word_select((lane + j)[:lcb], 8), lb.rd_data[j].word_select(lane, 8))
+                byte = Mux(ic_mode, rot[0].word_select(j % CB, 8),
+                           Mux(dw, rot[j].word_select(r % CB, 8), rot[j].word_select(0, 8)))
                 a = Signal(signed(ACT_WIDTH), name=f"act_{r}_{j}")
                 m.d.comb += [a.eq(Mux(i.in_signed, byte.as_signed(), byte)), pe.acts[r * P + j].eq(a),
                              pe.codes[r * P + j].eq(Mux(ic_mode, codes[j][r], codes[0][r]))]
@@ -208,27 +213,29 @@ class ConvEngine(wiring.Component):
         j_out = x[:lp] if P > 1 else 0
         # the accumulators of beat x arrive one cycle after their address: present the next beat's
         x_next = Signal.like(x)
-        m.d.comb += [x_next.eq(x), acc_out.addr.eq((x_next >> lp) * obs + ob_g), qp_rd.addr.eq(ob_g)]
-        acc_view = data.View(acc_layout(p), acc_out.data)
+        m.d.comb += [x_next.eq(x), qp_rd.addr.eq(ob_g),
+                     acc_rd.addr.eq(Mux(out_phase, (x_next >> lp) * obs + ob_g, ai))]
+        acc_view = data.View(acc_layout(p), acc_rd.data)
         qp_view = data.View(data.ArrayLayout(qp_rec, PO), qp_rd.data)
         out_bytes = []
         for k in range(G):
             rq = Requantizer(cfg.acc_bits)
             m.submodules[f"rq{k}"] = rq
-            row = Signal(range(PO), name=f"out_row{k}")
-            flat = Signal(range(PO * P), name=f"out_idx{k}")
-            m.d.comb += [row.eq(r0 + k), flat.eq(row * P + j_out)]
+            # lane k only ever sees rows k, G + k, 2G + k, ...: select among those rows' pe_px columns
             acc_sel = Signal(signed(cfg.acc_bits), name=f"out_acc{k}")
             bias_sel = Signal(signed(32), name=f"out_bias{k}")
             shift_sel = Signal(signed(8), name=f"out_shift{k}")
-            with m.Switch(flat):
-                for idx in range(PO * P):
-                    with m.Case(idx):
-                        m.d.comb += acc_sel.eq(acc_view[idx])
-            with m.Switch(row):
-                for rr in range(PO):
-                    with m.Case(rr):
-                        m.d.comb += [bias_sel.eq(qp_view[rr].bias), shift_sel.eq(qp_view[rr].shift)]
+            row_grp = Signal(range(max(2, PO // G)), name=f"out_rowgrp{k}")
+            m.d.comb += row_grp.eq(r0 >> _log2(G) if PO > G else 0)
+            with m.Switch(Cat(j_out, row_grp) if P > 1 else row_grp):
+                for rg in range(PO // G):
+                    for jj in range(P):
+                        with m.Case(rg * P + jj if P > 1 else rg):
+                            m.d.comb += acc_sel.eq(acc_view[(rg * G + k) * P + jj])
+            with m.Switch(row_grp):
+                for rg in range(PO // G):
+                    with m.Case(rg):
+                        m.d.comb += [bias_sel.eq(qp_view[rg * G + k].bias), shift_sel.eq(qp_view[rg * G + k].shift)]
             m.d.comb += [
                 rq.value.eq(acc_sel), rq.bias.eq(bias_sel), rq.shift.eq(shift_sel), rq.act.eq(i.act),
                 rq.leaky_shift.eq(i.leaky_shift), rq.out_bits.eq(i.out_bits), rq.out_signed.eq(i.out_signed),
@@ -428,6 +435,7 @@ class ConvEngine(wiring.Component):
                     m.next = "IC"
             with m.State("OUT_CMD"):
                 m.d.comb += [
+                    out_phase.eq(1),
                     self.wr_cmd.valid.eq(1),
                     self.wr_cmd.payload.addr.eq(
                         self.act_base + i.out_addr + ((((c_base >> lcb) * i.out_h + y) * i.out_w + x0) << lcb)),
@@ -438,7 +446,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += x.eq(0)
                     m.next = "OUT_DATA"
             with m.State("OUT_DATA"):
-                m.d.comb += self.wr_data.valid.eq(1)
+                m.d.comb += [out_phase.eq(1), self.wr_data.valid.eq(1)]
                 with m.If(self.wr_data.ready):
                     m.d.comb += x_next.eq(x + 1)
                     m.d.sync += x.eq(x + 1)

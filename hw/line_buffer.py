@@ -9,10 +9,11 @@ RAM): the words of the address given in one cycle arrive in the next.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from shiftpu.hw.crossbar import rotate_words
 from shiftpu.hw.params import HwParams
 
 
@@ -54,11 +55,8 @@ class LineBuffer(wiring.Component):
             offset = (b - self.rd_addr[:sel])[:sel]
             m.d.comb += rd.addr.eq((self.rd_addr + offset) >> sel)
             bank_out.append(rd.data)
+        # word a + t sits in bank (a + t) mod nb: rotate, then lane j takes word j * stride (stride 1 or 2)
+        words = rotate_words(m, bank_out, addr_q[:sel], p.cb * 8, "lanes")
         for j in range(p.cfg.pe_px):
-            bank = Signal(sel, name=f"lane{j}_bank")
-            m.d.comb += bank.eq((addr_q + j * stride_q)[:sel])
-            with m.Switch(bank):
-                for b in range(nb):
-                    with m.Case(b):
-                        m.d.comb += self.rd_data[j].eq(bank_out[b])
+            m.d.comb += self.rd_data[j].eq(Mux(stride_q[1], words[(2 * j) % nb], words[j]))
         return m

@@ -72,10 +72,10 @@ class PEArray(wiring.Component):
             m.d.comb += row_sum.eq(_tree_sum(terms))
             for j in range(P):
                 k = r * P + j
+                # one accumulator adder per PE: its own term, or the row's sum in the reducing column
                 base = Mux(self.first, self.init[k], self.acc[k])
-                with m.If(self.en):
-                    with m.If(~self.reduce):
-                        m.d.sync += self.acc[k].eq(base + terms[j])
-                    with m.Elif(self.slot == j):
-                        m.d.sync += self.acc[k].eq(base + row_sum)
+                addend = Signal.like(row_sum, name=f"addend_{r}_{j}")
+                m.d.comb += addend.eq(Mux(self.reduce, row_sum, terms[j]))
+                with m.If(self.en & (~self.reduce | (self.slot == j))):
+                    m.d.sync += self.acc[k].eq(base + addend)
         return m

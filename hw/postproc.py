@@ -14,8 +14,8 @@ from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.numerics import Activation
 
-#: Shift amounts are clamped here: any larger right shift rounds to 0 and any larger left shift saturates.
-MAX_SHIFT = 63
+#: Left shifts are clamped here: a nonzero value shifted left this far already saturates an 8-bit output.
+MAX_LEFT_SHIFT = 9
 
 
 class Requantizer(wiring.Component):
@@ -36,8 +36,11 @@ class Requantizer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # wide enough that the remainder of the largest right shift sees the sign extension
-        width = max(self.value_width + 1, 33, MAX_SHIFT + 2)
+        # v = value + bias needs vw bits, |v| <= 2^(vw-1): a right shift by vw + 1 or more rounds to 0, so shifts
+        # are clamped to that; one more bit lets the remainder of the largest shift see the sign extension
+        vw = max(self.value_width, 32) + 1
+        max_right = vw + 1
+        width = vw + 2
         v = Signal(signed(width))
         m.d.comb += v.eq(self.value + self.bias)
         neg = v < 0
@@ -45,22 +48,22 @@ class Requantizer(wiring.Component):
         sh = Signal(signed(10))
         m.d.comb += sh.eq(self.shift + Mux(leaky, self.leaky_shift, 0))
 
-        right = Signal(range(MAX_SHIFT + 1))
-        left = Signal(range(MAX_SHIFT + 1))
+        right = Signal(range(max_right + 1))
+        left = Signal(range(MAX_LEFT_SHIFT + 1))
         m.d.comb += [
-            right.eq(Mux(sh > MAX_SHIFT, MAX_SHIFT, Mux(sh > 0, sh, 0))),
-            left.eq(Mux(-sh > MAX_SHIFT, MAX_SHIFT, Mux(sh < 0, -sh, 0))),
+            right.eq(Mux(sh > max_right, max_right, Mux(sh > 0, sh, 0))),
+            left.eq(Mux(-sh > MAX_LEFT_SHIFT, MAX_LEFT_SHIFT, Mux(sh < 0, -sh, 0))),
         ]
         q = Signal(signed(width))
-        rem = Signal(unsigned(MAX_SHIFT + 1))
-        half = Signal(unsigned(MAX_SHIFT + 1))
+        rem = Signal(unsigned(max_right))
+        half = Signal(unsigned(max_right))
         m.d.comb += [
             q.eq(v >> right),
             rem.eq(v.as_unsigned() & ((1 << right) - 1)),
             half.eq((Const(1, 1) << right) >> 1),
         ]
         round_up = (right > 0) & ((rem > half) | ((rem == half) & q[0]))
-        shifted = Signal(signed(width + MAX_SHIFT + 1))
+        shifted = Signal(signed(width + MAX_LEFT_SHIFT + 1))
         m.d.comb += shifted.eq(Mux(right > 0, q + round_up, v << left))
         y = Mux((self.act == Activation.RELU) & (shifted < 0), 0, shifted)
 

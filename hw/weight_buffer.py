@@ -14,6 +14,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.layout import ceil_div
+from shiftpu.hw.crossbar import rotate_words
 from shiftpu.hw.params import HwParams
 
 #: Width of the weight buffer's address arithmetic (addresses wrap modulo 2^ADDR_BITS).
@@ -63,14 +64,7 @@ class WeightBuffer(wiring.Component):
                     with m.Case(k):
                         m.d.comb += [wr.data.eq(self.wr_data[k]), wr.en.eq(self.wr_en & self.wr_mask[k])]
             outs.append(rd.data)
+        lanes = rotate_words(m, outs, addr_q[:sel], p.step_bits, "lanes") if sel else outs
         for j in range(p.cfg.pe_px):
-            if sel:
-                bank = Signal(sel, name=f"lane{j}_bank")
-                m.d.comb += bank.eq((addr_q + j)[:sel])
-                with m.Switch(bank):
-                    for b in range(nb):
-                        with m.Case(b):
-                            m.d.comb += self.rd_data[j].eq(outs[b])
-            else:
-                m.d.comb += self.rd_data[j].eq(outs[0])
+            m.d.comb += self.rd_data[j].eq(lanes[j])
         return m

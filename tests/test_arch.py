@@ -126,6 +126,20 @@ def test_shift_round_half_even_matches_float_rounding(acc, shift):
     assert got == round(Fraction(acc) / Fraction(2) ** shift)
 
 
+@given(st.integers(-(2**41), 2**41), st.integers(-128, 127), st.sampled_from(list(numerics.Activation)),
+       st.integers(0, 15), st.sampled_from([numerics.INT8, numerics.UINT8, numerics.ActFormat(4, True)]))
+def test_requantize_is_exact_over_the_whole_shift_field(value, shift, act, leaky, fmt):
+    """Any 8-bit shift field value, also those beyond int64 shifts (e.g. 2^-100, 2^70), gives the exact result."""
+    from fractions import Fraction
+
+    s = shift + leaky if act is numerics.Activation.LEAKY and value < 0 else shift
+    want = round(Fraction(value) / Fraction(2) ** s)
+    if act is numerics.Activation.RELU:
+        want = max(want, 0)
+    want = min(max(want, fmt.qmin), fmt.qmax)
+    assert int(numerics.requantize(np.array([value]), shift, fmt, act, leaky)[0]) == want
+
+
 def test_requantize_matches_onnx_quantizelinear():
     """QuantizeLinear on the dequantised accumulator == requantize (power-of-two scales)."""
     import onnx

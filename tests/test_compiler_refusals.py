@@ -47,6 +47,26 @@ def test_accumulator_overflow_is_refused():
         compile_model(m, "pynq-z2")
 
 
+def test_accumulator_beyond_float32_exactness_is_a_warning(tmp_path):
+    # channel 0: 256 input channels x 3x3 taps x |64| x 128 (int8 input) = 18874368 >= 2^24, far below 2^31
+    b = QdqBuilder((256, 4, 4), seed=0)
+    b.output(b.conv(b.x, 8, 3, bias=False))
+    m = b.model()
+    for init in m.graph.initializer:
+        if init.name.startswith("wq"):
+            a = onnx.numpy_helper.to_array(init).copy()
+            a[0] = -64
+            a[1:] = 1
+            init.CopyFrom(onnx.numpy_helper.from_array(a, init.name))
+    res = compile_model(m, "pynq-z2", tmp_path / "out")
+    assert len(res.graph.warnings) == 1
+    assert "accumulator of output channel 0 could reach 18874368 >= 2^24" in res.graph.warnings[0]
+    assert "warnings:" in res.report and res.graph.warnings[0] in res.report
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["warnings"] == res.graph.warnings
+    quiet = compile_model(_conv_model().model(), "pynq-z2")
+    assert quiet.graph.warnings == [] and "warnings:" not in quiet.report
+
+
 def test_weight_not_a_shift_is_refused():
     m = _conv_model().model()
     w = next(i for i in m.graph.initializer if i.name.startswith("wq"))

@@ -197,3 +197,25 @@ def test_frozen_activation_scales_stay_put():
     qat(torch.rand(2, 3, 16, 16) * 50)
     assert {n: m.exponent for n, m in qat.named_modules() if isinstance(m, ActQuant)} == before
     assert before["act_quant_0"] == -7  # input maximum 1.0: 255 * 2^-7 >= 1 > 255 * 2^-8
+
+
+@pytest.mark.parametrize("input_signed", [False, True])
+def test_4bit_activations_compile_to_the_fabric_exactly(tmp_path, input_signed):
+    """The 4-bit export (Clip to the 4-bit range before each QuantizeLinear) runs whole on the fabric, exactly."""
+    from shiftpu.compiler.driver import compile_model
+    from shiftpu.sw.executor import Executor
+
+    qat = _trained(QatOptions(act_bits=4, input_signed=input_signed), 3)
+    model = export_qdq(qat, [1, 3, 16, 16])
+    res = compile_model(model, "pynq-z2", tmp_path / "out")
+    cpu = [(n.node.op_type, n.reason.name) for n in res.graph.cpu_nodes()]
+    assert all(reason in ("QUANT_BOUNDARY", "SHAPE_ONLY") for _, reason in cpu), cpu
+    assert {t.fmt.bits for t in res.graph.tensors.values()} == {4}
+    out_bits = {i.out_bits for img in res.images for i in img.instructions}
+    assert out_bits == {4}
+    x = (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - (1 if input_signed else 0))
+    golden = Executor(tmp_path / "out").run(x.numpy())[0]
+    with torch.no_grad():
+        ref = qat(x).numpy()
+    assert np.array_equal(golden, _ort(model, x.numpy(), ort.GraphOptimizationLevel.ORT_DISABLE_ALL))
+    assert np.array_equal(golden, ref)

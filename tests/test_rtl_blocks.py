@@ -15,21 +15,25 @@ from amaranth.sim import Simulator  # noqa: E402
 from shiftpu.arch.config import AccelConfig  # noqa: E402
 from shiftpu.arch.numerics import SHIFT4_VALUES, ActFormat, Activation, WeightCode, requantize  # noqa: E402
 from shiftpu.hw.axi_master import BurstReader, BurstWriter  # noqa: E402
-from shiftpu.hw.params import HwParams  # noqa: E402
+from shiftpu.hw.params import ADD_WIDTH, HwParams  # noqa: E402
 from shiftpu.hw.pe import ShiftAddPE  # noqa: E402
 from shiftpu.hw.postproc import Requantizer  # noqa: E402
 
 pytestmark = pytest.mark.rtl
 
 
-def _requant_vectors(rng: np.random.Generator, n: int):
-    shift = rng.integers(-6, 40, size=n)
-    base = rng.integers(-(1 << 31), 1 << 31, size=n) >> rng.integers(0, 31, size=n)
+def _requant_vectors(rng: np.random.Generator, n: int, value_bits: int = 32):
+    # mostly useful shifts, a quarter over the whole 8-bit field (the RTL clamps what cannot matter)
+    shift = np.where(rng.random(n) < 0.75, rng.integers(-6, 40, size=n), rng.integers(-128, 128, size=n))
+    base = rng.integers(-(1 << 31), 1 << 31, size=n) << (value_bits - 32) >> rng.integers(0, value_bits - 1, size=n)
     # a third of the values are exact ties (x.5 after the shift), some saturate, some are 0
     tie = np.where(shift > 0, (base << np.maximum(shift, 0)) + (1 << np.maximum(shift - 1, 0)), base)
     acc = np.where(rng.random(n) < 0.33, tie, base)
-    acc = np.clip(acc, -(1 << 31), (1 << 31) - 1)
-    bias = rng.integers(-(1 << 20), 1 << 20, size=n) * (rng.random(n) < 0.5)
+    acc = np.clip(acc, -(1 << (value_bits - 1)), (1 << (value_bits - 1)) - 1)
+    acc[:4] = [-(1 << (value_bits - 1)), (1 << (value_bits - 1)) - 1, -1, 1]
+    bias = np.where(rng.random(n) < 0.1, rng.integers(-(1 << 31), 1 << 31, size=n),
+                    rng.integers(-(1 << 20), 1 << 20, size=n) * (rng.random(n) < 0.5))
+    bias[:4] = [-(1 << 31), (1 << 31) - 1, 0, 0]
     act = rng.integers(0, 3, size=n)
     leaky = rng.integers(0, 16, size=n)
     bits = rng.choice([4, 8], size=n)
@@ -37,12 +41,13 @@ def _requant_vectors(rng: np.random.Generator, n: int):
     return acc, bias, shift, act, leaky, bits, signed
 
 
-def test_requantizer_matches_numerics():
+@pytest.mark.parametrize("value_bits", [32, ADD_WIDTH])
+def test_requantizer_matches_numerics(value_bits):
     seed = 20261125
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
-    vec = _requant_vectors(rng, 600)
-    dut = Requantizer(32)
+    vec = _requant_vectors(rng, 800, value_bits)
+    dut = Requantizer(value_bits)
     got = []
 
     async def bench(ctx):

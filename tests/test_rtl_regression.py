@@ -25,6 +25,9 @@ CONFIGS = {
     "two-term-2x4-axi32": AccelConfig(pe_oc=2, pe_px=4, weight_code=WeightCode.SHIFT8_TWO_TERM, strip_width=8,
                                       axi_data_bits=32, max_burst_beats=4, line_buffer_bytes=4096,
                                       weight_buffer_bytes=2048, acc_buffer_words=256),
+    # more output rows than channels per beat: each output lane chooses among pe_oc / cb rows
+    "wide-oc-8x4-axi32": AccelConfig(pe_oc=8, pe_px=4, strip_width=8, axi_data_bits=32, max_burst_beats=8,
+                                     line_buffer_bytes=8192, weight_buffer_bytes=4096, acc_buffer_words=512),
 }
 
 
@@ -35,5 +38,9 @@ def rtl(request):
 
 @pytest.mark.parametrize("seed", range(100, 112))
 def test_random_programs(rtl, seed):
-    kinds = [LAYER_KINDS[(seed + k) % len(LAYER_KINDS)] for k in range(8)]
+    cfg = rtl.config
+    # the dataflows this config maps (arch/limits.py): DEPTHWISE needs pe_oc <= cb, INPUT_CHANNEL pe_px <= cb
+    usable = [k for k in LAYER_KINDS if not (k == "dw" and cfg.pe_oc > cfg.channel_block)
+              and not (k == "ic" and cfg.pe_px > cfg.channel_block)]
+    kinds = [usable[(seed + k) % len(usable)] for k in range(8)]
     assert_bit_exact(rtl, random_program(rtl.config, seed, kinds, max_hw=20, max_c=40))

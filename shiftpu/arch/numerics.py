@@ -234,6 +234,21 @@ class Activation(IntEnum):
     LEAKY = 2  #: x for x >= 0, x * 2^-leaky_shift for x < 0
 
 
+#: Values requantize takes stay below 2^REQUANT_VALUE_BITS in magnitude (accumulator plus bias, or aligned ADD operands).
+REQUANT_VALUE_BITS = 56
+#: Left shifts beyond this saturate any nonzero value of an 8-bit output already.
+_MAX_LEFT = 9
+
+
+def _clamp_shift(shift: np.ndarray) -> np.ndarray:
+    """The shift clamped to where it still matters, so int64 arithmetic stays exact for every 8-bit field value.
+
+    A right shift by REQUANT_VALUE_BITS + 1 or more rounds every value to 0 (|x / 2^s| <= 1/4), and a left shift
+    by _MAX_LEFT or more saturates every nonzero value, so clamping changes no result.
+    """
+    return np.clip(shift, -_MAX_LEFT, REQUANT_VALUE_BITS + 1)
+
+
 def requantize(
     acc: np.ndarray,
     shift: np.ndarray | int,
@@ -249,10 +264,13 @@ def requantize(
     """
     acc = np.asarray(acc, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
+    if np.any(np.abs(acc) >= 1 << REQUANT_VALUE_BITS):
+        raise NumericsError(f"requantize: |value| reaches 2^{REQUANT_VALUE_BITS}")
     if act is Activation.LEAKY:
-        y = np.where(acc >= 0, shift_round_half_even(acc, shift), shift_round_half_even(acc, shift + leaky_shift))
+        y = np.where(acc >= 0, shift_round_half_even(acc, _clamp_shift(shift)),
+                     shift_round_half_even(acc, _clamp_shift(shift + leaky_shift)))
     else:
-        y = shift_round_half_even(acc, shift)
+        y = shift_round_half_even(acc, _clamp_shift(shift))
         if act is Activation.RELU:
             y = np.maximum(y, 0)
     return np.clip(y, fmt.qmin, fmt.qmax).astype(fmt.numpy_dtype)
