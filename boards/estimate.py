@@ -169,7 +169,8 @@ def estimate_resources(board: Board, cfg: AccelConfig, out_dir: Path, verilog: s
     """
     text = accelerator_verilog(cfg) if verilog is None else verilog
     family = board.yosys_family.value
-    key = f"{family}-{cfg.config_hash():08x}-{verilog_digest(text + synth_script(family, top))}"
+    # the netlist depends on the Verilog and the family only: boards whose configs differ in clock alone share it
+    key = f"{family}-{verilog_digest(text + synth_script(family, top))}"
     cache = out_dir / "estimate" / f"{key}.json"
     available = {k: board.resources[BOARD_KIND[k]] for k in ESTIMATE_KINDS}
     if cache.exists():
@@ -179,7 +180,7 @@ def estimate_resources(board: Board, cfg: AccelConfig, out_dir: Path, verilog: s
             cached = None
         if cached is not None:
             return ResourceEstimate(board=board.name, part=board.part, yosys_family=cached.yosys_family,
-                                    config_hash=cached.config_hash, used=cached.used, available=available,
+                                    config_hash=cfg.config_hash(), used=cached.used, available=available,
                                     cells=cached.cells, synth_seconds=cached.synth_seconds)
     cells, seconds = synthesise(text, family, out_dir / "estimate" / key, top)
     result = ResourceEstimate(board=board.name, part=board.part, yosys_family=family,

@@ -128,6 +128,13 @@ def _number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
+def _optional_number(text: str | None) -> float | None:
+    """A timing value, or None where Vivado writes "NA" (no paths of that kind were timed)."""
+    if text is None or text == "NA":
+        return None
+    return _number(text)
+
+
 def _header(lines: list[str]) -> dict[str, str]:
     fields: dict[str, str] = {}
     for line in lines[:20]:
@@ -242,14 +249,21 @@ def parse_timing_summary(path: str | Path) -> TimingReport:
     summary_rows = _value_table(_section(lines, "Design Timing Summary"), None)
     if not summary_rows:
         raise ReportError(f"{path}: no Design Timing Summary: not a Vivado timing summary report")
+    values = summary_rows[0]
     try:
-        summary = {k: _number(v) for k, v in summary_rows[0].items()}
+        # "NA": Vivado timed no paths of that kind; such columns are left out of the summary
+        summary = {k: _number(v) for k, v in values.items() if v != "NA"}
     except ValueError as e:
         raise ReportError(f"{path}: unreadable Design Timing Summary value: {e}") from None
-    for key in ("WNS(ns)", "WHS(ns)"):
-        if key not in summary:
-            raise ReportError(f"{path}: Design Timing Summary has no {key} column")
     text = "\n".join(lines)
+    for key, kind in (("WNS(ns)", "setup"), ("WHS(ns)", "hold")):
+        if key not in values:
+            raise ReportError(f"{path}: Design Timing Summary has no {key} column")
+        if key not in summary:
+            why = (" (the report says there are no user specified timing constraints)"
+                   if "There are no user specified timing constraints." in text else "")
+            raise ReportError(f"{path}: Design Timing Summary gives {key} as NA: Vivado timed no {kind} "
+                              f"paths, so there is no {kind} slack to report{why}")
     if "All user specified timing constraints are met." in text:
         met = True
     elif "Timing constraints are not met." in text:
@@ -266,8 +280,8 @@ def parse_timing_summary(path: str | Path) -> TimingReport:
         row = intra.get(name, {})
         clocks.append(ClockTiming(
             name=name, period_ns=float(m.group(5)), frequency_mhz=float(m.group(6)),
-            wns_ns=_number(row["WNS(ns)"]) if "WNS(ns)" in row else None,
-            whs_ns=_number(row["WHS(ns)"]) if "WHS(ns)" in row else None,
+            wns_ns=_optional_number(row.get("WNS(ns)")),
+            whs_ns=_optional_number(row.get("WHS(ns)")),
         ))
     return TimingReport(tool_version=header.get("Tool Version", ""), device=header.get("Device", ""),
                         design=header.get("Design", ""), summary=summary, met=met, clocks=tuple(clocks))

@@ -3,8 +3,9 @@
 Two schedules of the same loop nest (docs/architecture.md) are modelled term by term:
 
 * :attr:`Schedule.SEQUENTIAL`: the phases of the generated RTL one after another, term by term as
-  docs/rtl.md ("Cycle model") states them: per output row and input tile the line buffer is refilled
-  (``kh`` rows x blocks x (1 + input columns) cycles; a row inside the tensor also waits
+  docs/rtl.md ("Cycle model") states them: per output row and input tile the line buffer loads its rows
+  (blocks x (1 + input columns) cycles each: all ``kh`` rows, or with a single input tile ``kh`` for the
+  first output row and the ``stride`` new ones for every later row, K-row reuse; a row inside the tensor also waits
   ``max(0, L_r - leading pad columns)`` for its first beat, as the padding columns are written while the
   read is in flight), weights are loaded when the (output tile, input tile) pair changes (per pe_oc block:
   1 + ``L_r`` + the beats of its run), the PE array computes, DRAIN and STORE move the result to the
@@ -159,14 +160,27 @@ def _stream_cost(i: Instruction, cfg: AccelConfig, bpc: float) -> InstrCost:
     return InstrCost(total, compute, total - compute, read, write, 0)
 
 
-def _valid_rows(i: Instruction) -> int:
-    """Number of (output row, kernel row) pairs whose input row lies inside the tensor."""
+def _valid_rows(i: Instruction, kys: range | None = None, y_lo: int = 0) -> int:
+    """Number of (output row >= y_lo, kernel row in kys) pairs whose input row lies inside the tensor."""
     n = 0
-    for ky in range(i.kh):
-        lo = max(0, -(-(i.pad_t - ky) // i.stride))
+    for ky in range(i.kh) if kys is None else kys:
+        lo = max(y_lo, -(-(i.pad_t - ky) // i.stride))
         hi = min(i.out_h - 1, (i.in_h - 1 + i.pad_t - ky) // i.stride)
         n += max(0, hi - lo + 1)
     return n
+
+
+def _loaded_rows(i: Instruction, reuse: bool) -> tuple[int, int]:
+    """(output row, kernel row) pairs the line buffer loads, and how many of them lie inside the tensor.
+
+    With one input tile (``reuse``) the first output row loads all ``kh`` rows and every later one only the last
+    ``stride`` (K-row reuse); otherwise every output row loads ``kh`` rows.
+    """
+    if not reuse or i.out_h == 1:
+        return i.out_h * i.kh, _valid_rows(i)
+    later = range(max(0, i.kh - i.stride), i.kh)
+    loaded = i.kh + (i.out_h - 1) * len(later)
+    return loaded, _valid_rows(i, range(i.kh), 0) - _valid_rows(i, range(i.kh), 1) + _valid_rows(i, later, 1)
 
 
 def _row_wait(i: Instruction, x0: int, cols: int) -> int | None:
@@ -219,7 +233,6 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost
     """CONV on the generated RTL, phase by phase (docs/rtl.md, "Cycle model")."""
     cb, po = cfg.channel_block, cfg.pe_oc
     group = min(po, cb)
-    valid = _valid_rows(i)
     padded = ceil_div(i.out_c, cb) * cb
     cycles = _fetch_cycles(cfg, beat) + 1 + WRITE_LATENCY  # + FINISH
     compute = read = write = 0
@@ -239,14 +252,16 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost
             in_tiles = [(o0, ot)] if i.depthwise else [(i0, min(i.ic_tile, i.in_c - i0))
                                                        for i0 in range(0, i.in_c, i.ic_tile)]
             per_row = 1 + ceil_div(end_ch, group) * (1 + sw * beat) + 1  # ROW, output groups, NEXT_ROW
+            loaded, valid = _loaded_rows(i, reuse=len(in_tiles) == 1)
             for i0, it in in_tiles:
                 nblk = ceil_div(it, cb)
                 c = conv_compute(i.dataflow, sw, ot, it, i.kh, i.kw, cfg)
-                # IC, IC_CHECK, line buffer rows (LB_ROW 1 + columns), W_CHECK, COMPUTE_INIT, compute, DRAIN, STORE
-                per_row += 2 + i.kh * nblk * (1 + cols * beat) + 1 + 1 + c + 1 + 1
-                cycles += nblk * valid * (wait or 0)
+                # IC, IC_CHECK, W_CHECK, COMPUTE_INIT, compute, DRAIN, STORE
+                per_row += 2 + 1 + 1 + c + 1 + 1
+                # line buffer rows: LB_ROW 1 + columns each (+ the read latency for rows inside the tensor)
+                cycles += loaded * nblk * (1 + cols * beat) + nblk * valid * (wait or 0)
                 compute += i.out_h * c
-                read += i.out_h * i.kh * nblk * cols * cb
+                read += loaded * nblk * cols * cb
                 w_load = _weight_load(i, cfg, o0, i0, it, obs, beat)
                 if len(in_tiles) > 1:
                     cycles += i.out_h * w_load

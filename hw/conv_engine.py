@@ -6,7 +6,8 @@ docs/rtl.md has the whole cycle model)::
     per (strip x0, output tile o0):   TILE 1, QP_CHECK 1, QP_CMD 1 + L_r + bias table beats (obs*pe_oc records)
       per output row y:               ROW 1
         per input tile i0:            IC 1, IC_CHECK 1,
-                                      line buffer: kh*blocks rows, each LB_ROW 1 + in_cols words
+                                      line buffer: kh*blocks rows (one input tile: kh for the first
+                                      output row, stride*blocks later: K-row reuse), each LB_ROW 1 + in_cols words
                                       (+ L_r for each row that touches the tensor),
                                       W_CHECK 1, weights only when the (o0, i0) pair changed: per pe_oc block
                                       W_CMD 1 + L_r + its beats (every step of a beat written in one cycle),
@@ -130,7 +131,20 @@ class ConvEngine(wiring.Component):
         # -- line-buffer load state --
         ky, kx, b = Signal(3), Signal(3), Signal(16)
         col = Signal(16)
-        lb_base = Signal(range(p.lb_words + 1))
+        # K-row reuse: kernel row ky of output row y sits in row slot (rslot_base + ky) mod kh. From one output row
+        # to the next (one input tile) rows ky >= stride are still there as rows ky - stride: only the last
+        # stride rows are loaded.
+        rslot_base = Signal(3)
+        rslot = Signal(3)
+        rs_sum = Signal(4)
+        m.d.comb += [rs_sum.eq(rslot_base + ky), rslot.eq(Mux(rs_sum >= i.kh, rs_sum - i.kh, rs_sum))]
+        single_tile = dw | (i.ic_tile >= i.in_c)
+        ky_first = Mux((y != 0) & single_tile & (i.kh > i.stride), i.kh - i.stride, 0)
+        rs_next0, rs_next1 = Signal(4), Signal(4)
+        m.d.comb += [rs_next0.eq(rslot_base + i.stride),
+                     rs_next1.eq(Mux(rs_next0 >= i.kh, rs_next0 - i.kh, rs_next0))]
+        lb_row_base = Signal(range(p.lb_words + 1))
+        m.d.comb += lb_row_base.eq((rslot * nblk + b) * in_cols)
         iy = Signal(signed(18))
         m.d.comb += iy.eq((y * s).as_signed() - i.pad_t + ky)
         row_ok = (iy >= 0) & (iy < i.in_h)
@@ -181,7 +195,7 @@ class ConvEngine(wiring.Component):
         step = Signal(16)
         m.d.comb += step.eq(ii * khkw + ky * i.kw + kx)
         m.d.comb += [
-            lb.rd_addr.eq((ky * nblk + (ch >> lcb) - blk_lo) * in_cols + ((pg << lp) + Mux(ic_mode, slot, 0)) * s + kx),
+            lb.rd_addr.eq((rslot * nblk + (ch >> lcb) - blk_lo) * in_cols + ((pg << lp) + Mux(ic_mode, slot, 0)) * s + kx),
             lb.rd_stride.eq(s),
             wb.rd_addr.eq(wb_base + Mux(ic_mode, step << lp, step)),
             pe.init.eq(Mux(~dw & (i0 != 0), acc_rd.data, 0)),
@@ -306,7 +320,7 @@ class ConvEngine(wiring.Component):
                     m.d.comb += qp_wr.en.eq(1 << qp_n[:lpo] if PO > 1 else 1)
                     m.d.sync += qp_n.eq(qp_n + 1)
                     with m.If(qp_n == (obs << lpo) - 1):
-                        m.d.sync += y.eq(0)
+                        m.d.sync += [y.eq(0), rslot_base.eq(0)]
                         m.next = "ROW"
             with m.State("ROW"):
                 m.d.sync += i0.eq(Mux(dw, o0, 0))
@@ -319,7 +333,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
                     m.next = "FINISH"
                 with m.Else():
-                    m.d.sync += [ky.eq(0), b.eq(0), lb_base.eq(0)]
+                    m.d.sync += [ky.eq(ky_first), b.eq(0)]
                     m.next = "LB_ROW"
             with m.State("LB_ROW"):
                 m.d.sync += [col.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
@@ -339,7 +353,7 @@ class ConvEngine(wiring.Component):
                 in_range = (col >= col_lo) & (col < col_hi)
                 advance = Signal()
                 m.d.comb += [
-                    lb.wr_addr.eq(lb_base + col),
+                    lb.wr_addr.eq(lb_row_base + col),
                     lb.wr_data.eq(Mux(in_range, self.rd_data.payload, 0)),
                     self.rd_data.ready.eq(in_range),
                     advance.eq(~in_range | self.rd_data.valid),
@@ -348,7 +362,6 @@ class ConvEngine(wiring.Component):
                 with m.If(advance):
                     m.d.sync += col.eq(col + 1)
                     with m.If(col == in_cols - 1):
-                        m.d.sync += lb_base.eq(lb_base + in_cols)
                         with m.If(b == nblk - 1):
                             m.d.sync += [b.eq(0), ky.eq(ky + 1)]
                             with m.If(ky == i.kh - 1):
@@ -457,7 +470,7 @@ class ConvEngine(wiring.Component):
                         with m.Else():
                             m.next = "OUT_CMD"
             with m.State("NEXT_ROW"):
-                m.d.sync += y.eq(y + 1)
+                m.d.sync += [y.eq(y + 1), rslot_base.eq(Mux(rs_next1 >= i.kh, rs_next1 - i.kh, rs_next1))]
                 m.next = "ROW"
                 with m.If(y == i.out_h - 1):
                     m.d.sync += o0.eq(o0 + i.oc_tile)
