@@ -2,8 +2,7 @@
 
 Writes bench/results/resources.json and bench/results/resources.md. Synthesis takes minutes per board
 (measured times are recorded); results are cached by Verilog digest and FPGA family under ``build/estimate``, so
-a rerun after an unrelated change costs nothing, and boards whose configs differ in clock alone (ultra96v2,
-kv260) share one synthesis.
+a rerun after an unrelated change costs nothing.
 
     python -m bench.resources [--boards pynq-z2 ultra96v2 ...]
 """

@@ -169,7 +169,7 @@ def estimate_resources(board: Board, cfg: AccelConfig, out_dir: Path, verilog: s
     """
     text = accelerator_verilog(cfg) if verilog is None else verilog
     family = board.yosys_family.value
-    # the netlist depends on the Verilog and the family only: boards whose configs differ in clock alone share it
+    # the netlist depends on the Verilog (which carries the config hash) and the family only
     key = f"{family}-{verilog_digest(text + synth_script(family, top))}"
     cache = out_dir / "estimate" / f"{key}.json"
     available = {k: board.resources[BOARD_KIND[k]] for k in ESTIMATE_KINDS}

@@ -13,10 +13,12 @@ from shiftpu.sw.power import DYNAMIC_W_PER_GOPS, PowerSource, RailSampler, estim
 
 
 def test_estimate_is_static_plus_activity_scaled_by_array_size():
-    board = load_board("ultra96v2")  # 16 x 16 PE array: scale 4
+    board = load_board("zcu104")  # 16 x 16 PE array: scale 4
     rep = estimate_power(board, gops=10.0)
     assert rep.source is PowerSource.ESTIMATED
     assert rep.watts == pytest.approx(board.static_power_w + DYNAMIC_W_PER_GOPS * 10.0 * 4)
+    small = load_board("pynq-z2")  # 8 x 8: scale 1
+    assert estimate_power(small, gops=10.0).watts == pytest.approx(small.static_power_w + DYNAMIC_W_PER_GOPS * 10.0)
     assert "static" in rep.detail and "GOP/s" in rep.detail
 
 
