@@ -12,10 +12,7 @@ from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from shiftpu.arch.numerics import Activation
-
-#: Left shifts are clamped here: a nonzero value shifted left this far already saturates an 8-bit output.
-MAX_LEFT_SHIFT = 9
+from shiftpu.arch.numerics import MAX_LEFT_SHIFT, Activation
 
 
 class Requantizer(wiring.Component):

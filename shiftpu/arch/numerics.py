@@ -237,16 +237,16 @@ class Activation(IntEnum):
 #: Values requantize takes stay below 2^REQUANT_VALUE_BITS in magnitude (accumulator plus bias, or aligned ADD operands).
 REQUANT_VALUE_BITS = 56
 #: Left shifts beyond this saturate any nonzero value of an 8-bit output already.
-_MAX_LEFT = 9
+MAX_LEFT_SHIFT = 9
 
 
 def _clamp_shift(shift: np.ndarray) -> np.ndarray:
     """The shift clamped to where it still matters, so int64 arithmetic stays exact for every 8-bit field value.
 
     A right shift by REQUANT_VALUE_BITS + 1 or more rounds every value to 0 (|x / 2^s| <= 1/4), and a left shift
-    by _MAX_LEFT or more saturates every nonzero value, so clamping changes no result.
+    by MAX_LEFT_SHIFT or more saturates every nonzero value, so clamping changes no result.
     """
-    return np.clip(shift, -_MAX_LEFT, REQUANT_VALUE_BITS + 1)
+    return np.clip(shift, -MAX_LEFT_SHIFT, REQUANT_VALUE_BITS + 1)
 
 
 def requantize(
