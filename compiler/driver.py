@@ -145,7 +145,7 @@ def partition_report(graph: Graph, board: str, est: dict) -> str:
 def compile_model(model: str | Path | onnx.ModelProto, board: str, out_dir: str | Path | None = None,
                   dump_passes: str | Path | None = None,
                   dataflows: frozenset[Dataflow] = frozenset(Dataflow),
-                  schedule: Schedule = Schedule.SEQUENTIAL) -> CompileResult:
+                  schedule: Schedule = Schedule.RTL) -> CompileResult:
     """Compile a quantized ONNX model for a board; with ``out_dir``, write the compiled folder.
 
     ``dataflows`` restricts the PE-array mappings to those the target accelerator implements; ``schedule``

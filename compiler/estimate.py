@@ -32,7 +32,7 @@ class LayerEstimate:
 
 
 def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_cycle: float,
-             names: dict[int, str], board: str, schedule: Schedule = Schedule.SEQUENTIAL) -> dict:
+             names: dict[int, str], board: str, schedule: Schedule = Schedule.RTL) -> dict:
     """The estimate as a JSON-ready dict: fps, cycles, utilization (MAC-weighted), layers, all estimated."""
     layers: list[LayerEstimate] = []
     total = 0

@@ -39,7 +39,7 @@ class CompileOptions:
     #: the dataflows the target accelerator implements (the choice is made among these)
     dataflows: frozenset[Dataflow] = frozenset(Dataflow)
     #: how the target overlaps loads and computation (the cost model the choices are made with)
-    schedule: Schedule = Schedule.SEQUENTIAL
+    schedule: Schedule = Schedule.RTL
     #: let tensors whose lifetimes do not overlap share arena bytes
     reuse_arena: bool = True
 

@@ -2,18 +2,20 @@
 
 Two schedules of the same loop nest (docs/architecture.md) are modelled term by term:
 
-* :attr:`Schedule.SEQUENTIAL`: the phases of the generated RTL one after another, term by term as
-  docs/rtl.md ("Cycle model") states them: per output row and input tile the line buffer loads its rows
-  (blocks x (1 + input columns) cycles each: all ``kh`` rows, or with a single input tile ``kh`` for the
-  first output row and the ``stride`` new ones for every later row, K-row reuse; a row inside the tensor also waits
+* :attr:`Schedule.RTL`: the generated RTL, term by term as docs/rtl.md ("Cycle model") states it. The
+  CONV engine has three machines: the main FSM (per output row and input tile: wait for the line buffer,
+  weights when the (output tile, input tile) pair changed, the PE array, hand-over to the store), the
+  line-buffer loader (per row and block ``1 + columns`` cycles, a row inside the tensor also waits
   ``max(0, L_r - leading pad columns)`` for its first beat, as the padding columns are written while the
-  read is in flight), weights are loaded when the (output tile, input tile) pair changes (per pe_oc block:
-  1 + ``L_r`` + the beats of its run), the PE array computes, DRAIN and STORE move the result to the
-  accumulators, and the row is written (per channel group of ``min(pe_oc, cb)``: 1 + ``sw`` beats).
-  ``L_r`` is the read latency of the simulation's memory model (cocotbext-axi ``AxiRam``). This is what
-  the RTL simulation measures.
-* :attr:`Schedule.OVERLAPPED`: the double-buffered schedule the architecture allows (described below):
-  loads of the next row and write-back overlap the computation; the target for a future RTL.
+  read is in flight) and the store (per channel group of ``min(pe_oc, cb)``: ``1 + sw`` beats). With one
+  input tile and ``kh + min(stride, kh)`` row slots in the line buffer the loader fetches the next row's
+  new rows while the current row computes (K-row reuse and prefetch); when a row's accumulators fit half
+  the buffer the next row computes while the store streams the previous one out of the other half. The
+  model runs the three machines' recurrence row by row (runs of identical rows at once); the loader and
+  the store together move no more than the board's DDR bandwidth. ``L_r`` is the read latency of the
+  simulation's memory model (cocotbext-axi ``AxiRam``). This is what the RTL simulation measures.
+* :attr:`Schedule.OVERLAPPED`: the ideal bound: every load and write-back after the prologue hidden behind
+  the computation (described below).
 
 Transfers cost ``max(1, beat bytes / B)`` cycles per beat at the board's bandwidth. Symbols of the
 overlapped model: ``P = pe_oc * pe_px``, ``cb`` the channel block, ``B`` the DDR bytes per
@@ -43,6 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from shiftpu.arch import limits
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Dataflow, Instruction, Opcode
 from shiftpu.arch.layout import QPARAM_BYTES, ceil_div
@@ -64,7 +67,7 @@ STREAM_FINISH = 2
 class Schedule(Enum):
     """How loads, computation and stores follow each other in the accelerator."""
 
-    SEQUENTIAL = "sequential"  #: one phase after the other (the generated RTL)
+    RTL = "rtl"  #: the generated RTL: loader, PE array and store overlapping where the buffers allow
     OVERLAPPED = "overlapped"  #: double-buffered loads and stores overlap the computation
 
 
@@ -229,8 +232,92 @@ def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, ob
     return total
 
 
+def _blocks_spanned(c0: int, n: int, cb: int) -> int:
+    """Channel blocks that channels ``c0 .. c0 + n - 1`` touch."""
+    return (c0 + n - 1) // cb - c0 // cb + 1
+
+
+def _row_loads(i: Instruction, kys: range, y: int, nblk: int, cols: int, beat: float, wait: int | None) -> float:
+    """Loader cycles for kernel rows ``kys`` of output row ``y``: per row and block L_ROW 1 + columns, plus the
+    read latency left after the leading padding columns when the row lies inside the tensor."""
+    valid = sum(1 for ky in kys if 0 <= y * i.stride - i.pad_t + ky < i.in_h) if wait else 0
+    return len(kys) * nblk * (1 + cols * beat) + nblk * valid * (wait or 0)
+
+
+@dataclass
+class _Tile:
+    """One input tile of a CONV row: what the main FSM of the CONV engine does for it."""
+
+    nblk: int
+    compute: int
+    weights: float  #: weight-load cycles when the weights are (re)loaded
+    reads_partials: bool  #: adds to partial sums (reads the accumulator port)
+
+
+def _conv_rows(i: Instruction, cfg: AccelConfig, tiles: list[_Tile], load_weights_first: bool, cols: int,
+               store: float, pf: bool, dbl: bool, beat: float, wait: int | None) -> float:
+    """Cycles of the rows of one (strip, output tile), from the first ROW to the state after the last NEXT_ROW.
+
+    Three machines (docs/rtl.md, "Cycle model"): the main FSM (per row ROW, per input tile IC, IC_CHECK,
+    LB_WAIT, W_CHECK, weights, COMPUTE_INIT, compute, DRAIN, STORE; NEXT_ROW), the line-buffer loader and the
+    store, each a recurrence on the cycle where it becomes free. Rows with the same loads repeat with a
+    constant period once the machines' offsets repeat, so runs of them are added at once.
+    """
+    kh, single = i.kh, len(tiles) == 1
+    r_new = min(i.stride, kh)
+    later, full = range(kh - r_new, kh), range(kh)
+    lo = max(1, ceil_div(i.pad_t - (kh - r_new if single else 0), i.stride))  # first row whose loads are all inside
+    hi = (i.in_h + i.pad_t - kh) // i.stride  # last one
+    t = 0.0
+    l_free = s_free = 0.0  # first cycle the loader / the store is idle
+    pf_pending = False
+    prev: tuple | None = None
+    y = 0
+    while y < i.out_h:
+        interior = lo <= y and y + 1 <= hi and y + 1 < i.out_h - 1
+        state = (max(0.0, l_free - t), max(0.0, s_free - t), pf_pending)
+        if interior and prev is not None and prev[0] == state and prev[1] == y - 1:
+            period = t - prev[2]
+            n = min(hi - 1, i.out_h - 3) - y + 1  # rows of the run still ahead, all alike
+            t += n * period
+            l_free += n * period
+            s_free += n * period
+            y += n
+            prev = None
+            continue
+        prev = (state, y, t) if interior else None
+        t += 1  # ROW
+        for j, tile in enumerate(tiles):
+            t += 2  # IC, IC_CHECK (kicks the loader unless the rows came ahead)
+            if pf_pending:
+                pf_pending = False
+                t = max(t, l_free) + 1  # LB_WAIT
+            else:
+                kys = later if single and y > 0 else full
+                l_free = t + _row_loads(i, kys, y, tile.nblk, cols, beat, wait)
+                t = l_free + 1
+            t += 1  # W_CHECK
+            if not single or (y == 0 and load_weights_first):
+                t += tile.weights
+            if tile.reads_partials or not dbl:
+                t = max(t, s_free)  # COMPUTE_INIT waits for the store
+            if pf and y + 1 < i.out_h:
+                l_free = t + 1 + _row_loads(i, later, y + 1, tile.nblk, cols, beat, wait)
+                pf_pending = True
+            t += 1 + tile.compute + 1  # COMPUTE_INIT, compute, DRAIN
+            if j == len(tiles) - 1:
+                k = max(t, s_free)  # STORE hands the row to the store
+                s_free = k + 1 + store
+                t = k + 1
+            else:
+                t += 1
+        t = (max(t, s_free) if y == i.out_h - 1 else t) + 1  # NEXT_ROW
+        y += 1
+    return t
+
+
 def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost:
-    """CONV on the generated RTL, phase by phase (docs/rtl.md, "Cycle model")."""
+    """CONV on the generated RTL: its three machines row by row (docs/rtl.md, "Cycle model")."""
     cb, po = cfg.channel_block, cfg.pe_oc
     group = min(po, cb)
     padded = ceil_div(i.out_c, cb) * cb
@@ -241,6 +328,7 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost
         sw = min(i.strip_w, i.out_w - x0)
         cols = (sw - 1) * i.stride + i.kw
         wait = _row_wait(i, x0, cols)
+        pgs = ceil_div(sw, cfg.pe_px)
         for o0 in range(0, i.out_c, i.oc_tile):
             ot = min(i.oc_tile, i.out_c - o0)
             obs = ceil_div(ot, po)
@@ -251,24 +339,20 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost
             read += qp_words * QPARAM_BYTES
             in_tiles = [(o0, ot)] if i.depthwise else [(i0, min(i.ic_tile, i.in_c - i0))
                                                        for i0 in range(0, i.in_c, i.ic_tile)]
-            per_row = 1 + ceil_div(end_ch, group) * (1 + sw * beat) + 1  # ROW, output groups, NEXT_ROW
-            loaded, valid = _loaded_rows(i, reuse=len(in_tiles) == 1)
-            for i0, it in in_tiles:
-                nblk = ceil_div(it, cb)
-                c = conv_compute(i.dataflow, sw, ot, it, i.kh, i.kw, cfg)
-                # IC, IC_CHECK, W_CHECK, COMPUTE_INIT, compute, DRAIN, STORE
-                per_row += 2 + 1 + 1 + c + 1 + 1
-                # line buffer rows: LB_ROW 1 + columns each (+ the read latency for rows inside the tensor)
-                cycles += loaded * nblk * (1 + cols * beat) + nblk * valid * (wait or 0)
-                compute += i.out_h * c
-                read += loaded * nblk * cols * cb
-                w_load = _weight_load(i, cfg, o0, i0, it, obs, beat)
-                if len(in_tiles) > 1:
-                    cycles += i.out_h * w_load
-                elif resident != (o0, i0):
-                    cycles += w_load
-                    resident = (o0, i0)
-            cycles += i.out_h * per_row
+            single = len(in_tiles) == 1
+            tiles = [_Tile(_blocks_spanned(i0, it, cb), conv_compute(i.dataflow, sw, ot, it, i.kh, i.kw, cfg),
+                           _weight_load(i, cfg, o0, i0, it, obs, beat), not i.depthwise and i0 != 0)
+                     for i0, it in in_tiles]
+            first = not single or resident != (o0, in_tiles[0][0])
+            resident = (o0, in_tiles[0][0]) if single else None
+            pf = limits.prefetches_rows(i.kh, i.stride, tiles[0].nblk, cols, single, cfg)
+            dbl = limits.double_buffers_acc(obs, pgs, cfg)
+            store = ceil_div(end_ch, group) * (1 + sw * beat)
+            cycles += _conv_rows(i, cfg, tiles, first, cols, store, pf, dbl, beat, wait)
+            loaded, _ = _loaded_rows(i, reuse=single)
+            for tile in tiles:
+                compute += i.out_h * tile.compute
+                read += loaded * tile.nblk * cols * cb
             write += i.out_h * sw * end_ch
     total = int(round(cycles))
     return InstrCost(total, compute, total - compute, read, write, conv_macs(i))
@@ -308,23 +392,29 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCo
 
 
 def instruction_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float,
-                     schedule: Schedule = Schedule.SEQUENTIAL) -> InstrCost:
+                     schedule: Schedule = Schedule.RTL) -> InstrCost:
     """Estimated cost of one instruction on an accelerator with DDR bandwidth ``ddr_bytes_per_cycle``."""
     bpc = bytes_per_cycle(cfg, ddr_bytes_per_cycle)
     beat = max(1.0, cfg.axi_bytes / bpc)
     if i.opcode is Opcode.END:
-        end = int(round(_fetch_cycles(cfg, beat))) + 2 if schedule is Schedule.SEQUENTIAL else INSTR_OVERHEAD
+        end = int(round(_fetch_cycles(cfg, beat))) + 2 if schedule is Schedule.RTL else INSTR_OVERHEAD
         return InstrCost(end, 0, 0, 0, 0, 0)
-    if schedule is Schedule.SEQUENTIAL:
-        return _conv_sequential(i, cfg, beat) if i.opcode is Opcode.CONV else _stream_sequential(i, cfg, beat)
+    if schedule is Schedule.RTL:
+        if i.opcode is not Opcode.CONV:
+            return _stream_sequential(i, cfg, beat)
+        c = _conv_sequential(i, cfg, beat)
+        # the loader and the store move data at once: together no faster than the board's DDR
+        floor = int(round((c.read_bytes + c.write_bytes) / ddr_bytes_per_cycle))
+        return c if c.cycles >= floor else InstrCost(floor, c.compute_cycles, floor - c.compute_cycles,
+                                                     c.read_bytes, c.write_bytes, c.macs)
     if i.opcode is Opcode.CONV:
         return _conv_cost(i, cfg, bpc)
     return _stream_cost(i, cfg, bpc)
 
 
-def program_overhead(cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule = Schedule.SEQUENTIAL) -> int:
+def program_overhead(cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule = Schedule.RTL) -> int:
     """Cycles of a program besides its instructions: the header fetch (command, L_r, beats) and its check."""
-    if schedule is not Schedule.SEQUENTIAL:
+    if schedule is not Schedule.RTL:
         return INSTR_OVERHEAD
     beat = max(1.0, cfg.axi_bytes / bytes_per_cycle(cfg, ddr_bytes_per_cycle))
     return int(round(1 + READ_LATENCY + 64 / cfg.axi_bytes * beat + 1))
@@ -336,7 +426,7 @@ class CostModel:
 
     config: AccelConfig
     ddr_bytes_per_cycle: float
-    schedule: Schedule = Schedule.SEQUENTIAL
+    schedule: Schedule = Schedule.RTL
 
     def cost(self, i: Instruction) -> InstrCost:
         return instruction_cost(i, self.config, self.ddr_bytes_per_cycle, self.schedule)

@@ -1,20 +1,22 @@
 """The CONV engine: the column-prior loop nest of docs/architecture.md on the PE array, all three dataflows.
 
-Phases and their cost in clock cycles (``L_r``/``L_w``: AXI read/write latency of the memory system;
-docs/rtl.md has the whole cycle model)::
+Three machines share the engine's AXI ports (docs/rtl.md has the whole cycle model; ``L_r``/``L_w``: AXI read/write
+latency of the memory system):
 
-    per (strip x0, output tile o0):   TILE 1, QP_CHECK 1, QP_CMD 1 + L_r + bias table beats (obs*pe_oc records)
-      per output row y:               ROW 1
-        per input tile i0:            IC 1, IC_CHECK 1,
-                                      line buffer: kh*blocks rows (one input tile: kh for the first
-                                      output row, stride*blocks later: K-row reuse), each LB_ROW 1 + in_cols words
-                                      (+ L_r for each row that touches the tensor),
-                                      W_CHECK 1, weights only when the (o0, i0) pair changed: per pe_oc block
-                                      W_CMD 1 + L_r + its beats (every step of a beat written in one cycle),
-                                      COMPUTE_INIT 1, COMPUTE (the dataflow's formula of the contract),
-                                      DRAIN 1, STORE 1
-        output: per channel group of min(pe_oc, cb): OUT_CMD 1 + sw beats; NEXT_ROW 1
-    FINISH: until every write response is back.
+* the main FSM, per (strip x0, output tile o0): TILE 1, QP_CHECK 1, QP_CMD 1 + L_r + bias table beats (obs*pe_oc
+  records); per output row: ROW 1, per input tile: IC 1, IC_CHECK 1 (starts the loader unless the rows came
+  ahead), LB_WAIT (until the loader is done, at least 1), W_CHECK 1, weights only when the (o0, i0) pair changed
+  (per pe_oc block W_CMD 1 + L_r + its beats, every step of a beat written in one cycle), COMPUTE_INIT 1 (waits
+  for the store when it would write the half the store reads, or read the port the store uses), COMPUTE (the
+  dataflow's formula of the contract), DRAIN 1, STORE 1 (the last input tile hands the row to the store once
+  it is free); NEXT_ROW 1 (the last row of a tile waits for the store); FINISH until every write response is
+  back.
+* the line-buffer loader: kh*blocks rows for the first output row (and for every row with several input
+  tiles), the min(stride, kh) new ones later (K-row reuse: kernel row ky in row slot (base + ky) mod n_slots),
+  each 1 + in_cols words (+ L_r for a row that touches the tensor). With one input tile and kh + min(stride,
+  kh) row slots in the line buffer (n_slots), COMPUTE_INIT starts the next row's load into the free slots.
+* the store: per channel group of min(pe_oc, cb) OUT_CMD 1 + sw beats, requantising as the row streams out.
+  When a row's accumulators fit half the buffer, rows alternate halves, so the next row computes meanwhile.
 
 PIXEL broadcasts one input channel to pe_px adjacent pixels, DEPTHWISE gives each row its own channel,
 INPUT_CHANNEL reduces pe_px input channels of one pixel with the rows' adder trees (one pixel at a time).
@@ -93,7 +95,6 @@ class ConvEngine(wiring.Component):
         acc_wr = accbuf.write_port()
         # one read port: partial sums for the PE array while computing, finished rows while writing out
         acc_rd = accbuf.read_port()
-        out_phase = Signal()
         qp_rec = data.StructLayout({"bias": signed(32), "shift": signed(8)})
         m.submodules.qpmem = qpmem = memory.Memory(shape=unsigned(qp_rec.size * PO), depth=p.acc_entries, init=[])
         qp_wr = qpmem.write_port(granularity=qp_rec.size)
@@ -128,25 +129,40 @@ class ConvEngine(wiring.Component):
         ]
         last_ic = dw | (i0 + i.ic_tile >= i.in_c)
 
-        # -- line-buffer load state --
-        ky, kx, b = Signal(3), Signal(3), Signal(16)
-        col = Signal(16)
-        # K-row reuse: kernel row ky of output row y sits in row slot (rslot_base + ky) mod kh. From one output row
-        # to the next (one input tile) rows ky >= stride are still there as rows ky - stride: only the last
-        # stride rows are loaded.
-        rslot_base = Signal(3)
-        rslot = Signal(3)
-        rs_sum = Signal(4)
-        m.d.comb += [rs_sum.eq(rslot_base + ky), rslot.eq(Mux(rs_sum >= i.kh, rs_sum - i.kh, rs_sum))]
+        # -- row slots of the line buffer --
+        # Kernel row ky of output row y sits in row slot (base + ky) mod n_slots, base advancing by r_new =
+        # min(stride, kh) per output row. With one input tile, rows ky >= stride of row y + 1 are rows
+        # ky - stride of row y (K-row reuse): only the last r_new rows are loaded. When kh + r_new slots fit,
+        # those rows are loaded into the free slots while row y computes (prefetch); otherwise n_slots = kh
+        # and each row's load waits for the previous computation.
         single_tile = dw | (i.ic_tile >= i.in_c)
-        ky_first = Mux((y != 0) & single_tile & (i.kh > i.stride), i.kh - i.stride, 0)
-        rs_next0, rs_next1 = Signal(4), Signal(4)
-        m.d.comb += [rs_next0.eq(rslot_base + i.stride),
-                     rs_next1.eq(Mux(rs_next0 >= i.kh, rs_next0 - i.kh, rs_next0))]
+        r_new = Signal(3)
+        m.d.comb += r_new.eq(Mux(s < i.kh, s, i.kh))
+        prefetch = Signal()  # registered in IC_CHECK (the tile's blocks and columns are known by then)
+        n_slots = Signal(4)
+        m.d.comb += n_slots.eq(i.kh + Mux(prefetch, r_new, 0))
+        rslot_base = Signal(4)  # base of the output row the PE array computes (or is about to)
+        rs_next0 = Signal(5)
+        base_next = Signal(4)
+        m.d.comb += [rs_next0.eq(rslot_base + r_new),
+                     base_next.eq(Mux(rs_next0 >= n_slots, rs_next0 - n_slots, rs_next0))]
+        ky_later = i.kh - r_new  # first kernel row an output row after the first loads (one input tile)
+        ky_first = Mux((y != 0) & single_tile, ky_later, 0)
+        pf_pending = Signal()  # the rows of output row y were loaded ahead, while row y - 1 computed
+
+        # -- line-buffer loader: its own FSM, so that it can fill the next row's slots during compute --
+        l_y = Signal(16)
+        l_base = Signal(4)
+        l_ky, b = Signal(3), Signal(16)
+        l_kick = Signal()
+        col = Signal(16)
+        l_sum = Signal(5)
+        l_slot = Signal(4)
+        m.d.comb += [l_sum.eq(l_base + l_ky), l_slot.eq(Mux(l_sum >= n_slots, l_sum - n_slots, l_sum))]
         lb_row_base = Signal(range(p.lb_words + 1))
-        m.d.comb += lb_row_base.eq((rslot * nblk + b) * in_cols)
+        m.d.comb += lb_row_base.eq((l_slot * nblk + b) * in_cols)
         iy = Signal(signed(18))
-        m.d.comb += iy.eq((y * s).as_signed() - i.pad_t + ky)
+        m.d.comb += iy.eq((l_y * s).as_signed() - i.pad_t + l_ky)
         row_ok = (iy >= 0) & (iy < i.in_h)
         vlo = Signal(signed(18))
         vhi = Signal(signed(18))
@@ -159,6 +175,10 @@ class ConvEngine(wiring.Component):
 
         # -- weight load / compute state --
         ob, pg, ii = Signal(16), Signal(16), Signal(17)
+        ky, kx = Signal(3), Signal(3)
+        rs_sum = Signal(5)
+        rslot = Signal(4)  # row slot of the kernel row the PE array reads
+        m.d.comb += [rs_sum.eq(rslot_base + ky), rslot.eq(Mux(rs_sum >= n_slots, rs_sum - n_slots, rs_sum))]
         wcount = Signal(16)
         w_lane0 = Signal(range(p.w_lanes))
         wb_wr_base = Signal(range(p.wb_depth + 1))
@@ -167,11 +187,22 @@ class ConvEngine(wiring.Component):
         wb_base = Signal(range(p.wb_depth + 1))
         slot = Signal(range(P + 1))
         ai = Signal(range(p.acc_entries + 1))
+        # accumulator buffer halves: while the store streams one row out of a half, the next row computes
+        # into the other (when a row's obs x pgs entries fit half the buffer: `dbl`)
+        half_entries = p.acc_entries // 2
+        dbl = Signal()  # registered in QP_CHECK
+        c_half = Signal()  # half the PE array writes
         store_pending = Signal()
         store_addr = Signal(range(p.acc_entries + 1))
         qp_n = Signal(17)
+        # -- store: its own FSM, streaming a finished row to DDR while the next one loads and computes --
         g = Signal(16)
         x = Signal(16)
+        st_y = Signal(16)
+        st_half = Signal()
+        s_kick = Signal()
+        store_busy = Signal()
+        storing = Signal()  # the store owns the accumulator read port
         err_code = Signal(8)
 
         m.d.comb += [self.error_code.eq(err_code)]
@@ -228,7 +259,7 @@ class ConvEngine(wiring.Component):
         # the accumulators of beat x arrive one cycle after their address: present the next beat's
         x_next = Signal.like(x)
         m.d.comb += [x_next.eq(x), qp_rd.addr.eq(ob_g),
-                     acc_rd.addr.eq(Mux(out_phase, (x_next >> lp) * obs + ob_g, ai))]
+                     acc_rd.addr.eq(Mux(storing, Mux(st_half, half_entries, 0) + (x_next >> lp) * obs + ob_g, ai))]
         acc_view = data.View(acc_layout(p), acc_rd.data)
         qp_view = data.View(data.ArrayLayout(qp_rec, PO), qp_rd.data)
         out_bytes = []
@@ -289,6 +320,80 @@ class ConvEngine(wiring.Component):
             qp_wr.addr.eq(qp_n >> lpo), qp_wr.data.eq(Cat(qp_gear.words.payload[:40]).replicate(PO)),
         ]
 
+        with m.FSM(name="loader") as lfsm:
+            with m.State("L_IDLE"):
+                with m.If(l_kick):
+                    m.next = "L_ROW"
+            with m.State("L_ROW"):
+                m.d.sync += [col.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
+                             col_hi.eq(Mux(has_cols, vhi - ix0, 0))]
+                with m.If(has_cols):
+                    m.d.comb += [
+                        self.rd_cmd.valid.eq(1),
+                        self.rd_cmd.payload.addr.eq(
+                            self.act_base + i.in_addr + ((((blk_lo + b) * i.in_h + iy) * i.in_w + vlo) << lcb)),
+                        self.rd_cmd.payload.beats.eq(vhi - vlo),
+                    ]
+                    with m.If(self.rd_cmd.ready):
+                        m.next = "L_COLS"
+                with m.Else():
+                    m.next = "L_COLS"
+            with m.State("L_COLS"):
+                in_range = (col >= col_lo) & (col < col_hi)
+                advance = Signal()
+                m.d.comb += [
+                    lb.wr_addr.eq(lb_row_base + col),
+                    lb.wr_data.eq(Mux(in_range, self.rd_data.payload, 0)),
+                    self.rd_data.ready.eq(in_range),
+                    advance.eq(~in_range | self.rd_data.valid),
+                    lb.wr_en.eq(advance),
+                ]
+                with m.If(advance):
+                    m.d.sync += col.eq(col + 1)
+                    with m.If(col == in_cols - 1):
+                        with m.If(b == nblk - 1):
+                            m.d.sync += [b.eq(0), l_ky.eq(l_ky + 1)]
+                            with m.If(l_ky == i.kh - 1):
+                                m.next = "L_IDLE"
+                            with m.Else():
+                                m.next = "L_ROW"
+                        with m.Else():
+                            m.d.sync += b.eq(b + 1)
+                            m.next = "L_ROW"
+
+        with m.FSM(name="store") as sfsm:
+            with m.State("S_IDLE"):
+                with m.If(s_kick):
+                    m.d.sync += g.eq(0)
+                    m.next = "S_CMD"
+            with m.State("S_CMD"):
+                m.d.comb += [
+                    storing.eq(1),
+                    self.wr_cmd.valid.eq(1),
+                    self.wr_cmd.payload.addr.eq(
+                        self.act_base + i.out_addr + ((((c_base >> lcb) * i.out_h + st_y) * i.out_w + x0) << lcb)),
+                    self.wr_cmd.payload.beats.eq(sw),
+                ]
+                m.d.comb += x_next.eq(0)
+                with m.If(self.wr_cmd.ready):
+                    m.d.sync += x.eq(0)
+                    m.next = "S_DATA"
+            with m.State("S_DATA"):
+                m.d.comb += [storing.eq(1), self.wr_data.valid.eq(1)]
+                with m.If(self.wr_data.ready):
+                    m.d.comb += x_next.eq(x + 1)
+                    m.d.sync += x.eq(x + 1)
+                    with m.If(x == sw - 1):
+                        m.d.sync += g.eq(g + 1)
+                        with m.If(g == n_groups - 1):
+                            m.next = "S_IDLE"
+                        with m.Else():
+                            m.next = "S_CMD"
+        m.d.comb += store_busy.eq(~sfsm.ongoing("S_IDLE"))
+
+        need_rd = ~dw & (i0 != 0)  # this input tile adds to partial sums: it reads the accumulator port
+        blocked = Signal()  # the main FSM waits for the loader or the store
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -305,6 +410,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
                     m.next = "FINISH"
                 with m.Else():
+                    m.d.sync += dbl.eq(obs * pgs <= half_entries)
                     m.next = "QP_CMD"
             with m.State("QP_CMD"):
                 m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(qp_addr),
@@ -320,7 +426,7 @@ class ConvEngine(wiring.Component):
                     m.d.comb += qp_wr.en.eq(1 << qp_n[:lpo] if PO > 1 else 1)
                     m.d.sync += qp_n.eq(qp_n + 1)
                     with m.If(qp_n == (obs << lpo) - 1):
-                        m.d.sync += [y.eq(0), rslot_base.eq(0)]
+                        m.d.sync += [y.eq(0), rslot_base.eq(0), c_half.eq(0), pf_pending.eq(0)]
                         m.next = "ROW"
             with m.State("ROW"):
                 m.d.sync += i0.eq(Mux(dw, o0, 0))
@@ -333,44 +439,17 @@ class ConvEngine(wiring.Component):
                     m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
                     m.next = "FINISH"
                 with m.Else():
-                    m.d.sync += [ky.eq(ky_first), b.eq(0)]
-                    m.next = "LB_ROW"
-            with m.State("LB_ROW"):
-                m.d.sync += [col.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
-                             col_hi.eq(Mux(has_cols, vhi - ix0, 0))]
-                with m.If(has_cols):
-                    m.d.comb += [
-                        self.rd_cmd.valid.eq(1),
-                        self.rd_cmd.payload.addr.eq(
-                            self.act_base + i.in_addr + ((((blk_lo + b) * i.in_h + iy) * i.in_w + vlo) << lcb)),
-                        self.rd_cmd.payload.beats.eq(vhi - vlo),
-                    ]
-                    with m.If(self.rd_cmd.ready):
-                        m.next = "LB_COLS"
-                with m.Else():
-                    m.next = "LB_COLS"
-            with m.State("LB_COLS"):
-                in_range = (col >= col_lo) & (col < col_hi)
-                advance = Signal()
-                m.d.comb += [
-                    lb.wr_addr.eq(lb_row_base + col),
-                    lb.wr_data.eq(Mux(in_range, self.rd_data.payload, 0)),
-                    self.rd_data.ready.eq(in_range),
-                    advance.eq(~in_range | self.rd_data.valid),
-                    lb.wr_en.eq(advance),
-                ]
-                with m.If(advance):
-                    m.d.sync += col.eq(col + 1)
-                    with m.If(col == in_cols - 1):
-                        with m.If(b == nblk - 1):
-                            m.d.sync += [b.eq(0), ky.eq(ky + 1)]
-                            with m.If(ky == i.kh - 1):
-                                m.next = "W_CHECK"
-                            with m.Else():
-                                m.next = "LB_ROW"
-                        with m.Else():
-                            m.d.sync += b.eq(b + 1)
-                            m.next = "LB_ROW"
+                    m.d.sync += prefetch.eq(single_tile & ((i.kh + r_new) * nblk * in_cols <= p.lb_words))
+                    with m.If(pf_pending):  # loaded (or loading) while the previous row computed
+                        m.d.sync += pf_pending.eq(0)
+                    with m.Else():
+                        m.d.comb += l_kick.eq(1)
+                        m.d.sync += [l_y.eq(y), l_base.eq(rslot_base), l_ky.eq(ky_first), b.eq(0)]
+                    m.next = "LB_WAIT"
+            with m.State("LB_WAIT"):
+                m.d.comb += blocked.eq(1)
+                with m.If(lfsm.ongoing("L_IDLE")):
+                    m.next = "W_CHECK"
             with m.State("W_CHECK"):
                 m.d.sync += [ob.eq(0), wb_wr_base.eq(0)]
                 with m.If(w_valid & (w_o0 == o0) & (w_i0 == i0)):
@@ -414,8 +493,17 @@ class ConvEngine(wiring.Component):
                         with m.Else():
                             m.next = "W_CMD"
             with m.State("COMPUTE_INIT"):
-                m.d.sync += [pg.eq(0), ob.eq(0), ii.eq(0), ky.eq(0), kx.eq(0), slot.eq(0), wb_base.eq(0), ai.eq(0)]
-                m.next = "COMPUTE"
+                # the half being written must not be the one the store reads, nor the port in use
+                with m.If(store_busy & (~dbl | need_rd)):
+                    m.d.comb += blocked.eq(1)
+                with m.Else():
+                    m.d.sync += [pg.eq(0), ob.eq(0), ii.eq(0), ky.eq(0), kx.eq(0), slot.eq(0), wb_base.eq(0),
+                                 ai.eq(Mux(dbl & c_half, half_entries, 0))]
+                    with m.If(prefetch & (y + 1 < i.out_h)):
+                        m.d.comb += l_kick.eq(1)
+                        m.d.sync += [l_y.eq(y + 1), l_base.eq(base_next), l_ky.eq(ky_later), b.eq(0),
+                                     pf_pending.eq(1)]
+                    m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 m.d.comb += computing.eq(1)
                 m.d.sync += kx.eq(kx + 1)
@@ -439,40 +527,24 @@ class ConvEngine(wiring.Component):
                             m.next = "DRAIN"
             with m.State("DRAIN"):  # the last step updates the PE array
                 m.next = "STORE"
-            with m.State("STORE"):  # its accumulators go to the buffer
+            with m.State("STORE"):  # its accumulators go to the buffer (in this state's first cycle)
                 with m.If(last_ic):
-                    m.d.sync += g.eq(0)
-                    m.next = "OUT_CMD"
+                    with m.If(store_busy):
+                        m.d.comb += blocked.eq(1)
+                    with m.Else():
+                        m.d.comb += s_kick.eq(1)
+                        m.d.sync += [st_y.eq(y), st_half.eq(dbl & c_half), c_half.eq(dbl & ~c_half)]
+                        m.next = "NEXT_ROW"
                 with m.Else():
                     m.d.sync += i0.eq(i0 + i.ic_tile)
                     m.next = "IC"
-            with m.State("OUT_CMD"):
-                m.d.comb += [
-                    out_phase.eq(1),
-                    self.wr_cmd.valid.eq(1),
-                    self.wr_cmd.payload.addr.eq(
-                        self.act_base + i.out_addr + ((((c_base >> lcb) * i.out_h + y) * i.out_w + x0) << lcb)),
-                    self.wr_cmd.payload.beats.eq(sw),
-                ]
-                m.d.comb += x_next.eq(0)
-                with m.If(self.wr_cmd.ready):
-                    m.d.sync += x.eq(0)
-                    m.next = "OUT_DATA"
-            with m.State("OUT_DATA"):
-                m.d.comb += [out_phase.eq(1), self.wr_data.valid.eq(1)]
-                with m.If(self.wr_data.ready):
-                    m.d.comb += x_next.eq(x + 1)
-                    m.d.sync += x.eq(x + 1)
-                    with m.If(x == sw - 1):
-                        m.d.sync += g.eq(g + 1)
-                        with m.If(g == n_groups - 1):
-                            m.next = "NEXT_ROW"
-                        with m.Else():
-                            m.next = "OUT_CMD"
             with m.State("NEXT_ROW"):
-                m.d.sync += [y.eq(y + 1), rslot_base.eq(Mux(rs_next1 >= i.kh, rs_next1 - i.kh, rs_next1))]
-                m.next = "ROW"
-                with m.If(y == i.out_h - 1):
+                with m.If(y != i.out_h - 1):
+                    m.d.sync += [y.eq(y + 1), rslot_base.eq(base_next)]
+                    m.next = "ROW"
+                with m.Elif(store_busy):  # the tile's last row is written before the tile changes
+                    m.d.comb += blocked.eq(1)
+                with m.Else():
                     m.d.sync += o0.eq(o0 + i.oc_tile)
                     m.next = "TILE"
                     with m.If(last_tile):
@@ -480,9 +552,9 @@ class ConvEngine(wiring.Component):
                         with m.If(x0 + i.strip_w >= i.out_w):
                             m.next = "FINISH"
             with m.State("FINISH"):
-                with m.If(self.wr_idle):
+                with m.If(self.wr_idle & ~store_busy & lfsm.ongoing("L_IDLE")):
                     m.d.comb += [self.done.eq(1), self.failed.eq(err_code != 0)]
                     m.next = "IDLE"
-        waiting = ("QP_CMD", "QP_DATA", "LB_ROW", "LB_COLS", "W_CMD", "W_DATA", "OUT_CMD", "OUT_DATA", "FINISH")
-        m.d.comb += self.stall.eq(Cat(*(fsm.ongoing(st) for st in waiting)).any())
+        waiting = ("QP_CMD", "QP_DATA", "W_CMD", "W_DATA", "FINISH")
+        m.d.comb += self.stall.eq(blocked | Cat(*(fsm.ongoing(st) for st in waiting)).any())
         return m

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shiftpu.arch import limits
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import INSTR_BITS
 from shiftpu.arch.layout import ceil_div
@@ -66,7 +67,7 @@ class HwParams:
     @property
     def lb_words(self) -> int:
         """Line buffer capacity in words of one channel block of one pixel."""
-        return self.cfg.line_buffer_bytes // self.cb
+        return limits.line_buffer_words(self.cfg)
 
     @property
     def lb_bank_depth(self) -> int:
@@ -94,7 +95,7 @@ class HwParams:
         The contract counts a strip in whole pixel groups (oc_tile x ceil(strip_w / pe_px) x pe_px <=
         acc_buffer_words), so every tiling it allows fits.
         """
-        return max(1, self.cfg.acc_buffer_words // (self.cfg.pe_oc * self.cfg.pe_px))
+        return limits.acc_entries(self.cfg)
 
     @property
     def out_group(self) -> int:

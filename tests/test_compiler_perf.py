@@ -22,20 +22,33 @@ def _conv(dataflow=Dataflow.PIXEL):
                        in_w=8, in_c=16, out_h=8, out_w=8, out_c=8, strip_w=8, ic_tile=16, oc_tile=8)
 
 
-def test_sequential_conv_cost_by_hand():
+def test_rtl_conv_cost_by_hand():
     # fetch 1 + L_r 2 + 8 beats + latch, decode, retire 3; engine start 1, write drain 4     = 19
     # strip/tile: TILE, QP_CHECK, QP_CMD 3 + L_r 2 + 8 table words                            = 13
-    # per row: ROW 1 + IC/IC_CHECK 2 + W_CHECK 1 + COMPUTE_INIT 1 + compute 1*1*16*9
-    #          + DRAIN 1 + STORE 1                                                            = 151
-    #          + output 1 group x (1 + 8 beats) + NEXT_ROW 1                                  = 10
-    # line buffer (one input tile: K-row reuse): row 0 loads 3 rows, rows 1..7 one each = 10 rows
-    #          x 2 blocks x (LB_ROW 1 + 10 cols)                                              = 220
-    # read wait max(0, L_r 2 - 1 leading pad column) for the 8 loaded rows inside the tensor
-    # (row 0: kernel rows 1, 2; rows 1..6: kernel row 2) x 2 blocks                          = 16
-    # weights once: W_CMD 1 + L_r 2 + 144 steps x 32 bits / 64-bit beats                     = 75
+    # 2 blocks x 10 input columns; 4 row slots fit the line buffer (prefetch), a row's 1 accumulator entry
+    # fits half the buffer (double-buffered store). Loader: (1 + 10) per row and block, + max(0, L_r 2 - 1
+    # leading pad column) per block of a row inside the tensor: row 0 kernel rows 0-2 (1, 2 inside) = 70,
+    # rows 1-6 kernel row 2 = 24, row 7 (input row 8 outside) = 22. Store: 1 group x (1 + 8 beats) = 9.
+    # row 0: ROW, IC, IC_CHECK (loader started), LB_WAIT until the loader is done (cycle 3 + 70), W_CHECK,
+    #        weights W_CMD 1 + L_r 2 + 144 steps x 32 bits / 64-bit beats 72 = 75, COMPUTE_INIT (starts
+    #        row 1's load) at 150, compute 144, DRAIN, STORE at 296 (store busy until 306), NEXT_ROW: 298
+    # rows 1-6: ROW, IC, IC_CHECK, LB_WAIT 1 (loaded ahead), W_CHECK, COMPUTE_INIT, 144, DRAIN, STORE,
+    #        NEXT_ROW: 153 each (loads of 24 and the store of 9 hidden)
+    # row 7: STORE at 6 x 153 + 298 + 151 = 1367, NEXT_ROW waits for the store (1367 + 1 + 9), exit  = 1378
     c = instruction_cost(_conv(), CFG, 8.0)
-    assert c == InstrCost(cycles=19 + 13 + 8 * (151 + 10) + 220 + 16 + 75, compute_cycles=1152, stall_cycles=479,
+    assert c == InstrCost(cycles=19 + 13 + 1378, compute_cycles=1152, stall_cycles=258,
                           read_bytes=10 * 2 * 10 * 8 + 64, write_bytes=512, macs=73728)
+
+
+def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
+    # the same layer on 512 bytes of line buffer (3 row slots: no prefetch) and one accumulator entry
+    # (the PE array waits for the store): every later row loads its kernel row after IC_CHECK (LB_WAIT
+    # 24 + 1, row 7 22 + 1) and COMPUTE_INIT waits for the store of the previous row (done by then):
+    # rows 1-6: 153 + 24 = 177 each; row 7 starts at 298 + 6 x 177 = 1360, STORE at 1360 + 27 + 146,
+    # NEXT_ROW waits for the store: + 1 + 9 + 1                                                  = 1544
+    cfg = AccelConfig(strip_width=8, line_buffer_bytes=512, acc_buffer_words=64)
+    c = instruction_cost(_conv(), cfg, 8.0)
+    assert c.cycles == 19 + 13 + 1544
 
 
 def test_several_input_tiles_reload_every_kernel_row():
@@ -45,14 +58,14 @@ def test_several_input_tiles_reload_every_kernel_row():
     assert c.read_bytes == 8 * 3 * 2 * 10 * 8 + 64
 
 
-def test_sequential_add_cost_by_hand():
+def test_rtl_add_cost_by_hand():
     add = Instruction(Opcode.ADD, in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=16)
     # fetch 14 + finish 2; 16 segments (8 rows x 2 blocks) of SEG 1, LOAD 1 + L_r 2 + 8, B_CMD 1,
     # OUT_CMD 1 + remaining B latency 1 + 8 beats, NEXT 1
     assert instruction_cost(add, CFG, 8.0) == InstrCost(16 + 16 * 24, 128, 272, 2048, 1024, 0)
 
 
-def test_sequential_program_overhead_by_hand():
+def test_rtl_program_overhead_by_hand():
     # header: command 1 + L_r 2 + 8 beats + check 1; END: fetch 14 + 2
     assert program_overhead(CFG, 8.0) == 12
     assert instruction_cost(Instruction(Opcode.END), CFG, 8.0).cycles == 16
@@ -61,8 +74,11 @@ def test_sequential_program_overhead_by_hand():
 def test_left_padding_hides_the_read_latency():
     padded = _conv()
     unpadded = dataclasses.replace(padded, pad_l=0, pad_r=2)
-    # same geometry, the 16 (loaded row, block) reads wait 2 instead of 1 cycle
-    assert instruction_cost(unpadded, CFG, 8.0).cycles - instruction_cost(padded, CFG, 8.0).cycles == 16
+    # same geometry, the 16 (loaded row, block) reads wait 2 instead of 1 cycle: all on the critical path
+    # without prefetch, only row 0's 2 rows x 2 blocks with it (the later loads hide behind the PE array)
+    no_prefetch = AccelConfig(strip_width=8, line_buffer_bytes=512, acc_buffer_words=64)
+    assert instruction_cost(unpadded, no_prefetch, 8.0).cycles - instruction_cost(padded, no_prefetch, 8.0).cycles == 16
+    assert instruction_cost(unpadded, CFG, 8.0).cycles - instruction_cost(padded, CFG, 8.0).cycles == 4
 
 
 def test_conv_cost_by_hand():

@@ -29,6 +29,34 @@ def acc_buffer_need(instr: Instruction, cfg: AccelConfig) -> int:
     return instr.oc_tile * ceil_div(instr.strip_w, cfg.pe_px) * cfg.pe_px
 
 
+def line_buffer_words(cfg: AccelConfig) -> int:
+    """Line buffer capacity in words (one channel block of one pixel each)."""
+    return cfg.line_buffer_bytes // cfg.channel_block
+
+
+def acc_entries(cfg: AccelConfig) -> int:
+    """Accumulator buffer entries, each pe_oc x pe_px accumulators (acc_buffer_words in all)."""
+    return max(1, cfg.acc_buffer_words // (cfg.pe_oc * cfg.pe_px))
+
+
+def prefetches_rows(kh: int, stride: int, blocks: int, in_cols: int, single_tile: bool, cfg: AccelConfig) -> bool:
+    """Whether the CONV engine loads the next output row's input rows while the current row computes.
+
+    Needs one input tile (K-row reuse) and ``kh + min(stride, kh)`` row slots of ``blocks`` x ``in_cols``
+    words in the line buffer. Not a limit: without it the load waits for the computation.
+    """
+    return single_tile and (kh + min(stride, kh)) * blocks * in_cols <= line_buffer_words(cfg)
+
+
+def double_buffers_acc(out_blocks: int, pixel_groups: int, cfg: AccelConfig) -> bool:
+    """Whether a row's accumulators (pe_oc blocks x pe_px groups entries) fit half the accumulator buffer.
+
+    Then the next row computes into one half while the store streams the previous row out of the other.
+    Not a limit: otherwise the computation waits for the store.
+    """
+    return out_blocks * pixel_groups <= acc_entries(cfg) // 2
+
+
 def _dataflow_violation(instr: Instruction, cfg: AccelConfig) -> str | None:
     """Why the dataflow or the input-channel tiling of a CONV does not fit the PE array, or None.
 

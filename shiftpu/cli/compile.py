@@ -27,9 +27,9 @@ def compile(
         help="PE-array mappings the target accelerator implements (comma-separated); the cost model chooses among "
              "them per layer. Without depthwise, depthwise convolutions run as dense ones."),
     schedule: str = typer.Option(
-        "sequential", "--schedule",
+        "rtl", "--schedule",
         help="How the accelerator overlaps loads and computation, for the cost model that picks tilings and "
-             "dataflows: sequential (the generated RTL) or overlapped (double-buffered)."),
+             "dataflows: rtl (the generated RTL) or overlapped (the ideal bound: every load and store hidden)."),
 ) -> None:
     """Compile a quantized ONNX model into a program for the accelerator of a board; print the partition report."""
     from shiftpu.arch.isa import Dataflow
@@ -138,9 +138,9 @@ def estimate(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object (fps, cycles, utilization, layers)."),
     schedule: str = typer.Option(
         None, "--schedule",
-        help="sequential: load, compute and store one after another, as the generated RTL does (agrees with the "
-             "RTL simulation); overlapped: double-buffered loads and stores, the architecture's target. "
-             "Default: the schedule the folder was compiled for."),
+        help="rtl: the generated RTL, whose line-buffer loader and store overlap the PE array where the buffers "
+             "allow (agrees with the RTL simulation); overlapped: the ideal bound, every load and store hidden "
+             "behind the computation. Default: the schedule the folder was compiled for."),
 ) -> None:
     """Estimated cycles, DDR traffic, PE utilisation per layer and fps at the board clock (performance model)."""
     from shiftpu.boards import load_board
@@ -148,7 +148,7 @@ def estimate(
     from shiftpu.compiler.estimate import estimate as estimate_programs
     from shiftpu.compiler.estimate import format_table
     c = read_folder(folder)
-    sched = _schedule(schedule or c.manifest["estimate"].get("schedule", "sequential"))
+    sched = _schedule(schedule or c.manifest["estimate"].get("schedule", "rtl"))
     b = load_board(c.board)
     names = {la["layer_id"]: la["name"] for la in c.manifest["layers"]}
     est = estimate_programs(c.programs(), c.config, b.ddr_bytes_per_cycle, names, c.board, sched)

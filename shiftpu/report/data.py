@@ -149,7 +149,7 @@ def gather(folder: str | Path, resources: ResourceEstimate | None = None, trace:
                           f"{compiled.board}")
     names = {la["layer_id"]: la["name"] for la in compiled.manifest["layers"]}
     try:
-        schedule = Schedule(compiled.manifest["estimate"].get("schedule", Schedule.SEQUENTIAL.value))
+        schedule = Schedule(compiled.manifest["estimate"].get("schedule", Schedule.RTL.value))
         est = estimate(compiled.programs(), cfg, board.ddr_bytes_per_cycle, names, compiled.board, schedule)
         rows = layer_rows(compiled, est)
     except ShiftpuError:
