@@ -80,7 +80,7 @@ def run() -> dict:
 
 
 def perf_vs_rtl() -> dict:
-    """Estimated (sequential schedule) against RTL-simulated cycles: single layers and a whole small detector."""
+    """Estimated (rtl schedule) against RTL-simulated cycles: single layers and a whole small detector."""
     import numpy as np
     sys.path.insert(0, str(ROOT / "tests"))
     from qdq_graphs import QdqBuilder, detector, random_input, run_onnxruntime
@@ -138,9 +138,9 @@ def markdown(r: dict) -> str:
              "| figure | value | kind | target |", "|---|---|---|---|",
              f"| compile time | {r['compile_s']['value']} s | measured | < 5 s |",
              f"| golden model throughput | {r['golden_fps']['value']} frames/s | measured | >= 1 frame/s |", "",
-             "Estimated by the performance model (fabric only, CPU nodes not included). *sequential*: load, compute",
-             "and store one after another, as the generated RTL does; *overlapped*: double-buffered loads and stores,",
-             "the schedule the architecture allows.", "",
+             "Estimated by the performance model (fabric only, CPU nodes not included). *rtl*: the generated RTL,",
+             "whose CONV engine overlaps the line-buffer loads and the write-back with the PE array where the buffers",
+             "allow (docs/rtl.md); *overlapped*: an idealised, coarser model, every load and store after the prologue hidden.", "",
              "| board | schedule | fps | cycles/frame | MAC-weighted PE utilisation | DDR MiB/frame |",
              "|---|---|---|---|---|---|"]
     for name, by_sched in r["boards"].items():
@@ -148,7 +148,7 @@ def markdown(r: dict) -> str:
             lines.append(f"| {name} | {sched} | {b['fps']} | {b['cycles']} | {100 * b['utilization']:.1f}% | "
                          f"{b['ddr_mib']} |")
     rtl = r["perf_vs_rtl"]
-    lines += ["", "Performance model (sequential) against the RTL simulation (cycles measured by the accelerator's "
+    lines += ["", "Performance model (rtl schedule) against the RTL simulation (cycles measured by the accelerator's "
               "CYCLES register under Verilator, pynq-z2 configuration):", ""]
     if rtl["status"] != "ran":
         lines.append(rtl["status"])

@@ -14,8 +14,8 @@ Two schedules of the same loop nest (docs/architecture.md) are modelled term by 
   model runs the three machines' recurrence row by row (runs of identical rows at once); the loader and
   the store together move no more than the board's DDR bandwidth. ``L_r`` is the read latency of the
   simulation's memory model (cocotbext-axi ``AxiRam``). This is what the RTL simulation measures.
-* :attr:`Schedule.OVERLAPPED`: the ideal bound: every load and write-back after the prologue hidden behind
-  the computation (described below).
+* :attr:`Schedule.OVERLAPPED`: an idealised, coarser model: every load and write-back after the prologue
+  hidden behind the computation, reads and writes of a row sharing the bandwidth (described below).
 
 Transfers cost ``max(1, beat bytes / B)`` cycles per beat at the board's bandwidth. Symbols of the
 overlapped model: ``P = pe_oc * pe_px``, ``cb`` the channel block, ``B`` the DDR bytes per

@@ -1,4 +1,4 @@
-"""The performance model (sequential schedule) against cycles measured in the RTL simulation."""
+"""The performance model (rtl schedule) against cycles measured in the RTL simulation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The performance model (compiler.perf, sequential schedule) against cycles measured on the RTL.
+"""The performance model (compiler.perf, rtl schedule) against cycles measured on the RTL.
 
 Each layer runs as its own program; its measured cost is the program's CYCLES minus those of the
 empty program (header + END), so it includes the layer's fetch and decode as the model does.

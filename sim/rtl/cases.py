@@ -103,7 +103,18 @@ def add_random_conv(b: ProgramBuilder, rng: np.random.Generator, *, dataflow: Da
             break
     else:
         raise RuntimeError("no acceptable random CONV found")
-    icg = 1 if depthwise else in_c
+    return add_conv(b, rng, instr)
+
+
+def add_conv(b: ProgramBuilder, rng: np.random.Generator, instr: Instruction) -> Instruction:
+    """Append the CONV ``instr`` (shape, tiling and format as given) with random weights, bias, shifts and input."""
+    cfg = b.cfg
+    problem = limits.violation(instr, cfg)
+    if problem is not None:
+        raise ValueError(f"CONV not accepted by the accelerator: {problem}")
+    kh, kw, in_c, in_h, in_w = instr.kh, instr.kw, instr.in_c, instr.in_h, instr.in_w
+    out_c, out_h, out_w = instr.out_c, instr.out_h, instr.out_w
+    icg = 1 if instr.depthwise else in_c
     mags = rng.integers(0, MAX_WEIGHT_EXPONENT + 1, size=(out_c, icg, kh, kw))
     w = np.where(rng.random(mags.shape) < 0.2, 0, (1 << mags) * rng.choice([-1, 1], size=mags.shape))
     shift = rng.integers(-1, 14, size=out_c)
