@@ -42,6 +42,7 @@ cycles (fetch and decode). Utilisation of an instruction is ``MACs / (cycles · 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
@@ -205,10 +206,11 @@ def _fetch_cycles(cfg: AccelConfig, beat: float) -> float:
     return 1 + READ_LATENCY + 64 / cfg.axi_bytes * beat + 1 + 1 + 1
 
 
-def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, obs: int, beat: float) -> float:
-    """Weight buffer fill for one (output tile, input tile): per pe_oc block W_CMD 1 + L_r + beats of its run.
-
-    A run starts ``s0 mod steps-per-beat`` steps into its first beat (``s0`` its first step in DDR).
+def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, obs: int,
+                 beat: float) -> tuple[float, int]:
+    """Weight buffer fill for one (output tile, input tile): cycles (per pe_oc block W_CMD 1 + L_r + beats of its
+    run) and DDR bytes (the beats). A run starts ``s0 mod steps-per-beat`` steps into its first beat (``s0`` its
+    first step in DDR).
     """
     khkw = i.kh * i.kw
     po = cfg.pe_oc
@@ -221,6 +223,7 @@ def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, ob
     steps = run * khkw
     step_bits = po * cfg.weight_code.bits
     total = 0.0
+    n_beats = 0
     for ob in range(obs):
         if step_bits <= cfg.axi_data_bits:
             per_beat = cfg.axi_data_bits // step_bits
@@ -229,7 +232,8 @@ def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, ob
         else:
             beats = steps * step_bits // cfg.axi_data_bits
         total += 1 + READ_LATENCY + beats * beat
-    return total
+        n_beats += beats
+    return total, n_beats * cfg.axi_bytes
 
 
 def _blocks_spanned(c0: int, n: int, cb: int) -> int:
@@ -244,7 +248,7 @@ def _row_loads(i: Instruction, kys: range, y: int, nblk: int, cols: int, beat: f
     return len(kys) * nblk * (1 + cols * beat) + nblk * valid * (wait or 0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Tile:
     """One input tile of a CONV row: what the main FSM of the CONV engine does for it."""
 
@@ -254,7 +258,7 @@ class _Tile:
     reads_partials: bool  #: adds to partial sums (reads the accumulator port)
 
 
-def _conv_rows(i: Instruction, cfg: AccelConfig, tiles: list[_Tile], load_weights_first: bool, cols: int,
+def _conv_rows(i: Instruction, cfg: AccelConfig, tiles: tuple[_Tile, ...], load_weights_first: bool, cols: int,
                store: float, pf: bool, dbl: bool, beat: float, wait: int | None) -> float:
     """Cycles of the rows of one (strip, output tile), from the first ROW to the state after the last NEXT_ROW.
 
@@ -323,37 +327,49 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost
     padded = ceil_div(i.out_c, cb) * cb
     cycles = _fetch_cycles(cfg, beat) + 1 + WRITE_LATENCY  # + FINISH
     compute = read = write = 0
-    resident: tuple[int, int] | None = None  # (o0, i0) of the weights in the weight buffer
-    for x0 in range(0, i.out_w, i.strip_w):
-        sw = min(i.strip_w, i.out_w - x0)
+    in_tiles = {o0: [(o0, min(i.oc_tile, i.out_c - o0))] if i.depthwise else
+                [(i0, min(i.ic_tile, i.in_c - i0)) for i0 in range(0, i.in_c, i.ic_tile)]
+                for o0 in range(0, i.out_c, i.oc_tile)}
+    single = len(in_tiles[0]) == 1
+    # Weights stay in the weight buffer from one (strip, output tile) to the next only with one input tile and
+    # one output tile: then only the first strip loads them. Strips alike in width and read wait cost the same.
+    reload = not single or len(in_tiles) > 1
+    strips = Counter((min(i.strip_w, i.out_w - x0), _row_wait(i, x0, (min(i.strip_w, i.out_w - x0) - 1) * i.stride
+                                                             + i.kw), x0 == 0)
+                     for x0 in range(0, i.out_w, i.strip_w))
+    w_loads: dict[tuple[int, int], tuple[float, int]] = {}  # weight loads per (o0, i0), alike for every strip
+    loaded, _ = _loaded_rows(i, reuse=single)
+    rows: dict[tuple, float] = {}
+    for (sw, wait, first_strip), n in strips.items():
         cols = (sw - 1) * i.stride + i.kw
-        wait = _row_wait(i, x0, cols)
         pgs = ceil_div(sw, cfg.pe_px)
-        for o0 in range(0, i.out_c, i.oc_tile):
+        for o0, tiles_of in in_tiles.items():
             ot = min(i.oc_tile, i.out_c - o0)
             obs = ceil_div(ot, po)
             end_ch = padded - o0 if o0 + i.oc_tile >= i.out_c else ot
             qp_words = obs * po
             # TILE, QP_CHECK, QP_CMD, then the bias/shift table: one 8-byte word per cycle
-            cycles += 3 + READ_LATENCY + max(qp_words, ceil_div(qp_words * QPARAM_BYTES, cfg.axi_bytes) * beat)
-            read += qp_words * QPARAM_BYTES
-            in_tiles = [(o0, ot)] if i.depthwise else [(i0, min(i.ic_tile, i.in_c - i0))
-                                                       for i0 in range(0, i.in_c, i.ic_tile)]
-            single = len(in_tiles) == 1
-            tiles = [_Tile(_blocks_spanned(i0, it, cb), conv_compute(i.dataflow, sw, ot, it, i.kh, i.kw, cfg),
-                           _weight_load(i, cfg, o0, i0, it, obs, beat), not i.depthwise and i0 != 0)
-                     for i0, it in in_tiles]
-            first = not single or resident != (o0, in_tiles[0][0])
-            resident = (o0, in_tiles[0][0]) if single else None
+            cycles += n * (3 + READ_LATENCY + max(qp_words, ceil_div(qp_words * QPARAM_BYTES, cfg.axi_bytes) * beat))
+            read += n * qp_words * QPARAM_BYTES
+            for i0, it in tiles_of:
+                if (o0, i0) not in w_loads:
+                    w_loads[o0, i0] = _weight_load(i, cfg, o0, i0, it, obs, beat)
+            tiles = tuple(_Tile(_blocks_spanned(i0, it, cb), conv_compute(i.dataflow, sw, ot, it, i.kh, i.kw, cfg),
+                                w_loads[o0, i0][0], not i.depthwise and i0 != 0) for i0, it in tiles_of)
             pf = limits.prefetches_rows(i.kh, i.stride, tiles[0].nblk, cols, single, cfg)
             dbl = limits.double_buffers_acc(obs, pgs, cfg)
             store = ceil_div(end_ch, group) * (1 + sw * beat)
-            cycles += _conv_rows(i, cfg, tiles, first, cols, store, pf, dbl, beat, wait)
-            loaded, _ = _loaded_rows(i, reuse=single)
+            key = (tiles, first_strip or reload, cols, store, pf, dbl, wait)
+            if key not in rows:  # output tiles of one size are alike
+                rows[key] = _conv_rows(i, cfg, tiles, first_strip or reload, cols, store, pf, dbl, beat, wait)
+            cycles += n * rows[key]
+            # weight bytes: every row and input tile with several input tiles, else once per load
+            w_times = n * (i.out_h if not single else 1) if first_strip or reload else 0
+            read += w_times * sum(w_loads[o0, i0][1] for i0, _ in tiles_of)
             for tile in tiles:
-                compute += i.out_h * tile.compute
-                read += loaded * tile.nblk * cols * cb
-            write += i.out_h * sw * end_ch
+                compute += n * i.out_h * tile.compute
+                read += n * loaded * tile.nblk * cols * cb
+            write += n * i.out_h * sw * end_ch
     total = int(round(cycles))
     return InstrCost(total, compute, total - compute, read, write, conv_macs(i))
 

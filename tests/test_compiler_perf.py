@@ -37,7 +37,7 @@ def test_rtl_conv_cost_by_hand():
     # row 7: STORE at 6 x 153 + 298 + 151 = 1367, NEXT_ROW waits for the store (1367 + 1 + 9), exit  = 1378
     c = instruction_cost(_conv(), CFG, 8.0)
     assert c == InstrCost(cycles=19 + 13 + 1378, compute_cycles=1152, stall_cycles=258,
-                          read_bytes=10 * 2 * 10 * 8 + 64, write_bytes=512, macs=73728)
+                          read_bytes=10 * 2 * 10 * 8 + 64 + 72 * 8, write_bytes=512, macs=73728)
 
 
 def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
@@ -53,9 +53,10 @@ def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
 
 def test_several_input_tiles_reload_every_kernel_row():
     # ic_tile 8 < in_c 16: two input tiles share the line buffer, so every output row loads all 3 kernel rows
+    # (1 block each) and both tiles' weights (8 x 9 steps of 32 bits: 36 beats of 8 bytes), + the table
     two = dataclasses.replace(_conv(), ic_tile=8)
     c = instruction_cost(two, CFG, 8.0)
-    assert c.read_bytes == 8 * 3 * 2 * 10 * 8 + 64
+    assert c.read_bytes == 8 * 2 * 3 * 10 * 8 + 8 * 2 * 36 * 8 + 64
 
 
 def test_rtl_add_cost_by_hand():
