@@ -71,7 +71,7 @@ def run() -> dict:
             progs = [img.instructions for img in r.images]
             result["boards"][board] = {}
             for sched in Schedule:
-                est = estimate(progs, b.accel, b.ddr_bytes_per_cycle, {}, board, sched)
+                est = estimate(progs, b.accel, b.ddr_bytes_per_cycle, {}, board, sched, b.ddr_read_latency_cycles)
                 result["boards"][board][sched.value] = {
                     "fps": est["fps"], "cycles": est["cycles"], "utilization": est["utilization"],
                     "ddr_mib": round(est["ddr_bytes"] / 2**20, 2), "kind": "estimated", "target_utilization": 0.85}
@@ -126,7 +126,7 @@ def perf_vs_rtl() -> dict:
                 return {"status": f"not run: {e}"}
             exact = all(np.array_equal(a, c) for a, c in zip(ex.finish(frame), run_onnxruntime(m, x), strict=True))
             rtl = sum(s.cycles for s in frame.stats)
-            est = r.estimate["cycles"]
+            est = r.simulation_estimate()["cycles"]
             rows.append({"layer": name, "rtl_cycles_measured": rtl, "estimated_cycles": est,
                          "error": round(est / rtl - 1, 4), "bit_exact": exact})
     return {"status": "ran", "max_abs_error": max(abs(r["error"]) for r in rows), "layers": rows}

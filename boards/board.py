@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -48,6 +49,8 @@ class Board:
     hp_port_bits: int  #: width of the PS high-performance AXI port the accelerator masters
     fabric_clock_mhz: float  #: clock the PS provides to the accelerator
     ddr_bandwidth_gbps: float  #: usable DDR bandwidth from the fabric, GB/s
+    #: DDR read latency seen by the accelerator's HP port (read command to first beat), ns; a planning figure
+    ddr_read_latency_ns: float
     power_rails: tuple[str, ...]  #: PYNQ rail names summed for fabric+PS power (empty: no readable rails)
     static_power_w: float  #: board power with the fabric idle, watts (for the power estimate)
     accel: AccelConfig  #: default accelerator for this board
@@ -58,10 +61,16 @@ class Board:
         """DDR bytes per accelerator clock cycle (bandwidth / clock)."""
         return self.ddr_bandwidth_gbps * 1e9 / (self.accel.clock_mhz * 1e6)
 
+    @property
+    def ddr_read_latency_cycles(self) -> int:
+        """DDR read latency in accelerator clock cycles (rounded up)."""
+        return math.ceil(self.ddr_read_latency_ns * self.accel.clock_mhz / 1e3 - 1e-9)
+
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str, "title": str, "part": str, "vivado_board_part": str, "ps_family": str, "yosys_family": str,
     "resources": dict, "hp_port_bits": int, "fabric_clock_mhz": (int, float), "ddr_bandwidth_gbps": (int, float),
+    "ddr_read_latency_ns": (int, float),
     "power_rails": list, "static_power_w": (int, float), "accel": dict,
 }
 _HP_PORT_BITS = {PsFamily.ZYNQ7000: (32, 64), PsFamily.ZYNQMP: (32, 64, 128)}
@@ -106,7 +115,7 @@ def load_board_file(path: str | Path) -> Board:
     if data["hp_port_bits"] not in _HP_PORT_BITS[ps_family]:
         raise BoardError(f"{path}: field 'hp_port_bits' is {data['hp_port_bits']}, a {ps_family.value} HP port "
                          f"is one of {_HP_PORT_BITS[ps_family]}")
-    for key in ("fabric_clock_mhz", "ddr_bandwidth_gbps", "static_power_w"):
+    for key in ("fabric_clock_mhz", "ddr_bandwidth_gbps", "ddr_read_latency_ns", "static_power_w"):
         if data[key] <= 0:
             raise BoardError(f"{path}: field '{key}' must be positive")
     if not all(isinstance(r, str) for r in data["power_rails"]):
@@ -121,7 +130,8 @@ def load_board_file(path: str | Path) -> Board:
         name=data["name"], title=data["title"], part=data["part"], vivado_board_part=data["vivado_board_part"],
         ps_family=ps_family, yosys_family=yosys_family, resources={k: res[k] for k in RESOURCE_KINDS},
         hp_port_bits=data["hp_port_bits"], fabric_clock_mhz=float(data["fabric_clock_mhz"]),
-        ddr_bandwidth_gbps=float(data["ddr_bandwidth_gbps"]), power_rails=tuple(data["power_rails"]),
+        ddr_bandwidth_gbps=float(data["ddr_bandwidth_gbps"]),
+        ddr_read_latency_ns=float(data["ddr_read_latency_ns"]), power_rails=tuple(data["power_rails"]),
         static_power_w=float(data["static_power_w"]), accel=accel, path=path,
     )
 

@@ -10,11 +10,12 @@ import numpy as np
 import onnx
 
 from shiftpu import __version__
+from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import ISA_VERSION, Dataflow, Instruction, Opcode
 from shiftpu.boards import load_board
 from shiftpu.compiler.artifact import FORMAT_NAME, FORMAT_VERSION, MODEL_FILE, write_folder
 from shiftpu.compiler.codegen import SegmentImage, generate, layer_ids
-from shiftpu.compiler.estimate import estimate, format_table
+from shiftpu.compiler.estimate import estimate, format_table, simulation_estimate
 from shiftpu.compiler.ir import ConcatOp, ConvOp, CpuNode, FabricOp, Graph, QTensor
 from shiftpu.compiler.onnx_import import load_onnx, prepare, shape_of
 from shiftpu.compiler.passes import CompileOptions, run_pipeline
@@ -30,7 +31,17 @@ class CompileResult:
     images: list[SegmentImage]
     manifest: dict[str, Any]
     report: str
-    estimate: dict
+    estimate: dict  #: for the board (its DDR bandwidth and latency)
+
+    @property
+    def programs(self) -> list[list[Instruction]]:
+        """The instructions of each fabric segment, END included."""
+        return [img.instructions + [Instruction(Opcode.END)] for img in self.images]
+
+    def simulation_estimate(self) -> dict:
+        """The estimate on the RTL simulation's memory model: what ``--backend rtl`` measures."""
+        cfg = AccelConfig.from_dict(self.manifest["config"])
+        return simulation_estimate(self.programs, cfg, self.manifest["board"])
 
 
 def _dtype_name(t: QTensor) -> str:
@@ -156,13 +167,14 @@ def compile_model(model: str | Path | onnx.ModelProto, board: str, out_dir: str 
         proto, source = prepare(model), model.graph.name
     else:
         proto, source = load_onnx(model), str(model)
-    opts = CompileOptions(b.accel, b.ddr_bytes_per_cycle, frozenset(dataflows), schedule)
+    opts = CompileOptions(b.accel, b.ddr_bytes_per_cycle, frozenset(dataflows), schedule,
+                          read_latency=b.ddr_read_latency_cycles)
     graph = fold_qdq(proto, b.accel)
     graph = run_pipeline(graph, opts, Path(dump_passes) if dump_passes is not None else None)
     images = generate(graph, b.accel)
     names = {k: op.name for k, op in enumerate(graph.fabric_ops())}
-    est = estimate([img.instructions + [Instruction(Opcode.END)] for img in images], b.accel, b.ddr_bytes_per_cycle, names, board,
-                   schedule)
+    est = estimate([img.instructions + [Instruction(Opcode.END)] for img in images], b.accel, b.ddr_bytes_per_cycle, names,
+                   board, schedule, b.ddr_read_latency_cycles)
     report = partition_report(graph, board, est)
     manifest = build_manifest(graph, images, board, opts, Path(source).name, est)
     if out_dir is not None:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Instruction, Opcode
-from shiftpu.compiler.perf import Schedule, instruction_cost, program_overhead
+from shiftpu.compiler.perf import READ_LATENCY, Schedule, instruction_cost, program_overhead
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,18 @@ class LayerEstimate:
 
 
 def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_cycle: float,
-             names: dict[int, str], board: str, schedule: Schedule = Schedule.RTL) -> dict:
-    """The estimate as a JSON-ready dict: fps, cycles, utilization (MAC-weighted), layers, all estimated."""
+             names: dict[int, str], board: str, schedule: Schedule = Schedule.RTL,
+             read_latency: int = READ_LATENCY) -> dict:
+    """The estimate as a JSON-ready dict: fps, cycles, utilization (MAC-weighted), layers, all estimated.
+
+    ``read_latency``: cycles from a DDR read command to its first beat (the board file's figure for a board;
+    the default is the RTL simulation's memory model)."""
     layers: list[LayerEstimate] = []
     total = 0
     for seg, prog in enumerate(programs):
-        total += program_overhead(cfg, ddr_bytes_per_cycle, schedule)
+        total += program_overhead(cfg, ddr_bytes_per_cycle, schedule, read_latency)
         for i in prog:
-            c = instruction_cost(i, cfg, ddr_bytes_per_cycle, schedule)
+            c = instruction_cost(i, cfg, ddr_bytes_per_cycle, schedule, read_latency)
             total += c.cycles
             if i.opcode is Opcode.END:
                 continue
@@ -55,6 +59,7 @@ def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_
         "board": board,
         "schedule": schedule.value,
         "clock_mhz": cfg.clock_mhz,
+        "ddr_read_latency_cycles": read_latency,
         "cycles": total,
         "latency_ms": round(secs * 1e3, 4),
         "fps": round(1.0 / secs, 3) if secs else 0.0,
@@ -64,6 +69,12 @@ def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_
         "ddr_bytes": sum(la.ddr_bytes for la in layers),
         "layers": [asdict(la) | {"ddr_bytes": la.ddr_bytes} for la in layers],
     }
+
+
+def simulation_estimate(programs: list[list[Instruction]], cfg: AccelConfig, board: str) -> dict:
+    """The estimate for the RTL simulation's memory model (one read and one write beat per cycle, the model's
+    default read latency): what ``--backend rtl`` measures with the accelerator's CYCLES register."""
+    return estimate(programs, cfg, 2.0 * cfg.axi_bytes, {}, board, Schedule.RTL, READ_LATENCY)
 
 
 def format_table(est: dict) -> str:

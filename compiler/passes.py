@@ -25,7 +25,7 @@ from shiftpu.compiler.ir import (
     Segment,
     Step,
 )
-from shiftpu.compiler.perf import CostModel, Schedule
+from shiftpu.compiler.perf import READ_LATENCY, CostModel, Schedule
 from shiftpu.compiler.tiling import check_dims
 from shiftpu.sw.cpu_ops import CPU_OPERATORS
 
@@ -42,10 +42,12 @@ class CompileOptions:
     schedule: Schedule = Schedule.RTL
     #: let tensors whose lifetimes do not overlap share arena bytes
     reuse_arena: bool = True
+    #: cycles from a DDR read command to its first beat
+    read_latency: int = READ_LATENCY
 
     @property
     def cost_model(self) -> CostModel:
-        return CostModel(self.config, self.ddr_bytes_per_cycle, self.schedule)
+        return CostModel(self.config, self.ddr_bytes_per_cycle, self.schedule, self.read_latency)
 
 
 def check_cpu_nodes(graph: Graph, opts: CompileOptions) -> Graph:

@@ -55,8 +55,8 @@ from shiftpu.arch.layout import QPARAM_BYTES, ceil_div
 INSTR_OVERHEAD = 16
 #: Pipeline fill/drain cycles per (strip, output tile) of a CONV and per streaming instruction.
 FILL = 8
-#: AXI read latency of the memory system in cycles (command accepted to first beat), calibrated on the
-#: RTL simulation's memory model; a board's DDR adds more.
+#: AXI read latency in cycles (command accepted to first beat) of the RTL simulation's memory model, the
+#: default; a board's estimate uses the board file's DDR read latency instead.
 READ_LATENCY = 2
 #: Cycles from the last write beat until its response is back (FINISH of the CONV engine).
 WRITE_LATENCY = 4
@@ -187,7 +187,7 @@ def _loaded_rows(i: Instruction, reuse: bool) -> tuple[int, int]:
     return loaded, _valid_rows(i, range(i.kh), 0) - _valid_rows(i, range(i.kh), 1) + _valid_rows(i, later, 1)
 
 
-def _row_wait(i: Instruction, x0: int, cols: int) -> int | None:
+def _row_wait(i: Instruction, x0: int, cols: int, lr: int) -> int | None:
     """Cycles a row read of the segment starting at output column ``x0`` waits for its first beat.
 
     The leading padding columns are written while the read is in flight, so the wait is
@@ -198,16 +198,16 @@ def _row_wait(i: Instruction, x0: int, cols: int) -> int | None:
     lo, hi = max(0, ix0), min(i.in_w, ix0 + cols)
     if hi <= lo:
         return None
-    return max(0, READ_LATENCY - (lo - ix0))
+    return max(0, lr - (lo - ix0))
 
 
-def _fetch_cycles(cfg: AccelConfig, beat: float) -> float:
+def _fetch_cycles(cfg: AccelConfig, beat: float, lr: int) -> float:
     """Sequencer: fetch one 64-byte instruction (command, latency, beats), latch, decode, retire."""
-    return 1 + READ_LATENCY + 64 / cfg.axi_bytes * beat + 1 + 1 + 1
+    return 1 + lr + 64 / cfg.axi_bytes * beat + 1 + 1 + 1
 
 
 def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, obs: int,
-                 beat: float) -> tuple[float, int]:
+                 beat: float, lr: int) -> tuple[float, int]:
     """Weight buffer fill for one (output tile, input tile): cycles (per pe_oc block W_CMD 1 + L_r + beats of its
     run) and DDR bytes (the beats). A run starts ``s0 mod steps-per-beat`` steps into its first beat (``s0`` its
     first step in DDR).
@@ -231,7 +231,7 @@ def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, ob
             beats = ceil_div(s0 % per_beat + steps, per_beat)
         else:
             beats = steps * step_bits // cfg.axi_data_bits
-        total += 1 + READ_LATENCY + beats * beat
+        total += 1 + lr + beats * beat
         n_beats += beats
     return total, n_beats * cfg.axi_bytes
 
@@ -320,12 +320,12 @@ def _conv_rows(i: Instruction, cfg: AccelConfig, tiles: tuple[_Tile, ...], load_
     return t
 
 
-def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost:
+def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> InstrCost:
     """CONV on the generated RTL: its three machines row by row (docs/rtl.md, "Cycle model")."""
     cb, po = cfg.channel_block, cfg.pe_oc
     group = min(po, cb)
     padded = ceil_div(i.out_c, cb) * cb
-    cycles = _fetch_cycles(cfg, beat) + 1 + WRITE_LATENCY  # + FINISH
+    cycles = _fetch_cycles(cfg, beat, lr) + 1 + WRITE_LATENCY + lr - READ_LATENCY  # + FINISH
     compute = read = write = 0
     in_tiles = {o0: [(o0, min(i.oc_tile, i.out_c - o0))] if i.depthwise else
                 [(i0, min(i.ic_tile, i.in_c - i0)) for i0 in range(0, i.in_c, i.ic_tile)]
@@ -335,7 +335,7 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost
     # one output tile: then only the first strip loads them. Strips alike in width and read wait cost the same.
     reload = not single or len(in_tiles) > 1
     strips = Counter((min(i.strip_w, i.out_w - x0), _row_wait(i, x0, (min(i.strip_w, i.out_w - x0) - 1) * i.stride
-                                                             + i.kw), x0 == 0)
+                                                             + i.kw, lr), x0 == 0)
                      for x0 in range(0, i.out_w, i.strip_w))
     w_loads: dict[tuple[int, int], tuple[float, int]] = {}  # weight loads per (o0, i0), alike for every strip
     loaded, _ = _loaded_rows(i, reuse=single)
@@ -349,11 +349,11 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost
             end_ch = padded - o0 if o0 + i.oc_tile >= i.out_c else ot
             qp_words = obs * po
             # TILE, QP_CHECK, QP_CMD, then the bias/shift table: one 8-byte word per cycle
-            cycles += n * (3 + READ_LATENCY + max(qp_words, ceil_div(qp_words * QPARAM_BYTES, cfg.axi_bytes) * beat))
+            cycles += n * (3 + lr + max(qp_words, ceil_div(qp_words * QPARAM_BYTES, cfg.axi_bytes) * beat))
             read += n * qp_words * QPARAM_BYTES
             for i0, it in tiles_of:
                 if (o0, i0) not in w_loads:
-                    w_loads[o0, i0] = _weight_load(i, cfg, o0, i0, it, obs, beat)
+                    w_loads[o0, i0] = _weight_load(i, cfg, o0, i0, it, obs, beat, lr)
             tiles = tuple(_Tile(_blocks_spanned(i0, it, cb), conv_compute(i.dataflow, sw, ot, it, i.kh, i.kw, cfg),
                                 w_loads[o0, i0][0], not i.depthwise and i0 != 0) for i0, it in tiles_of)
             pf = limits.prefetches_rows(i.kh, i.stride, tiles[0].nblk, cols, single, cfg)
@@ -374,11 +374,11 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost
     return InstrCost(total, compute, total - compute, read, write, conv_macs(i))
 
 
-def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCost:
+def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> InstrCost:
     """POOL, ADD and MOVE on the generated RTL, segment by segment (shiftpu/hw/eltwise.py)."""
     cb = cfg.channel_block
     nblk = ceil_div(i.out_c, cb)
-    cycles = _fetch_cycles(cfg, beat) + STREAM_FINISH
+    cycles = _fetch_cycles(cfg, beat, lr) + STREAM_FINISH + lr - READ_LATENCY
     read = write = 0
     pool_valid = _valid_rows(i) if i.opcode is Opcode.POOL else 0
     for xs in range(0, i.out_w, cfg.strip_width):
@@ -387,7 +387,7 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCo
         out = 1 + n * beat + 1  # OUT_CMD, beats, NEXT
         if i.opcode is Opcode.POOL:
             cols = (n - 1) * i.stride + i.kw
-            wait = _row_wait(i, xs, cols)
+            wait = _row_wait(i, xs, cols, lr)
             # SEG, P_INIT n, per kernel row LOAD 1 + P_NEXT 1; rows inside the tensor: columns, wait, max n*kw
             cycles += reps * (1 + n + i.kh * 2 + out)
             if wait is not None:
@@ -395,11 +395,11 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCo
                 read += nblk * pool_valid * cols * cb
         elif i.opcode is Opcode.ADD:
             # SEG, LOAD 1 + L_r + n, B_CMD, OUT_CMD overlapping the B read, its remaining latency, beats, NEXT
-            cycles += reps * (1 + 1 + READ_LATENCY + n * beat + 1 + 1 + max(0, READ_LATENCY - 1) + n * beat + 1)
+            cycles += reps * (1 + 1 + lr + n * beat + 1 + 1 + max(0, lr - 1) + n * beat + 1)
             read += reps * 2 * n * cb
         else:
             cols = ceil_div(n, i.upsample)
-            cycles += reps * (1 + 1 + READ_LATENCY + cols * beat + out)
+            cycles += reps * (1 + 1 + lr + cols * beat + out)
             read += reps * cols * cb
         write += reps * n * cb
     total = int(round(cycles))
@@ -408,17 +408,19 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float) -> InstrCo
 
 
 def instruction_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float,
-                     schedule: Schedule = Schedule.RTL) -> InstrCost:
-    """Estimated cost of one instruction on an accelerator with DDR bandwidth ``ddr_bytes_per_cycle``."""
+                     schedule: Schedule = Schedule.RTL, read_latency: int = READ_LATENCY) -> InstrCost:
+    """Estimated cost of one instruction on an accelerator with DDR bandwidth ``ddr_bytes_per_cycle`` and
+    ``read_latency`` cycles from a read command to its first beat (writes answered as much later)."""
+    lr = read_latency
     bpc = bytes_per_cycle(cfg, ddr_bytes_per_cycle)
     beat = max(1.0, cfg.axi_bytes / bpc)
     if i.opcode is Opcode.END:
-        end = int(round(_fetch_cycles(cfg, beat))) + 2 if schedule is Schedule.RTL else INSTR_OVERHEAD
+        end = int(round(_fetch_cycles(cfg, beat, lr))) + 2 if schedule is Schedule.RTL else INSTR_OVERHEAD
         return InstrCost(end, 0, 0, 0, 0, 0)
     if schedule is Schedule.RTL:
         if i.opcode is not Opcode.CONV:
-            return _stream_sequential(i, cfg, beat)
-        c = _conv_sequential(i, cfg, beat)
+            return _stream_sequential(i, cfg, beat, lr)
+        c = _conv_sequential(i, cfg, beat, lr)
         # the loader and the store move data at once: together no faster than the board's DDR
         floor = int(round((c.read_bytes + c.write_bytes) / ddr_bytes_per_cycle))
         return c if c.cycles >= floor else InstrCost(floor, c.compute_cycles, floor - c.compute_cycles,
@@ -428,21 +430,23 @@ def instruction_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: floa
     return _stream_cost(i, cfg, bpc)
 
 
-def program_overhead(cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule = Schedule.RTL) -> int:
+def program_overhead(cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule = Schedule.RTL,
+                     read_latency: int = READ_LATENCY) -> int:
     """Cycles of a program besides its instructions: the header fetch (command, L_r, beats) and its check."""
     if schedule is not Schedule.RTL:
         return INSTR_OVERHEAD
     beat = max(1.0, cfg.axi_bytes / bytes_per_cycle(cfg, ddr_bytes_per_cycle))
-    return int(round(1 + READ_LATENCY + 64 / cfg.axi_bytes * beat + 1))
+    return int(round(1 + read_latency + 64 / cfg.axi_bytes * beat + 1))
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """The performance model of one target: accelerator, DDR bandwidth and schedule."""
+    """The performance model of one target: accelerator, DDR bandwidth and latency, schedule."""
 
     config: AccelConfig
     ddr_bytes_per_cycle: float
     schedule: Schedule = Schedule.RTL
+    read_latency: int = READ_LATENCY  #: cycles from a read command to its first beat
 
     def cost(self, i: Instruction) -> InstrCost:
-        return instruction_cost(i, self.config, self.ddr_bytes_per_cycle, self.schedule)
+        return instruction_cost(i, self.config, self.ddr_bytes_per_cycle, self.schedule, self.read_latency)

@@ -63,7 +63,8 @@ def test_rows_carry_the_manifest_and_the_performance_model(compiled, bare_page):
     m = c.manifest
     board = load_board(BOARD)
     est = estimate(c.programs(), c.config, board.ddr_bytes_per_cycle,
-                   {la["layer_id"]: la["name"] for la in m["layers"]}, BOARD)
+                   {la["layer_id"]: la["name"] for la in m["layers"]}, BOARD,
+                   read_latency=board.ddr_read_latency_cycles)
     by_name = {r[1]: r for r in read_page(bare_page).rows}
     per_layer = {la["name"]: la for la in est["layers"]}
     for la in m["layers"]:

@@ -151,5 +151,6 @@ def estimate(
     sched = _schedule(schedule or c.manifest["estimate"].get("schedule", "rtl"))
     b = load_board(c.board)
     names = {la["layer_id"]: la["name"] for la in c.manifest["layers"]}
-    est = estimate_programs(c.programs(), c.config, b.ddr_bytes_per_cycle, names, c.board, sched)
+    est = estimate_programs(c.programs(), c.config, b.ddr_bytes_per_cycle, names, c.board, sched,
+                            b.ddr_read_latency_cycles)
     typer.echo(json.dumps(est, indent=1) if as_json else format_table(est))

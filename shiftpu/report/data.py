@@ -150,7 +150,8 @@ def gather(folder: str | Path, resources: ResourceEstimate | None = None, trace:
     names = {la["layer_id"]: la["name"] for la in compiled.manifest["layers"]}
     try:
         schedule = Schedule(compiled.manifest["estimate"].get("schedule", Schedule.RTL.value))
-        est = estimate(compiled.programs(), cfg, board.ddr_bytes_per_cycle, names, compiled.board, schedule)
+        est = estimate(compiled.programs(), cfg, board.ddr_bytes_per_cycle, names, compiled.board, schedule,
+                       board.ddr_read_latency_cycles)
         rows = layer_rows(compiled, est)
     except ShiftpuError:
         raise
