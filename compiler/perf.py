@@ -388,10 +388,10 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
         if i.opcode is Opcode.POOL:
             cols = (n - 1) * i.stride + i.kw
             wait = _row_wait(i, xs, cols, lr)
-            # SEG, P_INIT n, per kernel row LOAD 1 + P_NEXT 1; rows inside the tensor: columns, wait, max n*kw
-            cycles += reps * (1 + n + i.kh * 2 + out)
+            # SEG, per kernel row LOAD 1 + P_NEXT 1; rows inside the tensor: columns and wait (max while streaming)
+            cycles += reps * (1 + i.kh * 2 + out)
             if wait is not None:
-                cycles += nblk * pool_valid * (cols * beat + wait + n * i.kw)
+                cycles += nblk * pool_valid * (cols * beat + wait)
                 read += nblk * pool_valid * cols * cb
         elif i.opcode is Opcode.ADD:
             # SEG, LOAD 1 + L_r + n, B_CMD, OUT_CMD overlapping the B read, its remaining latency, beats, NEXT

@@ -6,8 +6,13 @@ one output row of one channel block. Cost per segment in clock cycles (``L_r``: 
 
 * MOVE: SEG 1, LOAD 1 + L_r + m (m input columns), OUT_CMD 1 + n beats, NEXT 1;
 * ADD: SEG 1, LOAD 1 + L_r + n, B_CMD 1, OUT_CMD 1 + n beats (+ L_r for the first), NEXT 1;
-* POOL: SEG 1, INIT n, per kernel row: P_ROW 1 (+ L_r + in_cols when the row is inside the tensor,
-  n * kw for the max), OUT_CMD 1 + n beats, NEXT 1.
+* POOL: SEG 1, per kernel row: LOAD 1 (+ L_r + in_cols when the row is inside the tensor), P_NEXT 1;
+  OUT_CMD 1 + n beats, NEXT 1.
+
+POOL takes the maximum as the row streams in: the last kw input columns sit in a shift register, and when
+column c closes the window of output x (c = x * stride + kw - 1) the window's maximum is merged into the
+running maximum of x (one read-modify-write per cycle). Padding columns count as the smallest value; a window
+with no row inside the tensor gives the smallest value.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class EltwiseEngine(wiring.Component):
         m.submodules.abuf = abuf = memory.Memory(shape=word, depth=p.elt_depth, init=[])
         m.submodules.mbuf = mbuf = memory.Memory(shape=word, depth=p.seg_width, init=[])
         a_wr, a_rd = abuf.write_port(), abuf.read_port(domain="comb")
+        K = p.cfg.max_kernel
         m_wr, m_rd = mbuf.write_port(), mbuf.read_port(domain="comb")
 
         is_pool = i.opcode == Opcode.POOL
@@ -50,7 +56,7 @@ class EltwiseEngine(wiring.Component):
         s = i.stride
 
         blk, y, xs, n = Signal(16), Signal(16), Signal(16), Signal(16)
-        x, col, ky, kx = Signal(16), Signal(16), Signal(3), Signal(3)
+        x, col, ky = Signal(16), Signal(16), Signal(3)
         nblk = (i.in_c + CB - 1) >> lcb
         # source columns of the segment
         ix0 = Signal(signed(18))
@@ -82,13 +88,33 @@ class EltwiseEngine(wiring.Component):
         min_byte = Mux(i.in_signed, 0x80, 0x00)
         min_word = Cat(*([min_byte[:8]] * CB))
 
-        # A is read at x*s + kx (POOL max), x (ADD) or the upsampled source column (MOVE)
-        m.d.comb += a_rd.addr.eq(Mux(is_pool, x * s + kx, Mux(up_sh, ((xs + x) >> 1) - (xs >> 1), x)))
+        # A is read at x (ADD) or the upsampled source column (MOVE)
+        m.d.comb += a_rd.addr.eq(Mux(up_sh, ((xs + x) >> 1) - (xs >> 1), x))
         m.d.comb += m_rd.addr.eq(x)
         a_lanes = lanes(a_rd.data, i.in_signed)
-        m_lanes = lanes(m_rd.data, i.in_signed)
+        seen = Signal()  # POOL: a kernel row inside the tensor has been merged into the running maximum
+        ky_first = ~seen  # this row's maxima overwrite (no earlier row of the window was inside)
+        m_lanes = lanes(Mux(seen, m_rd.data, min_word), i.in_signed)
         b_lanes = lanes(self.rd_data.payload, i.in2_signed)
-        max_word = Cat(*(Mux(a > mm, a, mm)[:8] for a, mm in zip(a_lanes, m_lanes, strict=True)))
+
+        # POOL window: the arriving word and the kw - 1 before it, their maximum merged into output x's
+        in_word = Signal(word)
+        hist = [Signal(word, name=f"win{j}") for j in range(1, K)]
+        win = [in_word] + hist
+        masked = [lanes(Mux(j < i.kw, w, min_word), i.in_signed) if j else lanes(w, i.in_signed)
+                  for j, w in enumerate(win)]
+
+        def vmax(a, b):
+            return [Mux(u > v, u, v) for u, v in zip(a, b, strict=True)]
+
+        level = masked
+        while len(level) > 1:
+            level = [vmax(level[k], level[k + 1]) if k + 1 < len(level) else level[k]
+                     for k in range(0, len(level), 2)]
+        win_max = level[0]
+        run_lanes = lanes(m_rd.data, i.in_signed)
+        merged = Cat(*(Mux(ky_first, w, Mux(w > r, w, r))[:8] for w, r in zip(win_max, run_lanes, strict=True)))
+        next_end = Signal(16)  # input column that closes output x's window
 
         out_bytes = []
         for k in range(CB):
@@ -112,19 +138,12 @@ class EltwiseEngine(wiring.Component):
                     m.d.sync += [blk.eq(0), y.eq(0), xs.eq(0)]
                     m.next = "SEG"
             with m.State("SEG"):
-                m.d.sync += [n.eq(Mux(i.out_w - xs < p.seg_width, i.out_w - xs, p.seg_width)), x.eq(0), ky.eq(0)]
-                with m.If(is_pool):
-                    m.next = "P_INIT"
-                with m.Else():
-                    m.next = "LOAD"
-            with m.State("P_INIT"):
-                m.d.comb += [m_wr.addr.eq(x), m_wr.data.eq(min_word), m_wr.en.eq(1)]
-                m.d.sync += x.eq(x + 1)
-                with m.If(x == n - 1):
-                    m.next = "LOAD"
+                m.d.sync += [n.eq(Mux(i.out_w - xs < p.seg_width, i.out_w - xs, p.seg_width)), x.eq(0), ky.eq(0),
+                             seen.eq(0)]
+                m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.sync += [col.eq(0), x.eq(0), kx.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
-                             col_hi.eq(Mux(has_cols, vhi - ix0, 0))]
+                m.d.sync += [col.eq(0), x.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
+                             col_hi.eq(Mux(has_cols, vhi - ix0, 0)), next_end.eq(i.kw - 1)]
                 with m.If(has_cols):
                     m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(seg_addr(i.in_addr, src_row)),
                                  self.rd_cmd.payload.beats.eq(vhi - vlo)]
@@ -137,24 +156,23 @@ class EltwiseEngine(wiring.Component):
             with m.State("LOAD_COLS"):
                 in_range = (col >= col_lo) & (col < col_hi)
                 advance = ~in_range | self.rd_data.valid
-                m.d.comb += [a_wr.addr.eq(col), a_wr.data.eq(Mux(in_range, self.rd_data.payload, min_word)),
+                m.d.comb += [in_word.eq(Mux(in_range, self.rd_data.payload, min_word)),
+                             a_wr.addr.eq(col), a_wr.data.eq(in_word),
                              a_wr.en.eq(advance), self.rd_data.ready.eq(in_range)]
                 with m.If(advance):
                     m.d.sync += col.eq(col + 1)
+                    m.d.sync += [h.eq(prev) for h, prev in zip(hist, win[:-1], strict=True)]
+                    with m.If(is_pool & (col == next_end)):  # output x's window is complete
+                        m.d.comb += [m_wr.addr.eq(x), m_wr.data.eq(merged), m_wr.en.eq(1)]
+                        m.d.sync += [x.eq(x + 1), next_end.eq(next_end + s)]
                     with m.If(col == in_cols - 1):
                         with m.If(is_pool):
-                            m.next = "P_MAX"
+                            m.d.sync += seen.eq(1)
+                            m.next = "P_NEXT"
                         with m.Elif(is_add):
                             m.next = "B_CMD"
                         with m.Else():
                             m.next = "OUT_CMD"
-            with m.State("P_MAX"):
-                m.d.comb += [m_wr.addr.eq(x), m_wr.data.eq(max_word), m_wr.en.eq(1)]
-                m.d.sync += kx.eq(kx + 1)
-                with m.If(kx == i.kw - 1):
-                    m.d.sync += [kx.eq(0), x.eq(x + 1)]
-                    with m.If(x == n - 1):
-                        m.next = "P_NEXT"
             with m.State("P_NEXT"):
                 m.d.sync += [ky.eq(ky + 1), x.eq(0)]
                 with m.If(ky == i.kh - 1):
