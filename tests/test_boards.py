@@ -84,6 +84,8 @@ MALFORMED = [
     ("unknown resource", _set(["resources", "CLB"], 3), "field 'resources' has unknown kind(s) CLB"),
     ("HP port width", _set(["hp_port_bits"], 256), "field 'hp_port_bits' is 256, a zynqmp HP port is one of (32, 64, 128)"),
     ("zero bandwidth", _set(["ddr_bandwidth_gbps"], 0), "field 'ddr_bandwidth_gbps' must be positive"),
+    ("missing latency", _drop("ddr_read_latency_ns"), "missing field 'ddr_read_latency_ns'"),
+    ("negative latency", _set(["ddr_read_latency_ns"], -5), "field 'ddr_read_latency_ns' must be positive"),
     ("rail not a string", _set(["power_rails"], ["INT", 3]), "field 'power_rails' must be a list of rail names"),
     ("accel field unknown", _set(["accel", "pe_rows"], 8), "field 'accel': unknown AccelConfig field(s): pe_rows"),
     ("accel invalid", _set(["accel", "pe_oc"], 12), "field 'accel'"),
@@ -176,3 +178,9 @@ def test_cli_json_needs_estimate():
     out = _cli("build-hw", "--board", "pynq-z2", "--json", "--no-run")
     assert out.returncode == 2
     assert "--json goes with --estimate" in out.stderr
+
+
+def test_ddr_read_latency_in_accelerator_cycles():
+    # 200 ns at 200 MHz is 40 cycles; at 125 MHz 25
+    assert load_board("ultra96v2").ddr_read_latency_cycles == 40
+    assert load_board("pynq-z2").ddr_read_latency_cycles == 25

@@ -127,3 +127,11 @@ def test_dataflow_choice_follows_the_shape():
     assert c1.dataflow is Dataflow.PIXEL and c1.options[Dataflow.PIXEL] > c1.options[Dataflow.INPUT_CHANNEL]
     assert c2.dataflow is Dataflow.INPUT_CHANNEL
     assert c2.options[Dataflow.INPUT_CHANNEL] > 1.5 * c2.options[Dataflow.PIXEL]
+
+
+def test_board_read_latency_by_hand():
+    # 40 instead of 2 cycles from read command to first beat, 38 more for: the instruction fetch, the bias table,
+    # row 0's 2 rows x 2 blocks inside the tensor (on the critical path), the one weight run and the write
+    # response at FINISH; the later rows' loads (2 x (11 + 39) = 100 cycles) still hide behind 150 of compute
+    slow = instruction_cost(_conv(), CFG, 8.0, read_latency=40)
+    assert slow.cycles - instruction_cost(_conv(), CFG, 8.0).cycles == 38 * (1 + 1 + 4 + 1 + 1)
