@@ -62,9 +62,16 @@ class RtlAccelerator:
     name = "rtl"
 
     def __init__(self, config: AccelConfig, build_root: Path = DEFAULT_BUILD_ROOT, max_cycles: int = 50_000_000,
-                 memory: SimMemory = SimMemory.AXI_RAM):
+                 memory: SimMemory = SimMemory.AXI_RAM, extra_read_latency: int = 0):
+        """``extra_read_latency``: cycles the compiled RAM adds to every read burst (a board's DDR latency; it
+        then accepts several read addresses ahead, see shiftpu.sim.rtl.sim_ram). Only with ``SimMemory.COMPILED``."""
         self.config = config
         self.memory = SimMemory(memory)
+        if extra_read_latency < 0 or int(extra_read_latency) != extra_read_latency:
+            raise ValueError(f"extra_read_latency must be a whole number of cycles >= 0, got {extra_read_latency}")
+        if extra_read_latency and self.memory is not SimMemory.COMPILED:
+            raise ValueError("extra_read_latency needs the compiled RAM (memory=SimMemory.COMPILED)")
+        self.extra_read_latency = int(extra_read_latency)
         self.build_root = Path(build_root)
         self.max_cycles = max_cycles
         self.last_run: RtlRun | None = None
@@ -109,6 +116,9 @@ class RtlAccelerator:
             act_base = _align(max(const.size, 1))
             memory = self.memory
             if memory is SimMemory.COMPILED and act_base + act.size > RAM_BYTES:
+                if self.extra_read_latency:
+                    raise RtlSimError(f"the program needs {act_base + act.size} bytes of memory: more than the "
+                                      f"compiled RAM's {RAM_BYTES}, and only that RAM models a read latency")
                 memory = SimMemory.AXI_RAM  # larger than the compiled RAM
             job = {
                 "const": str(work / "const.bin"), "act": str(work / "act.bin"), "act_out": str(work / "act_out.bin"),
@@ -121,7 +131,8 @@ class RtlAccelerator:
                 nb = self.config.axi_bytes
                 write_image(work / "mem_in.hex", [(0, const), (act_base, act)], self.config)
                 plusargs = [f"+SHIFTPU_MEM_IN={work / 'mem_in.hex'}", f"+SHIFTPU_MEM_OUT={work / 'mem_out.hex'}",
-                            f"+SHIFTPU_MEM_LO={act_base // nb}", f"+SHIFTPU_MEM_HI={(act_base + act.size - 1) // nb}"]
+                            f"+SHIFTPU_MEM_LO={act_base // nb}", f"+SHIFTPU_MEM_HI={(act_base + act.size - 1) // nb}",
+                            f"+SHIFTPU_MEM_RLAT={self.extra_read_latency}"]
             else:
                 (work / "const.bin").write_bytes(const.tobytes())
                 (work / "act.bin").write_bytes(act.tobytes())
