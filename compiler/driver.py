@@ -19,7 +19,7 @@ from shiftpu.compiler.estimate import estimate, format_table, simulation_estimat
 from shiftpu.compiler.ir import ConcatOp, ConvOp, CpuNode, FabricOp, Graph, QTensor
 from shiftpu.compiler.onnx_import import load_onnx, prepare, shape_of
 from shiftpu.compiler.passes import CompileOptions, run_pipeline
-from shiftpu.compiler.perf import Schedule
+from shiftpu.compiler.perf import READ_LATENCY, Schedule
 from shiftpu.compiler.qdq import fold_qdq
 
 
@@ -38,10 +38,11 @@ class CompileResult:
         """The instructions of each fabric segment, END included."""
         return [img.instructions + [Instruction(Opcode.END)] for img in self.images]
 
-    def simulation_estimate(self) -> dict:
-        """The estimate on the RTL simulation's memory model: what ``--backend rtl`` measures."""
+    def simulation_estimate(self, read_latency: int = READ_LATENCY) -> dict:
+        """The estimate on the RTL simulation's memory model: what ``--backend rtl`` measures (``read_latency``:
+        that of the compiled RAM with its extra latency, see ``shiftpu.sim.rtl.sim_ram``)."""
         cfg = AccelConfig.from_dict(self.manifest["config"])
-        return simulation_estimate(self.programs, cfg, self.manifest["board"])
+        return simulation_estimate(self.programs, cfg, self.manifest["board"], read_latency)
 
 
 def _dtype_name(t: QTensor) -> str:

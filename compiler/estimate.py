@@ -71,10 +71,12 @@ def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_
     }
 
 
-def simulation_estimate(programs: list[list[Instruction]], cfg: AccelConfig, board: str) -> dict:
-    """The estimate for the RTL simulation's memory model (one read and one write beat per cycle, the model's
-    default read latency): what ``--backend rtl`` measures with the accelerator's CYCLES register."""
-    return estimate(programs, cfg, 2.0 * cfg.axi_bytes, {}, board, Schedule.RTL, READ_LATENCY)
+def simulation_estimate(programs: list[list[Instruction]], cfg: AccelConfig, board: str,
+                        read_latency: int = READ_LATENCY) -> dict:
+    """The estimate for the RTL simulation's memory model (one read and one write beat per cycle; by default the
+    read latency of cocotbext-axi's AxiRam): what ``--backend rtl`` measures with the accelerator's CYCLES
+    register. With ``read_latency`` the estimate for the compiled RAM delaying its reads (``--ddr-latency``)."""
+    return estimate(programs, cfg, 2.0 * cfg.axi_bytes, {}, board, Schedule.RTL, read_latency)
 
 
 def format_table(est: dict) -> str:

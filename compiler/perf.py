@@ -5,9 +5,9 @@ Two schedules of the same loop nest (docs/architecture.md) are modelled term by 
 * :attr:`Schedule.RTL`: the generated RTL, term by term as docs/rtl.md ("Cycle model") states it. The
   CONV engine has three machines: the main FSM (per output row and input tile: wait for the line buffer,
   weights when the (output tile, input tile) pair changed, the PE array, hand-over to the store), the
-  line-buffer loader (per row and block ``1 + columns`` cycles, a row inside the tensor also waits
-  ``max(0, L_r - leading pad columns)`` for its first beat, as the padding columns are written while the
-  read is in flight) and the store (per channel group of ``min(pe_oc, cb)``: ``1 + sw`` beats). With one
+  line-buffer loader (per row and block ``1 + columns`` cycles; its issuer queues the reads of all the rows
+  of a load at once, so only the first row inside the tensor waits ``max(0, L_r - leading pad columns)``
+  for its first beat, as the padding columns are written while the read is in flight) and the store (per channel group of ``min(pe_oc, cb)``: ``1 + sw`` beats). With one
   input tile and ``kh + min(stride, kh)`` row slots in the line buffer the loader fetches the next row's
   new rows while the current row computes (K-row reuse and prefetch); when a row's accumulators fit half
   the buffer the next row computes while the store streams the previous one out of the other half. The
@@ -243,9 +243,15 @@ def _blocks_spanned(c0: int, n: int, cb: int) -> int:
 
 def _row_loads(i: Instruction, kys: range, y: int, nblk: int, cols: int, beat: float, wait: int | None) -> float:
     """Loader cycles for kernel rows ``kys`` of output row ``y``: per row and block L_ROW 1 + columns, plus the
-    read latency left after the leading padding columns when the row lies inside the tensor."""
-    valid = sum(1 for ky in kys if 0 <= y * i.stride - i.pad_t + ky < i.in_h) if wait else 0
-    return len(kys) * nblk * (1 + cols * beat) + nblk * valid * (wait or 0)
+    read latency of the first row inside the tensor, less its leading padding columns (``wait``) and the
+    columns of the padding rows before it. The issuer queues the reads of all rows at once, so later rows
+    find their data arrived (the memory returns one beat per cycle, in order)."""
+    if not wait:
+        return len(kys) * nblk * (1 + cols * beat)
+    inside = [ky for ky in kys if 0 <= y * i.stride - i.pad_t + ky < i.in_h]
+    ahead = (inside[0] - kys[0]) * nblk if inside else 0  # padding rows the loader writes before it
+    first = max(0.0, wait - ahead * cols * beat) if inside else 0.0
+    return len(kys) * nblk * (1 + cols * beat) + first
 
 
 @dataclass(frozen=True)
@@ -375,12 +381,16 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> 
 
 
 def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> InstrCost:
-    """POOL, ADD and MOVE on the generated RTL, segment by segment (shiftpu/hw/eltwise.py)."""
+    """POOL, ADD and MOVE on the generated RTL, segment by segment (shiftpu/hw/eltwise.py).
+
+    The engine's read issuer queues every read ahead, so only the instruction's first read waits for the
+    memory (``L_r`` less the cycles the engine spends before it takes that read's data)."""
     cb = cfg.channel_block
     nblk = ceil_div(i.out_c, cb)
     cycles = _fetch_cycles(cfg, beat, lr) + STREAM_FINISH + lr - READ_LATENCY
     read = write = 0
     pool_valid = _valid_rows(i) if i.opcode is Opcode.POOL else 0
+    first_wait = None
     for xs in range(0, i.out_w, cfg.strip_width):
         n = min(cfg.strip_width, i.out_w - xs)
         reps = i.out_h * nblk
@@ -388,21 +398,28 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
         if i.opcode is Opcode.POOL:
             cols = (n - 1) * i.stride + i.kw
             wait = _row_wait(i, xs, cols, lr)
-            # SEG, per kernel row LOAD 1 + P_NEXT 1; rows inside the tensor: columns and wait (max while streaming)
+            # SEG, per kernel row LOAD 1 + P_NEXT 1; rows inside the tensor: their columns (max while streaming)
             cycles += reps * (1 + i.kh * 2 + out)
             if wait is not None:
-                cycles += nblk * pool_valid * (cols * beat + wait)
+                cycles += nblk * pool_valid * cols * beat
                 read += nblk * pool_valid * cols * cb
+                if first_wait is None and pool_valid:
+                    # the first row inside: after the padding rows above it (LOAD and P_NEXT each), less the
+                    # issuer's cycle per padding row it skipped
+                    pad_rows = min(ky for ky in range(i.kh) if 0 <= ky - i.pad_t < i.in_h)
+                    first_wait = max(0, wait - 1 - pad_rows)
         elif i.opcode is Opcode.ADD:
-            # SEG, LOAD 1 + L_r + n, B_CMD, OUT_CMD overlapping the B read, its remaining latency, beats, NEXT
-            cycles += reps * (1 + 1 + lr + n * beat + 1 + 1 + max(0, lr - 1) + n * beat + 1)
+            # SEG, LOAD 1 + n, OUT_CMD 1 + n beats (B streams in beside them), NEXT
+            cycles += reps * (1 + 1 + n * beat + 1 + n * beat + 1)
             read += reps * 2 * n * cb
+            first_wait = max(0, lr - 1) if first_wait is None else first_wait
         else:
             cols = ceil_div(n, i.upsample)
-            cycles += reps * (1 + 1 + lr + cols * beat + out)
+            cycles += reps * (1 + 1 + cols * beat + out)
             read += reps * cols * cb
+            first_wait = max(0, lr - 1) if first_wait is None else first_wait
         write += reps * n * cb
-    total = int(round(cycles))
+    total = int(round(cycles + (first_wait or 0)))
     compute = i.out_h * i.out_w * nblk
     return InstrCost(total, compute, total - compute, int(read), int(write), 0)
 

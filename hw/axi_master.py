@@ -61,7 +61,13 @@ def write_port_members(p: HwParams) -> dict[str, wiring.Member]:
 
 
 class BurstReader(wiring.Component):
-    """Reads ``beats`` beats from ``addr`` as AXI4 INCR bursts and streams them out in order."""
+    """Reads ``beats`` beats from ``addr`` as AXI4 INCR bursts and streams them out in order.
+
+    A new command is taken as soon as every address of the previous one is issued, while its data may still
+    be on the way: a client can queue the reads of several rows and hide the memory's latency behind the
+    data of the earlier ones (AXI4 returns the bursts of one ID in order). ``idle``: no address left to issue
+    and no beat outstanding.
+    """
 
     def __init__(self, p: HwParams):
         self.p = p
@@ -82,26 +88,27 @@ class BurstReader(wiring.Component):
         r_left = Signal(BEATS_BITS)
         blen = burst_beats(p, ar_addr, ar_left)
 
+        cmd_fire = self.cmd.valid & self.cmd.ready
+        r_fire = self.rvalid & self.rready
         m.d.comb += [
             self.idle.eq((ar_left == 0) & (r_left == 0)),
-            self.cmd.ready.eq(self.idle),
+            self.cmd.ready.eq(ar_left == 0),
             self.araddr.eq(ar_addr), self.arlen.eq(blen - 1), self.arsize.eq(_size_code(p)),
             self.arburst.eq(BURST_INCR), self.arcache.eq(0b0011), self.arvalid.eq(ar_left != 0),
             self.data.valid.eq(self.rvalid & (r_left != 0)),
             self.data.payload.eq(self.rdata),
             self.rready.eq(self.data.ready & (r_left != 0)),
         ]
-        with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [ar_addr.eq(self.cmd.payload.addr), ar_left.eq(self.cmd.payload.beats),
-                         r_left.eq(self.cmd.payload.beats)]
+        with m.If(cmd_fire):
+            m.d.sync += [ar_addr.eq(self.cmd.payload.addr), ar_left.eq(self.cmd.payload.beats)]
         with m.If(self.arvalid & self.arready):
             m.d.sync += [ar_addr.eq(ar_addr + (blen << _size_code(p))), ar_left.eq(ar_left - blen)]
-        with m.If(self.rvalid & self.rready):
-            m.d.sync += r_left.eq(r_left - 1)
+        # beats still to come, of every command taken
+        m.d.sync += r_left.eq(r_left + Mux(cmd_fire, self.cmd.payload.beats, 0) - r_fire)
         error = Signal()
         with m.If(self.clear):
             m.d.sync += error.eq(0)
-        with m.Elif(self.rvalid & self.rready & (self.rresp != 0)):
+        with m.Elif(r_fire & (self.rresp != 0)):
             m.d.sync += error.eq(1)
         m.d.comb += self.error.eq(error)
         return m

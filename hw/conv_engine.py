@@ -13,8 +13,10 @@ latency of the memory system):
   back.
 * the line-buffer loader: kh*blocks rows for the first output row (and for every row with several input
   tiles), the min(stride, kh) new ones later (K-row reuse: kernel row ky in row slot (base + ky) mod n_slots),
-  each 1 + in_cols words (+ L_r for a row that touches the tensor). With one input tile and kh + min(stride,
-  kh) row slots in the line buffer (n_slots), COMPUTE_INIT starts the next row's load into the free slots.
+  each 1 + in_cols words. Its read issuer walks the same rows ahead and queues all their reads in the burst
+  reader, so only the first row inside the tensor waits for L_r (less the padding written meanwhile). With one
+  input tile and kh + min(stride, kh) row slots in the line buffer (n_slots), COMPUTE_INIT starts the next
+  row's load into the free slots.
 * the store: per channel group of min(pe_oc, cb) OUT_CMD 1 + sw beats, requantising as the row streams out.
   When a row's accumulators fit half the buffer, rows alternate halves, so the next row computes meanwhile.
 
@@ -164,6 +166,12 @@ class ConvEngine(wiring.Component):
         iy = Signal(signed(18))
         m.d.comb += iy.eq((l_y * s).as_signed() - i.pad_t + l_ky)
         row_ok = (iy >= 0) & (iy < i.in_h)
+        # the loader's read issuer walks the same (kernel row, block) rows ahead of the loader, queueing the
+        # reads of a whole load in the burst reader: only the first one waits for the memory's latency
+        a_ky, a_b = Signal(3), Signal(16)
+        a_iy = Signal(signed(18))
+        m.d.comb += a_iy.eq((l_y * s).as_signed() - i.pad_t + a_ky)
+        a_row_ok = (a_iy >= 0) & (a_iy < i.in_h)
         vlo = Signal(signed(18))
         vhi = Signal(signed(18))
         m.d.comb += [
@@ -172,6 +180,7 @@ class ConvEngine(wiring.Component):
         ]
         col_lo, col_hi = Signal(16), Signal(16)
         has_cols = row_ok & (vhi > vlo)
+        a_has_cols = a_row_ok & (vhi > vlo)
 
         # -- weight load / compute state --
         ob, pg, ii = Signal(16), Signal(16), Signal(17)
@@ -320,24 +329,38 @@ class ConvEngine(wiring.Component):
             qp_wr.addr.eq(qp_n >> lpo), qp_wr.data.eq(Cat(qp_gear.words.payload[:40]).replicate(PO)),
         ]
 
+        with m.FSM(name="issuer") as afsm:
+            with m.State("A_IDLE"):
+                with m.If(l_kick):
+                    m.next = "A_ROW"
+            with m.State("A_ROW"):
+                a_next = Signal()
+                with m.If(a_has_cols):
+                    m.d.comb += [
+                        self.rd_cmd.valid.eq(1),
+                        self.rd_cmd.payload.addr.eq(
+                            self.act_base + i.in_addr + ((((blk_lo + a_b) * i.in_h + a_iy) * i.in_w + vlo) << lcb)),
+                        self.rd_cmd.payload.beats.eq(vhi - vlo),
+                        a_next.eq(self.rd_cmd.ready),
+                    ]
+                with m.Else():
+                    m.d.comb += a_next.eq(1)
+                with m.If(a_next):
+                    with m.If(a_b == nblk - 1):
+                        m.d.sync += [a_b.eq(0), a_ky.eq(a_ky + 1)]
+                        with m.If(a_ky == i.kh - 1):
+                            m.next = "A_IDLE"
+                    with m.Else():
+                        m.d.sync += a_b.eq(a_b + 1)
+
         with m.FSM(name="loader") as lfsm:
             with m.State("L_IDLE"):
                 with m.If(l_kick):
                     m.next = "L_ROW"
-            with m.State("L_ROW"):
+            with m.State("L_ROW"):  # the row's read (if any) was queued by the issuer
                 m.d.sync += [col.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
                              col_hi.eq(Mux(has_cols, vhi - ix0, 0))]
-                with m.If(has_cols):
-                    m.d.comb += [
-                        self.rd_cmd.valid.eq(1),
-                        self.rd_cmd.payload.addr.eq(
-                            self.act_base + i.in_addr + ((((blk_lo + b) * i.in_h + iy) * i.in_w + vlo) << lcb)),
-                        self.rd_cmd.payload.beats.eq(vhi - vlo),
-                    ]
-                    with m.If(self.rd_cmd.ready):
-                        m.next = "L_COLS"
-                with m.Else():
-                    m.next = "L_COLS"
+                m.next = "L_COLS"
             with m.State("L_COLS"):
                 in_range = (col >= col_lo) & (col < col_hi)
                 advance = Signal()
@@ -392,6 +415,7 @@ class ConvEngine(wiring.Component):
         m.d.comb += store_busy.eq(~sfsm.ongoing("S_IDLE"))
 
         need_rd = ~dw & (i0 != 0)  # this input tile adds to partial sums: it reads the accumulator port
+        loader_idle = lfsm.ongoing("L_IDLE") & afsm.ongoing("A_IDLE")
         blocked = Signal()  # the main FSM waits for the loader or the store
 
         with m.FSM() as fsm:
@@ -444,11 +468,12 @@ class ConvEngine(wiring.Component):
                         m.d.sync += pf_pending.eq(0)
                     with m.Else():
                         m.d.comb += l_kick.eq(1)
-                        m.d.sync += [l_y.eq(y), l_base.eq(rslot_base), l_ky.eq(ky_first), b.eq(0)]
+                        m.d.sync += [l_y.eq(y), l_base.eq(rslot_base), l_ky.eq(ky_first), b.eq(0),
+                                     a_ky.eq(ky_first), a_b.eq(0)]
                     m.next = "LB_WAIT"
             with m.State("LB_WAIT"):
                 m.d.comb += blocked.eq(1)
-                with m.If(lfsm.ongoing("L_IDLE")):
+                with m.If(loader_idle):
                     m.next = "W_CHECK"
             with m.State("W_CHECK"):
                 m.d.sync += [ob.eq(0), wb_wr_base.eq(0)]
@@ -502,7 +527,7 @@ class ConvEngine(wiring.Component):
                     with m.If(prefetch & (y + 1 < i.out_h)):
                         m.d.comb += l_kick.eq(1)
                         m.d.sync += [l_y.eq(y + 1), l_base.eq(base_next), l_ky.eq(ky_later), b.eq(0),
-                                     pf_pending.eq(1)]
+                                     a_ky.eq(ky_later), a_b.eq(0), pf_pending.eq(1)]
                     m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 m.d.comb += computing.eq(1)
@@ -552,7 +577,7 @@ class ConvEngine(wiring.Component):
                         with m.If(x0 + i.strip_w >= i.out_w):
                             m.next = "FINISH"
             with m.State("FINISH"):
-                with m.If(self.wr_idle & ~store_busy & lfsm.ongoing("L_IDLE")):
+                with m.If(self.wr_idle & ~store_busy & loader_idle):
                     m.d.comb += [self.done.eq(1), self.failed.eq(err_code != 0)]
                     m.next = "IDLE"
         waiting = ("QP_CMD", "QP_DATA", "W_CMD", "W_DATA", "FINISH")

@@ -2,11 +2,15 @@
 
 Every beat of the DDR layout holds ``cb`` channels of one pixel, so the engine works on all of them
 at once, one pixel per cycle. The output is produced in segments of up to ``strip_width`` columns of
-one output row of one channel block. Cost per segment in clock cycles (``L_r``: read latency):
+one output row of one channel block. A read issuer walks the same loop nest ahead of the engine and
+queues every read (each kernel row of a POOL window, ADD's two operands, MOVE's source row) in the burst
+reader, so only the first read of an instruction waits for the memory's latency ``L_r``; the data of the
+later ones has arrived by the time the engine takes it (the memory returns one beat per cycle, in order).
+Cost per segment in clock cycles:
 
-* MOVE: SEG 1, LOAD 1 + L_r + m (m input columns), OUT_CMD 1 + n beats, NEXT 1;
-* ADD: SEG 1, LOAD 1 + L_r + n, B_CMD 1, OUT_CMD 1 + n beats (+ L_r for the first), NEXT 1;
-* POOL: SEG 1, per kernel row: LOAD 1 (+ L_r + in_cols when the row is inside the tensor), P_NEXT 1;
+* MOVE: SEG 1, LOAD 1 + m (m input columns), OUT_CMD 1 + n beats, NEXT 1;
+* ADD: SEG 1, LOAD 1 + n, OUT_CMD 1 + n beats (the B operand streams in beside the output), NEXT 1;
+* POOL: SEG 1, per kernel row: LOAD 1 (+ in_cols when the row is inside the tensor), P_NEXT 1;
   OUT_CMD 1 + n beats, NEXT 1.
 
 POOL takes the maximum as the row streams in: the last kw input columns sit in a shift register, and when
@@ -62,12 +66,10 @@ class EltwiseEngine(wiring.Component):
         ix0 = Signal(signed(18))
         in_cols = Signal(16)
         iy = Signal(signed(18))
-        src_row = Signal(16)
         m.d.comb += [
             ix0.eq(Mux(is_pool, (xs * s).as_signed() - i.pad_l, xs >> up_sh)),
             in_cols.eq(Mux(is_pool, (n - 1) * s + i.kw, Mux(up_sh, ((xs + n - 1) >> 1) - (xs >> 1) + 1, n))),
             iy.eq((y * s).as_signed() - i.pad_t + ky),
-            src_row.eq(Mux(is_pool, iy, y >> up_sh)),
         ]
         row_ok = ~is_pool | ((iy >= 0) & (iy < i.in_h))
         vlo = Signal(signed(18))
@@ -75,6 +77,22 @@ class EltwiseEngine(wiring.Component):
         m.d.comb += [vlo.eq(Mux(ix0 < 0, 0, ix0)), vhi.eq(Mux(ix0 + in_cols > i.in_w, i.in_w, ix0 + in_cols))]
         has_cols = row_ok & (vhi > vlo)
         col_lo, col_hi = Signal(16), Signal(16)
+
+        # -- the read issuer's copy of the loop nest (q_b: ADD's second operand of the segment) --
+        q_blk, q_y, q_xs = Signal(16), Signal(16), Signal(16)
+        q_ky, q_b = Signal(3), Signal()
+        q_n, q_in_cols, q_src_row = Signal(16), Signal(16), Signal(16)
+        q_ix0, q_iy, q_vlo, q_vhi = Signal(signed(18)), Signal(signed(18)), Signal(signed(18)), Signal(signed(18))
+        m.d.comb += [
+            q_n.eq(Mux(i.out_w - q_xs < p.seg_width, i.out_w - q_xs, p.seg_width)),
+            q_ix0.eq(Mux(is_pool, (q_xs * s).as_signed() - i.pad_l, q_xs >> up_sh)),
+            q_in_cols.eq(Mux(is_pool, (q_n - 1) * s + i.kw, Mux(up_sh, ((q_xs + q_n - 1) >> 1) - (q_xs >> 1) + 1, q_n))),
+            q_iy.eq((q_y * s).as_signed() - i.pad_t + q_ky),
+            q_src_row.eq(Mux(is_pool, q_iy, q_y >> up_sh)),
+            q_vlo.eq(Mux(q_ix0 < 0, 0, q_ix0)),
+            q_vhi.eq(Mux(q_ix0 + q_in_cols > i.in_w, i.in_w, q_ix0 + q_in_cols)),
+        ]
+        q_has_cols = (~is_pool | ((q_iy >= 0) & (q_iy < i.in_h))) & (q_vhi > q_vlo)
 
         def lanes(w, signed_flag):
             out = []
@@ -129,8 +147,36 @@ class EltwiseEngine(wiring.Component):
             out_bytes.append(Mux((blk << lcb) + k < i.in_c, rq.out, 0))
         m.d.comb += [self.wr_data.payload.data.eq(Cat(*out_bytes)), self.wr_data.payload.strb.eq((1 << CB) - 1)]
 
-        def seg_addr(base, row):
-            return self.act_base + base + ((((blk * i.in_h) + row) * i.in_w + vlo) << lcb)
+        with m.FSM(name="issuer") as qfsm:
+            with m.State("Q_IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [q_blk.eq(0), q_y.eq(0), q_xs.eq(0), q_ky.eq(0), q_b.eq(0)]
+                    m.next = "Q_RUN"
+            with m.State("Q_RUN"):
+                q_next = Signal()
+                with m.If(q_has_cols):
+                    m.d.comb += [
+                        self.rd_cmd.valid.eq(1),
+                        self.rd_cmd.payload.addr.eq(self.act_base + Mux(q_b, i.in2_addr, i.in_addr)
+                                                    + ((((q_blk * i.in_h) + q_src_row) * i.in_w + q_vlo) << lcb)),
+                        self.rd_cmd.payload.beats.eq(q_vhi - q_vlo),
+                        q_next.eq(self.rd_cmd.ready),
+                    ]
+                with m.Else():
+                    m.d.comb += q_next.eq(1)
+                with m.If(q_next):
+                    with m.If(is_add & ~q_b):
+                        m.d.sync += q_b.eq(1)
+                    with m.Elif(is_pool & (q_ky != i.kh - 1)):
+                        m.d.sync += q_ky.eq(q_ky + 1)
+                    with m.Else():
+                        m.d.sync += [q_b.eq(0), q_ky.eq(0), q_xs.eq(q_xs + p.seg_width)]
+                        with m.If(q_xs + p.seg_width >= i.out_w):
+                            m.d.sync += [q_xs.eq(0), q_y.eq(q_y + 1)]
+                            with m.If(q_y == i.out_h - 1):
+                                m.d.sync += [q_y.eq(0), q_blk.eq(q_blk + 1)]
+                                with m.If(q_blk == nblk - 1):
+                                    m.next = "Q_IDLE"
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -141,15 +187,10 @@ class EltwiseEngine(wiring.Component):
                 m.d.sync += [n.eq(Mux(i.out_w - xs < p.seg_width, i.out_w - xs, p.seg_width)), x.eq(0), ky.eq(0),
                              seen.eq(0)]
                 m.next = "LOAD"
-            with m.State("LOAD"):
+            with m.State("LOAD"):  # the row's read (if any) was queued by the issuer
                 m.d.sync += [col.eq(0), x.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
                              col_hi.eq(Mux(has_cols, vhi - ix0, 0)), next_end.eq(i.kw - 1)]
-                with m.If(has_cols):
-                    m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(seg_addr(i.in_addr, src_row)),
-                                 self.rd_cmd.payload.beats.eq(vhi - vlo)]
-                    with m.If(self.rd_cmd.ready):
-                        m.next = "LOAD_COLS"
-                with m.Elif(is_pool):
+                with m.If(~has_cols & is_pool):
                     m.next = "P_NEXT"
                 with m.Else():
                     m.next = "LOAD_COLS"
@@ -169,8 +210,6 @@ class EltwiseEngine(wiring.Component):
                         with m.If(is_pool):
                             m.d.sync += seen.eq(1)
                             m.next = "P_NEXT"
-                        with m.Elif(is_add):
-                            m.next = "B_CMD"
                         with m.Else():
                             m.next = "OUT_CMD"
             with m.State("P_NEXT"):
@@ -179,11 +218,6 @@ class EltwiseEngine(wiring.Component):
                     m.next = "OUT_CMD"
                 with m.Else():
                     m.next = "LOAD"
-            with m.State("B_CMD"):
-                m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(seg_addr(i.in2_addr, y)),
-                             self.rd_cmd.payload.beats.eq(n)]
-                with m.If(self.rd_cmd.ready):
-                    m.next = "OUT_CMD"
             with m.State("OUT_CMD"):
                 m.d.comb += [self.wr_cmd.valid.eq(1), self.wr_cmd.payload.beats.eq(n),
                              self.wr_cmd.payload.addr.eq(
@@ -208,10 +242,10 @@ class EltwiseEngine(wiring.Component):
                         with m.If(blk == nblk - 1):
                             m.next = "FINISH"
             with m.State("FINISH"):
-                with m.If(self.wr_idle):
+                with m.If(self.wr_idle & qfsm.ongoing("Q_IDLE")):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
-        waiting = ("LOAD", "LOAD_COLS", "B_CMD", "OUT_CMD", "OUT_DATA", "FINISH")
+        waiting = ("LOAD", "LOAD_COLS", "OUT_CMD", "OUT_DATA", "FINISH")
         m.d.comb += [self.stall.eq(Cat(*(fsm.ongoing(st) for st in waiting)).any()), self.failed.eq(0),
                      self.error_code.eq(0)]
         return m

@@ -89,3 +89,18 @@ def test_help_is_meaningful():
     for cmd in ("compile", "disasm", "run", "estimate"):
         r = runner.invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and len(r.output) > 200
+
+
+def test_ddr_latency_is_for_the_rtl_backend_only(tmp_path):
+    from qdq_graphs import QdqBuilder
+
+    from shiftpu.compiler.driver import compile_model
+
+    b = QdqBuilder((4, 8, 8), seed=0)
+    b.output(b.conv(b.x, 4, 3, act="relu"))
+    m = b.model()
+    compile_model(m, "pynq-z2", tmp_path / "out")
+    np.save(tmp_path / "x.npy", random_input(m))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "out"), "--ddr-latency", "--input", str(tmp_path / "x.npy")])
+    assert result.exit_code != 0
+    assert "--ddr-latency applies to the rtl backend only" in str(result.exception) + result.output

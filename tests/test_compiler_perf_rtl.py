@@ -59,3 +59,31 @@ def test_whole_detector_on_rtl_is_exact_and_estimated_within_5_percent(tmp_path)
     estimated = _simulated(r)
     print("detector 32x32 estimated", estimated, "measured", measured)
     assert abs(estimated / measured - 1) < 0.05
+
+
+def test_detector_with_the_boards_ddr_latency_is_exact_and_estimated_within_5_percent(tmp_path):
+    """The compiled RAM delays every read by the board's DDR latency: what the board estimate charges, measured."""
+    from qdq_graphs import detector
+    from typer.testing import CliRunner
+
+    from shiftpu.boards import load_board
+    from shiftpu.cli.main import app
+    from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY
+
+    m = detector(32, seed=0)
+    x = random_input(m)
+    r = compile_model(m, "pynq-z2", tmp_path / "out")
+    np.save(tmp_path / "x.npy", x)
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "out"), "--backend", "rtl", "--ddr-latency",
+                                      "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")])
+    print(result.output)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), run_onnxruntime(m, x)[0])
+    lat = load_board("pynq-z2").ddr_read_latency_cycles
+    assert f"reads {lat} cycles late as on the board" in result.output
+    measured = int(result.output.split("fabric: ")[1].split(" cycles")[0])
+    estimated = r.simulation_estimate(read_latency=max(lat, BASE_READ_LATENCY))["cycles"]
+    print("detector 32x32 with the board's DDR latency: estimated", estimated, "measured", measured)
+    assert f"{estimated} cycles estimated by the performance model for this memory" in result.output
+    assert abs(estimated / measured - 1) < 0.05
+    assert measured > r.simulation_estimate()["cycles"]  # the latency costs cycles

@@ -76,6 +76,20 @@ def _load_input(path: Path):
         raise CliInputError(f"{path}: not a readable .npy array: {e}") from None
 
 
+def _estimate_for(compiled, backend: str, sim_latency: int | None) -> str:
+    """The performance model's cycles for what the backend measures (the simulation's memory or the board)."""
+    board_cycles = compiled.manifest["estimate"]["cycles"]
+    if backend != "rtl":
+        return f"{board_cycles} cycles estimated by the performance model for the board"
+    from shiftpu.compiler.estimate import simulation_estimate
+    from shiftpu.compiler.perf import READ_LATENCY
+
+    lat = READ_LATENCY if sim_latency is None else sim_latency
+    sim = simulation_estimate(compiled.programs(), compiled.config, compiled.board, lat)["cycles"]
+    return (f"{sim} cycles estimated by the performance model for this memory "
+            f"({board_cycles} for the board, whose DDR bandwidth also bounds it)")
+
+
 @app.command()
 def run(
     folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`)."),
@@ -87,6 +101,10 @@ def run(
     bitstream: Path = typer.Option(None, "--bitstream", help="board backend: the .bit (its .hwh next to it)."),
     compare: bool = typer.Option(False, "--compare",
                                  help="Also run onnxruntime and name the first tensor that differs, and by how much."),
+    ddr_latency: bool = typer.Option(False, "--ddr-latency",
+                                     help="rtl backend: the simulated DDR answers every read as late as the board's "
+                                     "(the board file's DDR latency, on the compiled RAM), so the cycles measured "
+                                     "compare with the board estimate."),
 ) -> None:
     """Run a compiled model on a backend; optionally compare every layer with onnxruntime."""
     import numpy as np
@@ -101,6 +119,18 @@ def run(
 
     x = _load_input(input)
     accel = backend
+    sim_latency = None  # read latency of the simulated memory, as the performance model counts it
+    if ddr_latency:
+        if backend != "rtl":
+            raise CliInputError("--ddr-latency applies to the rtl backend only")
+        from shiftpu.boards import load_board
+        from shiftpu.sim.rtl import RtlAccelerator, SimMemory
+        from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY
+
+        compiled = Executor(folder).compiled
+        extra = max(0, load_board(compiled.board).ddr_read_latency_cycles - BASE_READ_LATENCY)
+        accel = RtlAccelerator(compiled.config, memory=SimMemory.COMPILED, extra_read_latency=extra)
+        sim_latency = BASE_READ_LATENCY + extra
     if backend in ("board", "pynq-sim"):
         from shiftpu.sw.device_backends import open_backend
 
@@ -120,9 +150,11 @@ def run(
         cycles = sum(s.cycles for s in measured)
         mhz = ex.compiled.config.clock_mhz
         how = "measured, RTL simulation" if backend == "rtl" else f"measured on the {backend} backend"
+        if sim_latency is not None:
+            how += f", reads {sim_latency} cycles late as on the board"
         typer.echo(f"fabric: {cycles} cycles ({how}; {cycles / mhz / 1e3:.3f} ms at {mhz} MHz), "
                    f"{sum(s.stall_cycles or 0 for s in measured)} of them stalled on memory; "
-                   f"{ex.compiled.manifest['estimate']['cycles']} cycles estimated by the performance model")
+                   f"{_estimate_for(ex.compiled, backend, sim_latency)}")
     if compare:
         from shiftpu.compiler.compare import first_divergence
 
