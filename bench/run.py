@@ -156,7 +156,8 @@ def markdown(r: dict) -> str:
              f"| golden model throughput | {r['golden_fps']['value']} frames/s | measured | >= 1 frame/s |", "",
              "Estimated by the performance model (fabric only, CPU nodes not included). *rtl*: the generated RTL,",
              "whose CONV engine overlaps the line-buffer loads and the write-back with the PE array where the buffers",
-             "allow (docs/rtl.md); *overlapped*: an idealised, coarser model, every load and store after the prologue hidden.", "",
+             "allow and queues its reads ahead (docs/rtl.md); *overlapped*: a coarser model, every load and store after the",
+             "prologue hidden behind the PE array but reads and writes sharing one AXI beat per cycle.", "",
              "| board | schedule | fps | cycles/frame | MAC-weighted PE utilisation | DDR MiB/frame |",
              "|---|---|---|---|---|---|"]
     for name, by_sched in r["boards"].items():

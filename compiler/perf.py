@@ -435,10 +435,9 @@ def instruction_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: floa
         end = int(round(_fetch_cycles(cfg, beat, lr))) + 2 if schedule is Schedule.RTL else INSTR_OVERHEAD
         return InstrCost(end, 0, 0, 0, 0, 0)
     if schedule is Schedule.RTL:
-        if i.opcode is not Opcode.CONV:
-            return _stream_sequential(i, cfg, beat, lr)
-        c = _conv_sequential(i, cfg, beat, lr)
-        # the loader and the store move data at once: together no faster than the board's DDR
+        c = _conv_sequential(i, cfg, beat, lr) if i.opcode is Opcode.CONV else _stream_sequential(i, cfg, beat, lr)
+        # reads and writes move at once (the CONV loader and store, ADD's B operand and output): together no
+        # faster than the board's DDR
         floor = int(round((c.read_bytes + c.write_bytes) / ddr_bytes_per_cycle))
         return c if c.cycles >= floor else InstrCost(floor, c.compute_cycles, floor - c.compute_cycles,
                                                      c.read_bytes, c.write_bytes, c.macs)

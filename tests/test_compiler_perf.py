@@ -64,8 +64,11 @@ def test_several_input_tiles_reload_every_kernel_row():
 def test_rtl_add_cost_by_hand():
     add = Instruction(Opcode.ADD, in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=16)
     # fetch 14 + finish 2; 16 segments (8 rows x 2 blocks) of SEG 1, LOAD 1 + 8, OUT_CMD 1 + 8 beats (B streams
-    # in beside them), NEXT 1; every read is queued ahead, so only the first waits (L_r 2 - 1)
-    assert instruction_cost(add, CFG, 8.0) == InstrCost(16 + 16 * 20 + 1, 128, 209, 2048, 1024, 0)
+    # in beside them), NEXT 1; every read is queued ahead, so only the first waits (L_r 2 - 1); on a DDR that
+    # moves a read and a write beat per cycle (16 bytes)
+    assert instruction_cost(add, CFG, 16.0) == InstrCost(16 + 16 * 20 + 1, 128, 209, 2048, 1024, 0)
+    # with 8 bytes per cycle in all, the 3072 bytes read and written take 384 cycles: the DDR bounds it
+    assert instruction_cost(add, CFG, 8.0) == InstrCost(384, 128, 256, 2048, 1024, 0)
 
 
 def test_rtl_program_overhead_by_hand():

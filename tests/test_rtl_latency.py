@@ -61,7 +61,8 @@ def test_read_latency_measured_as_modelled(name):
     fast, slow = _measure(0, image), _measure(EXTRA, image)
 
     def model(lr: int) -> int:
-        return instruction_cost(instr, SMALL, SMALL.axi_bytes, Schedule.RTL, read_latency=lr).cycles
+        # the simulated DDR moves a read and a write beat per cycle
+        return instruction_cost(instr, SMALL, 2 * SMALL.axi_bytes, Schedule.RTL, read_latency=lr).cycles
 
     m_fast, m_slow = model(BASE_READ_LATENCY), model(BASE_READ_LATENCY + EXTRA)
     print(f"{name}: measured {fast} -> {slow} cycles (RTL, +{EXTRA} cycles read latency), "
