@@ -34,7 +34,7 @@ def _detector():
     return model, np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
 
 
-def run() -> dict:
+def run(with_rtl: bool = True) -> dict:
     import numpy as np
 
     from shiftpu.boards import load_board
@@ -75,7 +75,8 @@ def run() -> dict:
                 result["boards"][board][sched.value] = {
                     "fps": est["fps"], "cycles": est["cycles"], "utilization": est["utilization"],
                     "ddr_mib": round(est["ddr_bytes"] / 2**20, 2), "kind": "estimated", "target_utilization": 0.85}
-    result["perf_vs_rtl"] = perf_vs_rtl()
+    if with_rtl:
+        result["perf_vs_rtl"] = perf_vs_rtl()
     return result
 
 
@@ -182,16 +183,35 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    r = run()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "compiler.json").write_text(json.dumps(r, indent=1) + "\n")
-    md = markdown(r)
-    (RESULTS / "compiler.md").write_text(md)
-    print(md)
-    from bench import pipeline_bench
+PARTS = ("compiler", "rtl", "pipeline")
 
-    pipeline_bench.main(["--out", str(RESULTS / "pipeline.json")])
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="shiftpu benchmarks (results in bench/results/)")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="compiler: compile time, golden throughput, board estimates; rtl: the performance model "
+                    "against the RTL simulation; pipeline: the CPU/fabric pipeline (a 10,000-frame soak). Parts not "
+                    "run keep their last results.")
+    parts = set(ap.parse_args(argv).parts)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "compiler.json"
+    if parts & {"compiler", "rtl"}:
+        old = json.loads(path.read_text()) if path.exists() else {}
+        r = run(with_rtl="rtl" in parts) if "compiler" in parts else old
+        if "rtl" in parts and "compiler" not in parts:
+            r["perf_vs_rtl"] = perf_vs_rtl()
+        elif "rtl" not in parts and "perf_vs_rtl" in old:
+            r["perf_vs_rtl"] = old["perf_vs_rtl"]
+        path.write_text(json.dumps(r, indent=1) + "\n")
+        md = markdown(r)
+        (RESULTS / "compiler.md").write_text(md)
+        print(md)
+    if "pipeline" in parts:
+        from bench import pipeline_bench
+
+        pipeline_bench.main(["--out", str(RESULTS / "pipeline.json")])
 
 
 if __name__ == "__main__":

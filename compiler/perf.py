@@ -12,9 +12,11 @@ Two schedules of the same loop nest (docs/architecture.md) are modelled term by 
   new rows while the current row computes (K-row reuse and prefetch); when a row's accumulators fit half
   the buffer the next row computes while the store streams the previous one out of the other half. The
   model runs the three machines' recurrence row by row (runs of identical rows at once); the loader and
-  the store together move no more than the board's DDR bandwidth. ``L_r`` is the read latency of the
-  simulation's memory model (cocotbext-axi ``AxiRam``). This is what the RTL simulation measures.
-* :attr:`Schedule.OVERLAPPED`: an idealised, coarser model: every load and write-back after the prologue
+  the store together move no more than the board's DDR bandwidth. POOL, ADD and MOVE queue their reads
+  ahead too: only an instruction's first read waits. ``L_r`` is the read latency: by default that of the
+  simulation's memory model (cocotbext-axi ``AxiRam``), for a board its DDR latency. This is what the RTL
+  simulation measures (``tests/test_rtl_latency.py`` with a board-like latency).
+* :attr:`Schedule.OVERLAPPED`: a coarser model: every load and write-back after the prologue
   hidden behind the computation, reads and writes of a row sharing the bandwidth (described below).
 
 Transfers cost ``max(1, beat bytes / B)`` cycles per beat at the board's bandwidth. Symbols of the

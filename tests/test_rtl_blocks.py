@@ -98,7 +98,8 @@ CFG = AccelConfig(pe_oc=4, pe_px=4, strip_width=16, line_buffer_bytes=8192, weig
 
 
 def test_burst_reader_splits_bursts_and_keeps_order():
-    """AR bursts never exceed max_burst_beats nor cross 4 KiB; R data arrives in address order."""
+    """AR bursts never exceed max_burst_beats nor cross 4 KiB; R data arrives in address order, also when a
+    command is taken while the data of earlier ones is still on the way (reads queued ahead)."""
     seed = 7
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
@@ -109,6 +110,7 @@ def test_burst_reader_splits_bursts_and_keeps_order():
     bursts: list[tuple[int, int]] = []
     received: list[int] = []
     pending: list[int] = []
+    queued = [0]  # commands taken while beats of earlier ones were still to come
 
     async def bench(ctx):
         next_cmd = 0
@@ -124,7 +126,10 @@ def test_burst_reader_splits_bursts_and_keeps_order():
             ctx.set(dut.rvalid, int(r_valid))
             ctx.set(dut.rdata, pending[0] if pending else 0)
             ctx.set(dut.data.ready, int(rng.random() < 0.8))
+            # idle: every beat of the commands taken so far delivered
+            assert not ctx.get(dut.idle) or len(received) == sum(n for _, n in commands[:next_cmd])
             if ctx.get(dut.cmd.valid) and ctx.get(dut.cmd.ready):
+                queued[0] += len(received) < sum(n for _, n in commands[:next_cmd])
                 next_cmd += 1
             if ctx.get(dut.arvalid) and ctx.get(dut.arready):
                 addr, n = ctx.get(dut.araddr), ctx.get(dut.arlen) + 1
@@ -145,6 +150,7 @@ def test_burst_reader_splits_bursts_and_keeps_order():
     sim.run()
     expected = [a + 8 * k for a, n in commands for k in range(n)]
     assert received == expected
+    assert queued[0] > 0, "no command was queued behind another's data"
     for addr, n in bursts:
         assert 1 <= n <= CFG.max_burst_beats
         assert addr // 4096 == (addr + 8 * n - 1) // 4096, f"burst at 0x{addr:x} x{n} crosses 4 KiB"

@@ -29,7 +29,7 @@ def compile(
     schedule: str = typer.Option(
         "rtl", "--schedule",
         help="How the accelerator overlaps loads and computation, for the cost model that picks tilings and "
-             "dataflows: rtl (the generated RTL) or overlapped (idealised: every load and store hidden)."),
+             "dataflows: rtl (the generated RTL) or overlapped (coarser: every load and store hidden)."),
 ) -> None:
     """Compile a quantized ONNX model into a program for the accelerator of a board; print the partition report."""
     from shiftpu.arch.isa import Dataflow
@@ -171,8 +171,8 @@ def estimate(
     schedule: str = typer.Option(
         None, "--schedule",
         help="rtl: the generated RTL, whose line-buffer loader and store overlap the PE array where the buffers "
-             "allow (agrees with the RTL simulation); overlapped: an idealised model, every load and store hidden "
-             "behind the computation. Default: the schedule the folder was compiled for."),
+             "allow (agrees with the RTL simulation); overlapped: a coarser model, every load and store hidden "
+             "behind the computation, reads and writes sharing one AXI beat per cycle. Default: the schedule the folder was compiled for."),
 ) -> None:
     """Estimated cycles, DDR traffic, PE utilisation per layer and fps at the board clock (performance model)."""
     from shiftpu.boards import load_board
