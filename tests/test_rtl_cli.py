@@ -27,6 +27,28 @@ def test_rtl_check_runs_bit_exact(tmp_path):
     assert "seed 5 [" in result.output and "bit-exact" in result.output and "cycles measured" in result.output
 
 
+def test_rtl_check_with_a_ddr_latency_runs_bit_exact(tmp_path):
+    cfg = tmp_path / "small.json"
+    cfg.write_text(json.dumps(SMALL.to_dict()))
+    args = ["rtl-check", "--config", str(cfg), "--seeds", "1", "--first-seed", "6", "--layers", "3",
+            "--memory", "compiled"]
+    fast = CliRunner().invoke(app, args)
+    slow = CliRunner().invoke(app, [*args, "--extra-read-latency", "40"])
+    print(fast.output, slow.output)
+    assert fast.exit_code == 0 and slow.exit_code == 0, fast.output + slow.output
+
+    def cycles(out: str) -> int:
+        return int(out.split("bit-exact, ")[1].split(" cycles")[0])
+
+    assert cycles(slow.output) > cycles(fast.output)
+
+
+def test_rtl_check_refuses_a_latency_without_the_compiled_ram():
+    result = CliRunner().invoke(app, ["rtl-check", "--extra-read-latency", "10"])
+    assert result.exit_code != 0
+    assert "needs --memory compiled" in str(result.exception)
+
+
 def test_rtl_check_refuses_unknown_memory():
     result = CliRunner().invoke(app, ["rtl-check", "--memory", "sram"])
     assert result.exit_code != 0

@@ -26,6 +26,9 @@ def rtl_check(
     build_dir: Path = typer.Option(Path("build") / "rtl", "--build-dir", help="Where Verilator builds are cached."),
     memory: str = typer.Option("axiram", "--memory",
                                help="Simulated DDR: axiram (cocotbext-axi AxiRam) or compiled (Verilog RAM, faster)."),
+    extra_read_latency: int = typer.Option(0, "--extra-read-latency",
+                                           help="Cycles the compiled RAM adds to every read (and write response), "
+                                           "as a board's DDR does (e.g. 200 ns = 50 cycles at 250 MHz)."),
 ) -> None:
     """Build the accelerator (cached), run random layers on its Verilator simulation and on the golden model,
     compare the whole activation arena; prints measured cycles and simulation speed per program."""
@@ -48,7 +51,11 @@ def rtl_check(
         sim_memory = SimMemory(memory)
     except ValueError:
         raise RtlCheckError(f"--memory {memory!r}: choose axiram or compiled") from None
-    rtl = RtlAccelerator(cfg, build_root=build_dir, memory=sim_memory)
+    if extra_read_latency and sim_memory is not SimMemory.COMPILED:
+        raise RtlCheckError("--extra-read-latency needs --memory compiled")
+    if extra_read_latency < 0:
+        raise RtlCheckError(f"--extra-read-latency must be >= 0, got {extra_read_latency}")
+    rtl = RtlAccelerator(cfg, build_root=build_dir, memory=sim_memory, extra_read_latency=extra_read_latency)
     build = rtl.build
     typer.echo(f"accelerator 0x{cfg.config_hash():08x}: Verilator build "
                + ("reused" if build.reused else f"took {build.build_seconds:.1f} s (measured)"))
