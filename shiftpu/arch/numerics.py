@@ -215,15 +215,18 @@ def is_pow2(scale: float | np.ndarray) -> np.ndarray:
 
 def shift_round_half_even(x: np.ndarray, shift: np.ndarray | int) -> np.ndarray:
     """``round_half_even(x * 2^-shift)`` on integers, exactly (shift < 0 is a left shift). int64 out."""
+    # With r > 0, half = 2^(r-1) and q = floor(x / 2^r): round half to even is
+    # (x + half - 1 + (q & 1)) >> r, since the remainder then carries into q exactly when it exceeds half, or
+    # equals it with q odd. The per-shift terms are computed at the shift's own (broadcast) shape, e.g. one per
+    # channel, so only a few whole-tensor operations remain.
     x = np.asarray(x, dtype=np.int64)
-    shift = np.broadcast_to(np.asarray(shift, dtype=np.int64), x.shape)
+    shift = np.asarray(shift, dtype=np.int64)
     right = np.maximum(shift, 0)
     left = np.maximum(-shift, 0)
-    q = x >> right  # floor
-    rem = x - (q << right)
-    half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
-    up = (right > 0) & ((rem > half) | ((rem == half) & ((q & 1) == 1)))
-    return np.where(right > 0, q + up, x << left)
+    rounds = (right > 0).astype(np.int64)
+    bias = np.where(right > 0, (np.int64(1) << np.maximum(right - 1, 0)) - 1, 0)
+    y = (x + bias + ((x >> right) & rounds)) >> right
+    return y << left
 
 
 class Activation(IntEnum):
