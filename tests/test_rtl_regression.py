@@ -15,7 +15,7 @@ from rtl_support import LAYER_KINDS, SMALL, assert_bit_exact, random_program  # 
 
 from shiftpu.arch.config import AccelConfig  # noqa: E402
 from shiftpu.arch.numerics import WeightCode  # noqa: E402
-from shiftpu.sim.rtl import RtlAccelerator  # noqa: E402
+from shiftpu.sim.rtl import RtlAccelerator, SimMemory  # noqa: E402
 
 pytestmark = [pytest.mark.rtl, pytest.mark.slow]
 
@@ -36,11 +36,20 @@ def rtl(request):
     return RtlAccelerator(CONFIGS[request.param])
 
 
-@pytest.mark.parametrize("seed", range(100, 112))
-def test_random_programs(rtl, seed):
-    cfg = rtl.config
+def _kinds(cfg: AccelConfig, seed: int) -> list[str]:
     # the dataflows this config maps (arch/limits.py): DEPTHWISE needs pe_oc <= cb, INPUT_CHANNEL pe_px <= cb
     usable = [k for k in LAYER_KINDS if not (k == "dw" and cfg.pe_oc > cfg.channel_block)
               and not (k == "ic" and cfg.pe_px > cfg.channel_block)]
-    kinds = [usable[(seed + k) % len(usable)] for k in range(8)]
-    assert_bit_exact(rtl, random_program(rtl.config, seed, kinds, max_hw=20, max_c=40))
+    return [usable[(seed + k) % len(usable)] for k in range(8)]
+
+
+@pytest.mark.parametrize("seed", range(100, 112))
+def test_random_programs(rtl, seed):
+    assert_bit_exact(rtl, random_program(rtl.config, seed, _kinds(rtl.config, seed), max_hw=20, max_c=40))
+
+
+@pytest.mark.parametrize("seed", range(200, 204))
+def test_random_programs_under_a_ddr_latency(rtl, seed):
+    """The reads queued ahead meet a memory that answers 17 to 67 cycles late (the compiled RAM's latency mode)."""
+    late = RtlAccelerator(rtl.config, memory=SimMemory.COMPILED, extra_read_latency=17 + 50 * (seed % 2))
+    assert_bit_exact(late, random_program(rtl.config, seed, _kinds(rtl.config, seed), max_hw=20, max_c=40))

@@ -44,6 +44,13 @@ def test_random_layers_bit_exact(rtl, seed, memory):
     assert stats.cycles > 0 and stats.read_beats > 0 and stats.write_beats > 0
 
 
+def test_random_layers_bit_exact_under_a_ddr_latency():
+    """Every engine's reads queued ahead, the compiled RAM answering 37 cycles late."""
+    image = random_program(SMALL, 13, ["conv", "pool", "dw", "add", "ic", "move"])
+    stats = assert_bit_exact(RtlAccelerator(SMALL, memory=SimMemory.COMPILED, extra_read_latency=37), image)
+    assert stats.cycles > 0
+
+
 def test_registers_and_interrupt(rtl):
     prog = np.frombuffer(encode_program([], SMALL.config_hash()), dtype=np.uint8)
     result = rtl.run_raw(prog, np.zeros(64, np.uint8))
