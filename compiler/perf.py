@@ -7,7 +7,8 @@ Two schedules of the same loop nest (docs/architecture.md) are modelled term by 
   weights when the (output tile, input tile) pair changed, the PE array, hand-over to the store), the
   line-buffer loader (per row and block ``1 + columns`` cycles; its issuer queues the reads of all the rows
   of a load at once, so only the first row inside the tensor waits ``max(0, L_r - leading pad columns)``
-  for its first beat, as the padding columns are written while the read is in flight) and the store (per channel group of ``min(pe_oc, cb)``: ``1 + sw`` beats). With one
+  for its first beat, as the padding columns are written while the read is in flight) and the store (per
+  channel group of ``min(pe_oc, cb)``: ``1 + sw`` beats). With one
   input tile and ``kh + min(stride, kh)`` row slots in the line buffer the loader fetches the next row's
   new rows while the current row computes (K-row reuse and prefetch); when a row's accumulators fit half
   the buffer the next row computes while the store streams the previous one out of the other half. The
@@ -408,7 +409,7 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
                 if first_wait is None and pool_valid:
                     # the first row inside: after the padding rows above it (LOAD and P_NEXT each), less the
                     # issuer's cycle per padding row it skipped
-                    pad_rows = min(ky for ky in range(i.kh) if 0 <= ky - i.pad_t < i.in_h)
+                    pad_rows = min((ky for ky in range(i.kh) if 0 <= ky - i.pad_t < i.in_h), default=0)
                     first_wait = max(0, wait - 1 - pad_rows)
         elif i.opcode is Opcode.ADD:
             # SEG, LOAD 1 + n, OUT_CMD 1 + n beats (B streams in beside them), NEXT
