@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shiftpu.arch.config import AccelConfig
-from shiftpu.arch.isa import Dataflow, Opcode
+from shiftpu.arch.isa import Dataflow, Instruction, Opcode
 from shiftpu.sim.golden import GoldenAccelerator
 from shiftpu.sim.rtl import cases
 
@@ -15,6 +15,17 @@ SMALL = AccelConfig(pe_oc=4, pe_px=4, strip_width=16, line_buffer_bytes=8192, we
 
 LAYER_KINDS = ("conv", "dw", "pool", "ic", "add", "move")
 _DATAFLOWS = {"conv": Dataflow.PIXEL, "dw": Dataflow.DEPTHWISE, "ic": Dataflow.INPUT_CHANNEL}
+
+
+def square_conv(kh: int, stride: int, pad: int, in_c: int, in_h: int, in_w: int, out_c: int, strip_w: int,
+                ic_tile: int, oc_tile: int, dataflow: Dataflow = Dataflow.PIXEL) -> Instruction:
+    """A CONV with a square kernel and the same padding on every side (signed 8-bit in and out)."""
+    out_h = (in_h + 2 * pad - kh) // stride + 1
+    out_w = (in_w + 2 * pad - kh) // stride + 1
+    return Instruction(Opcode.CONV, dataflow=dataflow, kh=kh, kw=kh, stride=stride, pad_t=pad, pad_l=pad, pad_b=pad,
+                       pad_r=pad, in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
+                       strip_w=strip_w, ic_tile=ic_tile, oc_tile=oc_tile, in_signed=True, out_bits=8,
+                       depthwise=dataflow is Dataflow.DEPTHWISE)
 
 
 def random_program(cfg: AccelConfig, seed: int, kinds, max_hw: int = 10, max_c: int = 12) -> cases.ProgramImage:

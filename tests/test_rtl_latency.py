@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("cocotb")
 pytest.importorskip("amaranth")
 
-from rtl_support import SMALL, assert_bit_exact  # noqa: E402
+from rtl_support import SMALL, assert_bit_exact, square_conv  # noqa: E402
 
-from shiftpu.arch.isa import Dataflow, Instruction, Opcode, encode_program  # noqa: E402
+from shiftpu.arch.isa import Dataflow, Opcode, encode_program  # noqa: E402
 from shiftpu.compiler.perf import Schedule, instruction_cost  # noqa: E402
 from shiftpu.sim.rtl import RtlAccelerator, SimMemory, cases  # noqa: E402
 from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY  # noqa: E402
@@ -27,19 +27,10 @@ EXTRA = 50
 TOLERANCE = 0.05
 
 
-def _conv(kh, stride, pad, in_c, in_h, in_w, out_c, strip_w, ic_tile, oc_tile, dataflow=Dataflow.PIXEL):
-    out_h = (in_h + 2 * pad - kh) // stride + 1
-    out_w = (in_w + 2 * pad - kh) // stride + 1
-    return Instruction(Opcode.CONV, dataflow=dataflow, kh=kh, kw=kh, stride=stride, pad_t=pad, pad_l=pad, pad_b=pad,
-                       pad_r=pad, in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
-                       strip_w=strip_w, ic_tile=ic_tile, oc_tile=oc_tile, in_signed=True, out_bits=8,
-                       depthwise=dataflow is Dataflow.DEPTHWISE)
-
-
 CASES = {
-    "conv3x3": lambda b, rng: cases.add_conv(b, rng, _conv(3, 1, 1, 8, 12, 20, 8, 16, 8, 8)),
-    "conv3x3-s2-tiles": lambda b, rng: cases.add_conv(b, rng, _conv(3, 2, 1, 20, 11, 23, 12, 16, 8, 12)),
-    "depthwise": lambda b, rng: cases.add_conv(b, rng, _conv(3, 1, 1, 16, 10, 20, 16, 16, 8, 8,
+    "conv3x3": lambda b, rng: cases.add_conv(b, rng, square_conv(3, 1, 1, 8, 12, 20, 8, 16, 8, 8)),
+    "conv3x3-s2-tiles": lambda b, rng: cases.add_conv(b, rng, square_conv(3, 2, 1, 20, 11, 23, 12, 16, 8, 12)),
+    "depthwise": lambda b, rng: cases.add_conv(b, rng, square_conv(3, 1, 1, 16, 10, 20, 16, 16, 8, 8,
                                                              Dataflow.DEPTHWISE)),
     "pool": lambda b, rng: cases.add_random_eltwise(b, rng, Opcode.POOL, max_hw=16, max_c=24),
     "add": lambda b, rng: cases.add_random_eltwise(b, rng, Opcode.ADD, max_hw=16, max_c=24),

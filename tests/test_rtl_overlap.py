@@ -14,24 +14,15 @@ import pytest
 pytest.importorskip("cocotb")
 pytest.importorskip("amaranth")
 
-from rtl_support import SMALL, assert_bit_exact  # noqa: E402
+from rtl_support import SMALL, assert_bit_exact, square_conv  # noqa: E402
 
 from shiftpu.arch import limits  # noqa: E402
-from shiftpu.arch.isa import Dataflow, Instruction, Opcode, encode_program  # noqa: E402
+from shiftpu.arch.isa import Dataflow, Instruction, encode_program  # noqa: E402
 from shiftpu.arch.layout import ceil_div  # noqa: E402
 from shiftpu.compiler.perf import Schedule, instruction_cost  # noqa: E402
 from shiftpu.sim.rtl import RtlAccelerator, cases  # noqa: E402
 
 pytestmark = pytest.mark.rtl
-
-
-def _conv(kh, stride, pad, in_c, in_h, in_w, out_c, strip_w, ic_tile, oc_tile, dataflow=Dataflow.PIXEL):
-    out_h = (in_h + 2 * pad - kh) // stride + 1
-    out_w = (in_w + 2 * pad - kh) // stride + 1
-    return Instruction(Opcode.CONV, dataflow=dataflow, kh=kh, kw=kh, stride=stride, pad_t=pad, pad_l=pad, pad_b=pad,
-                       pad_r=pad, in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
-                       strip_w=strip_w, ic_tile=ic_tile, oc_tile=oc_tile, in_signed=True, out_bits=8,
-                       depthwise=dataflow is Dataflow.DEPTHWISE)
 
 
 def _modes(i: Instruction) -> tuple[bool, bool]:
@@ -47,17 +38,17 @@ def _modes(i: Instruction) -> tuple[bool, bool]:
 
 CASES = {
     # 3x3 s1, one input tile: next rows prefetched, rows alternate accumulator halves
-    "prefetch+double": (_conv(3, 1, 1, 8, 12, 20, 8, 16, 8, 8), (True, True)),
+    "prefetch+double": (square_conv(3, 1, 1, 8, 12, 20, 8, 16, 8, 8), (True, True)),
     # 1x1 s2 (kernel shorter than the stride: every row new, two slots alternate)
-    "1x1-s2": (_conv(1, 2, 0, 8, 10, 20, 8, 16, 8, 8), (True, True)),
+    "1x1-s2": (square_conv(1, 2, 0, 8, 10, 20, 8, 16, 8, 8), (True, True)),
     # three input tiles: no prefetch; a later tile reads partial sums, so it waits for the store
-    "input-tiles": (_conv(3, 2, 1, 20, 11, 23, 12, 16, 8, 12), (False, True)),
+    "input-tiles": (square_conv(3, 2, 1, 20, 11, 23, 12, 16, 8, 12), (False, True)),
     # 5x5 s2 over 5 channel blocks: 5 row slots fit the line buffer, 7 do not
-    "no-prefetch": (_conv(5, 2, 2, 40, 12, 35, 8, 16, 40, 8), (False, True)),
+    "no-prefetch": (square_conv(5, 2, 2, 40, 12, 35, 8, 16, 40, 8), (False, True)),
     # 5 pe_oc blocks x 4 pixel groups = 20 entries > half of 32: the PE array waits for the store
-    "single-acc": (_conv(3, 1, 1, 8, 9, 16, 20, 16, 8, 20), (True, False)),
+    "single-acc": (square_conv(3, 1, 1, 8, 9, 16, 20, 16, 8, 20), (True, False)),
     # depthwise, two output tiles (each its own channel block in the line buffer)
-    "depthwise": (_conv(3, 1, 1, 16, 10, 20, 16, 16, 8, 8, Dataflow.DEPTHWISE), (True, True)),
+    "depthwise": (square_conv(3, 1, 1, 16, 10, 20, 16, 16, 8, 8, Dataflow.DEPTHWISE), (True, True)),
 }
 
 
