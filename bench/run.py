@@ -90,8 +90,7 @@ def perf_vs_rtl() -> dict:
     from shiftpu.boards import load_board
     from shiftpu.compiler.driver import compile_model
     from shiftpu.errors import ShiftpuError
-    from shiftpu.sim.rtl import RtlAccelerator, SimMemory
-    from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY
+    from shiftpu.sim.rtl import RtlAccelerator
     from shiftpu.sw.executor import Executor
 
     def layer(shape, build):
@@ -118,7 +117,7 @@ def perf_vs_rtl() -> dict:
     ]
     rows = []
     board = load_board("pynq-z2")
-    extra = max(0, board.ddr_read_latency_cycles - BASE_READ_LATENCY)
+    late_rtl = RtlAccelerator.with_read_latency(board.accel, board.ddr_read_latency_cycles)
     with tempfile.TemporaryDirectory() as tmp:
         for k, (name, make, dataflows) in enumerate(cases):
             m = make()
@@ -134,18 +133,18 @@ def perf_vs_rtl() -> dict:
             rtl = sum(s.cycles for s in frame.stats)
             est = r.simulation_estimate()["cycles"]
             # again with every read as late as the board's DDR (the compiled RAM's extra latency)
-            late = Executor(out, RtlAccelerator(board.accel, memory=SimMemory.COMPILED, extra_read_latency=extra))
+            late = Executor(out, late_rtl)
             frame_late = late.execute(late.prepare(x))
             exact_late = all(np.array_equal(a, c) for a, c in
                              zip(late.finish(frame_late), run_onnxruntime(m, x), strict=True))
             rtl_late = sum(s.cycles for s in frame_late.stats)
-            est_late = r.simulation_estimate(read_latency=BASE_READ_LATENCY + extra)["cycles"]
+            est_late = r.simulation_estimate(read_latency=late_rtl.read_latency)["cycles"]
             rows.append({"layer": name, "rtl_cycles_measured": rtl, "estimated_cycles": est,
                          "error": round(est / rtl - 1, 4), "bit_exact": exact and exact_late,
                          "ddr_latency_rtl_cycles_measured": rtl_late, "ddr_latency_estimated_cycles": est_late,
                          "ddr_latency_error": round(est_late / rtl_late - 1, 4)})
     return {"status": "ran", "max_abs_error": max(abs(r["error"]) for r in rows),
-            "ddr_latency_cycles": BASE_READ_LATENCY + extra,
+            "ddr_latency_cycles": late_rtl.read_latency,
             "ddr_latency_max_abs_error": max(abs(r["ddr_latency_error"]) for r in rows), "layers": rows}
 
 

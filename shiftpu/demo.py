@@ -57,21 +57,18 @@ def _rtl_with_board_latency(compiled_dir: Path, result, board, x: np.ndarray, go
     """Frame 0 once more on the RTL, the simulated DDR answering every read as late as the board's: the cycles
     measured then stand beside the board estimate, which charges that latency."""
     from shiftpu.arch.config import AccelConfig
-    from shiftpu.sim.rtl import RtlAccelerator, SimMemory
-    from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY
+    from shiftpu.sim.rtl import RtlAccelerator
     from shiftpu.sw.executor import Executor
 
     lat = board.ddr_read_latency_cycles
-    extra = max(0, lat - BASE_READ_LATENCY)
     _step(f"frame 0 again on the RTL, the simulated DDR answering reads as late as the {board.name}'s "
           f"({board.ddr_read_latency_ns:g} ns = {lat} cycles)")
-    accel = RtlAccelerator(AccelConfig.from_dict(result.manifest["config"]), memory=SimMemory.COMPILED,
-                           extra_read_latency=extra)
+    accel = RtlAccelerator.with_read_latency(AccelConfig.from_dict(result.manifest["config"]), lat)
     ex = Executor(compiled_dir, backend=accel)
     frame = ex.execute(ex.prepare(x))
     equal = np.array_equal(ex.finish(frame)[0], golden_out)
     cycles = sum(s.cycles or 0 for s in frame.stats)
-    est = result.simulation_estimate(read_latency=BASE_READ_LATENCY + extra)["cycles"]
+    est = result.simulation_estimate(read_latency=accel.read_latency)["cycles"]
     summary["rtl_board_latency"] = {"read_latency_cycles": lat, "equals_golden": equal, "cycles_measured": cycles,
                                     "cycles_estimated": est, "board_cycles_estimated": result.estimate["cycles"]}
     console.print(f"RTL frame 0 with the board's DDR latency: {'equal to' if equal else 'DIFFERENT from'} the golden "

@@ -124,13 +124,11 @@ def run(
         if backend != "rtl":
             raise CliInputError("--ddr-latency applies to the rtl backend only")
         from shiftpu.boards import load_board
-        from shiftpu.sim.rtl import RtlAccelerator, SimMemory
-        from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY
+        from shiftpu.sim.rtl import RtlAccelerator
 
         compiled = Executor(folder).compiled
-        extra = max(0, load_board(compiled.board).ddr_read_latency_cycles - BASE_READ_LATENCY)
-        accel = RtlAccelerator(compiled.config, memory=SimMemory.COMPILED, extra_read_latency=extra)
-        sim_latency = BASE_READ_LATENCY + extra
+        accel = RtlAccelerator.with_read_latency(compiled.config, load_board(compiled.board).ddr_read_latency_cycles)
+        sim_latency = accel.read_latency
     if backend in ("board", "pynq-sim"):
         from shiftpu.sw.device_backends import open_backend
 

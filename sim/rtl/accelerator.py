@@ -22,7 +22,7 @@ from shiftpu.arch.regmap import ErrorCode, Status
 from shiftpu.errors import ShiftpuError
 from shiftpu.sim.accelerator import AcceleratorError, RunStats
 from shiftpu.sim.rtl.build import DEFAULT_BUILD_ROOT, RtlBuild, ensure_built
-from shiftpu.sim.rtl.sim_ram import RAM_BYTES, read_image, write_image
+from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY, RAM_BYTES, read_image, write_image
 from shiftpu.toolchain import verilator_env
 
 #: Placement of the segments in the simulated DDR.
@@ -76,6 +76,18 @@ class RtlAccelerator:
         self.max_cycles = max_cycles
         self.last_run: RtlRun | None = None
         self._build: RtlBuild | None = None
+
+    @classmethod
+    def with_read_latency(cls, config: AccelConfig, cycles: int, **kwargs) -> RtlAccelerator:
+        """On the compiled RAM, reads answered ``cycles`` after their command as the performance model counts it
+        (a board's DDR latency in cycles; never less than the RAM's own ``BASE_READ_LATENCY``)."""
+        return cls(config, memory=SimMemory.COMPILED, extra_read_latency=max(0, cycles - BASE_READ_LATENCY), **kwargs)
+
+    @property
+    def read_latency(self) -> int | None:
+        """The compiled RAM's read latency as the performance model counts it; None for AxiRam (the model's
+        default read latency is calibrated on it)."""
+        return BASE_READ_LATENCY + self.extra_read_latency if self.memory is SimMemory.COMPILED else None
 
     @property
     def build(self) -> RtlBuild:
