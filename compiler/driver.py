@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ class CompileResult:
     manifest: dict[str, Any]
     report: str
     estimate: dict  #: for the board (its DDR bandwidth and latency)
+    #: one line per symbolic input dimension the front end bound by itself (a batch dimension bound to 1)
+    bound: list[str] = field(default_factory=list)
 
     @property
     def programs(self) -> list[list[Instruction]]:
@@ -157,17 +160,19 @@ def partition_report(graph: Graph, board: str, est: dict) -> str:
 def compile_model(model: str | Path | onnx.ModelProto, board: str, out_dir: str | Path | None = None,
                   dump_passes: str | Path | None = None,
                   dataflows: frozenset[Dataflow] = frozenset(Dataflow),
-                  schedule: Schedule = Schedule.RTL) -> CompileResult:
+                  schedule: Schedule = Schedule.RTL,
+                  input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> CompileResult:
     """Compile a quantized ONNX model for a board; with ``out_dir``, write the compiled folder.
 
     ``dataflows`` restricts the PE-array mappings to those the target accelerator implements; ``schedule``
-    is how it overlaps loads and computation (the cost model that chooses tilings and dataflows).
+    is how it overlaps loads and computation (the cost model that chooses tilings and dataflows);
+    ``input_shapes`` fixes symbolic input dimensions (by input name, "" for the only input).
     """
     b = load_board(board)
     if isinstance(model, onnx.ModelProto):
-        proto, source = prepare(model), model.graph.name
+        (proto, bound), source = prepare(model, input_shapes=input_shapes), model.graph.name
     else:
-        proto, source = load_onnx(model), str(model)
+        (proto, bound), source = load_onnx(model, input_shapes), str(model)
     opts = CompileOptions(b.accel, b.ddr_bytes_per_cycle, frozenset(dataflows), schedule,
                           read_latency=b.ddr_read_latency_cycles)
     graph = fold_qdq(proto, b.accel)
@@ -181,4 +186,4 @@ def compile_model(model: str | Path | onnx.ModelProto, board: str, out_dir: str 
     if out_dir is not None:
         write_folder(Path(out_dir), manifest, {f"segment{i.segment.index}.bin": i.image for i in images}, graph.model,
                      report)
-    return CompileResult(graph, images, manifest, report, est)
+    return CompileResult(graph, images, manifest, report, est, bound)

@@ -58,6 +58,8 @@ class Frame:
     arena: np.ndarray
     packed: set[str] = field(default_factory=set)
     stats: list[RunStats] = field(default_factory=list)
+    #: with keep_intermediates: the tensors written into the arena so far (packed or computed by the fabric)
+    written: set[str] = field(default_factory=set)
 
 
 class Executor:
@@ -77,10 +79,10 @@ class Executor:
         self.inputs = m["inputs"]
         self.output_names = [o["name"] for o in m["outputs"]]
         self._layer_output = {la["layer_id"]: la["output"] for la in m["layers"]}
+        self._container = {name: t["inside"][0] for name, t in self.tensors.items() if "inside" in t}
         self._parts: dict[str, set[str]] = {}
-        for name, t in self.tensors.items():
-            if "inside" in t:
-                self._parts.setdefault(t["inside"][0], set()).add(name)
+        for name, container in self._container.items():
+            self._parts.setdefault(container, set()).add(name)
 
     # -- one frame --------------------------------------------------------------------------------
 
@@ -136,15 +138,16 @@ class Executor:
 
     def _run_segment(self, frame: Frame, seg: dict) -> None:
         cfg = self.compiled.config
-        for name in seg["inputs"]:
-            if name in frame.packed:
-                continue
+        fresh = [name for name in seg["inputs"] if name not in frame.packed]
+        for name in fresh:
             t = self.tensors[name]
             data = pack_activation(frame.values[name].reshape(t["chw"]), cfg)
             frame.arena[t["offset"]: t["offset"] + data.size] = data
             frame.packed.add(name)
         image = self.compiled.images[seg["index"]]
         if self.keep_intermediates:
+            for name in fresh:
+                self._mark_written(frame, name)
             self._run_stepwise(frame, seg, image)
         else:
             frame.stats.append(self.accel.run_program(image, frame.arena))
@@ -157,7 +160,6 @@ class Executor:
         Each step is the program [instruction, END] placed over the segment's own instruction list, so
         weight and table addresses stay valid.
         """
-        written = set(frame.packed)
         for instr in self.compiled.programs()[seg["index"]][:-1]:
             step = image.copy()
             program = np.frombuffer(encode_program([instr], self.compiled.config.config_hash()), dtype=np.uint8)
@@ -165,15 +167,18 @@ class Executor:
             frame.stats.append(self.accel.run_program(step, frame.arena))
             out = self._layer_output[instr.layer_id]
             frame.values[out] = self.read_tensor(frame, out)
-            written.add(out)
-            done = True
-            while done:
-                done = False
-                for container, parts in self._parts.items():
-                    if container not in written and parts <= written:
-                        frame.values[container] = self.read_tensor(frame, container)
-                        written.add(container)
-                        done = True
+            self._mark_written(frame, out)
+
+    def _mark_written(self, frame: Frame, name: str) -> None:
+        """Note that ``name`` is now in the arena and read back the concatenation it completes, if any.
+
+        A concatenation is read exactly once, when its last part lands: later its bytes may hold other tensors.
+        """
+        frame.written.add(name)
+        container = self._container.get(name)
+        if container is not None and container not in frame.written and self._parts[container] <= frame.written:
+            frame.values[container] = self.read_tensor(frame, container)
+            self._mark_written(frame, container)
 
     def read_tensor(self, frame: Frame, name: str) -> np.ndarray:
         """A quantized tensor from the arena, in its ONNX shape and dtype."""

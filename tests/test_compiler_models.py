@@ -126,3 +126,26 @@ def test_arena_reuse_shrinks_the_arena():
     assert r.graph.arena_bytes == 8 * 64 * 64 + 16 * 32 * 32 == 49152
     roots = [n for n in r.graph.placements if n not in r.graph.aliases]
     assert without == sum(align(r.graph.placements[n].nbytes, 64) for n in roots)
+
+
+def test_compare_reads_an_in_place_concatenation_before_the_arena_reuses_it(tmp_path):
+    # both parts come from the CPU (packed into the concatenation in place); the segments after the next CPU
+    # node reuse the concatenation's bytes, so reading it back there (and not when it was packed) differs
+    b = QdqBuilder((3, 16, 16), seed=0)
+    t = b.conv(b.x, 8, 3, act="relu")
+    cat = b.concat([b.sigmoid(b.conv(t, 8, 3, act="none")), b.sigmoid(b.conv(t, 8, 1, act="none"))])
+    t = b.sigmoid(b.conv(b.conv(cat, 16, 3, act="relu"), 16, 3, act="none"))
+    for _ in range(3):
+        t = b.conv(t, 16, 3, act="relu")
+    b.output(t)
+    m = b.model()
+    compile_model(m, "pynq-z2", tmp_path / "out")
+    ex = Executor(tmp_path / "out", keep_intermediates=True)
+    container = next(la["output"] for la in ex.manifest["layers"] if la["kind"] == "CONCAT")
+    later = [ex.tensors[la["output"]] for la in ex.manifest["layers"] if la["segment"] == 2]
+    c = ex.tensors[container]
+    assert any(t["offset"] < c["offset"] + c["nbytes"] and c["offset"] < t["offset"] + t["nbytes"] for t in later)
+    x = random_input(m, 1)
+    frame = ex.execute(ex.prepare(x))
+    report = first_divergence(ex, frame, x)
+    assert report.text() == "compare: all 10 tensors equal to onnxruntime, bit for bit"

@@ -176,7 +176,8 @@ def test_symbolic_input_shape_is_refused():
     m = _conv_model().model()
     d = m.graph.input[0].type.tensor_type.shape.dim[2]
     d.dim_param = "H"
-    with pytest.raises(ModelError, match="symbolic or unknown shape"):
+    with pytest.raises(ModelError, match=r"^model: input 'x' has symbolic dimension 2 'H': give its size with "
+                                          r"--input-shape x:1,8,<H>,8$"):
         compile_model(m, "pynq-z2")
 
 

@@ -68,6 +68,11 @@ LAYOUT_OPS = frozenset({"Flatten", "Identity"})
 _ACT_TYPES = (np.int8, np.uint8)
 
 
+def _squeeze_single(a: np.ndarray) -> np.ndarray:
+    """A one-element array as a scalar array (per-tensor scales come as () or (1,))."""
+    return a.reshape(()) if a.size == 1 else a
+
+
 def _field_max(name: str) -> int:
     return INSTRUCTION_LAYOUT.by_name[name].max
 
@@ -160,8 +165,9 @@ class _Checker:
             self.add(node, Problem.BIAS, "bias is not DequantizeLinear of an int32 initializer")
             return
         if x_scale is not None and w_scale is not None:
-            expected = np.asarray(x_scale, np.float64) * np.asarray(w_scale, np.float64)
-            got = np.asarray(self.g.const(dq.input[1]), np.float64)
+            # a per-tensor scale may be a scalar or of shape (1,)
+            expected = _squeeze_single(np.asarray(x_scale, np.float64) * np.asarray(w_scale, np.float64))
+            got = _squeeze_single(np.asarray(self.g.const(dq.input[1]), np.float64))
             if got.shape != np.broadcast(got, expected).shape or not np.array_equal(np.broadcast_to(got, expected.shape), expected):
                 self.add(node, Problem.BIAS, "bias scale differs from input scale x weight scale")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from shiftpu.cli.main import app
+from shiftpu.cli.quantize import INPUT_SHAPE_HELP
 from shiftpu.errors import ShiftpuError
 
 
@@ -30,10 +31,12 @@ def compile(
         "rtl", "--schedule",
         help="How the accelerator overlaps loads and computation, for the cost model that picks tilings and "
              "dataflows: rtl (the generated RTL) or overlapped (coarser: every load and store hidden)."),
+    input_shape: list[str] = typer.Option([], "--input-shape", help=INPUT_SHAPE_HELP),
 ) -> None:
     """Compile a quantized ONNX model into a program for the accelerator of a board; print the partition report."""
     from shiftpu.arch.isa import Dataflow
     from shiftpu.compiler.driver import compile_model
+    from shiftpu.compiler.onnx_import import parse_input_shapes
 
     names = {df.name.lower().replace("_", "-"): df for df in Dataflow}
     chosen = [d.strip() for d in dataflows.split(",") if d.strip()]
@@ -41,7 +44,10 @@ def compile(
     if unknown or not chosen:
         raise CliInputError(f"--dataflows: unknown dataflow(s) {', '.join(unknown) or '(none given)'}; "
                             f"choose from {', '.join(names)}")
-    result = compile_model(model, board, out, dump_passes, frozenset(names[d] for d in chosen), _schedule(schedule))
+    result = compile_model(model, board, out, dump_passes, frozenset(names[d] for d in chosen), _schedule(schedule),
+                           parse_input_shapes(input_shape))
+    for line in result.bound:
+        typer.echo(line)
     if not quiet:
         typer.echo(result.report)
     typer.echo(f"wrote {out} ({len(result.images)} fabric segment(s), {len(result.graph.cpu_nodes())} CPU node(s))")

@@ -10,6 +10,11 @@ import typer
 
 from shiftpu.cli.main import app
 
+#: help of the --input-shape option of check and compile
+INPUT_SHAPE_HELP = ("Fixed shape of a model input whose dimensions are symbolic: 1,3,224,224 for the only input, "
+                    "name:1,3,224,224 per input (repeat the option). Without it, a symbolic batch (first) dimension "
+                    "is bound to 1 and any other symbolic dimension is refused.")
+
 
 class WeightCodeOption(str, Enum):
     """Weight coding named on the command line."""
@@ -58,15 +63,21 @@ def check(
     model: Path = typer.Argument(..., help="Quantized ONNX model (QDQ form) to check."),
     weight_code: WeightCodeOption = typer.Option(WeightCodeOption.shift4, "--weight-code",
                                                  help="Weight coding of the target accelerator."),
+    input_shape: list[str] = typer.Option([], "--input-shape", help=INPUT_SHAPE_HELP),
 ) -> None:
     """Name every node that keeps the model from running whole on the accelerator; exit 0 only if none does."""
     from dataclasses import replace
 
     from shiftpu.arch.config import AccelConfig
+    from shiftpu.compiler.onnx_import import bind_input_shapes, parse_input_shapes, require_pow2_scales
     from shiftpu.compiler.quant.check import check_model
     from shiftpu.compiler.quant.onnxio import load_model
 
-    report = check_model(load_model(model), replace(AccelConfig(), weight_code=_weight_code(weight_code)))
+    onnx_model, bound = bind_input_shapes(load_model(model), parse_input_shapes(input_shape), str(model))
+    require_pow2_scales(onnx_model, str(model))
+    for line in bound:
+        typer.echo(line)
+    report = check_model(onnx_model, replace(AccelConfig(), weight_code=_weight_code(weight_code)))
     for line in report.lines():
         typer.echo(line)
     raise typer.Exit(0 if report.ok else 1)
