@@ -147,11 +147,15 @@ def synth_script(family: str, top: str = TOP_MODULE) -> str:
             f"tee -q -o stat.json stat -json\n")
 
 
-def synthesise(verilog: str, family: str, work_dir: Path, top: str = TOP_MODULE) -> tuple[dict[str, int], float]:
-    """Run ``synth_xilinx`` on a Verilog text in ``work_dir``; cell counts and measured seconds."""
+def synthesise(verilog: str, family: str, work_dir: Path, top: str = TOP_MODULE,
+               then: str = "") -> tuple[dict[str, int], float]:
+    """Run ``synth_xilinx`` on a Verilog text in ``work_dir``; cell counts and measured seconds.
+
+    ``then`` is Yosys commands run after synthesis in the same run (the timing report writes the netlist).
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "accel.v").write_text(verilog)
-    script = synth_script(family, top)
+    script = synth_script(family, top) + then
     start = time.perf_counter()
     try:
         run_yosys(script, work_dir, timeout=SYNTH_TIMEOUT_S)

@@ -52,6 +52,16 @@ from enum import Enum
 from shiftpu.arch import limits
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Dataflow, Instruction, Opcode
+from shiftpu.arch.latency import (
+    CONV_COMPUTE_LATENCY,
+    CONV_IC_SETUP,
+    CONV_ISSUE_LATENCY,
+    CONV_SETUP,
+    CONV_STORE_LATENCY,
+    CONV_STORE_SETUP,
+    CONV_TILE_SETUP,
+    CONV_W_SETUP,
+)
 from shiftpu.arch.layout import QPARAM_BYTES, ceil_div
 
 #: Cycles to fetch and decode one instruction (64 bytes) before its work starts.
@@ -234,7 +244,7 @@ def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, ob
             beats = ceil_div(s0 % per_beat + steps, per_beat)
         else:
             beats = steps * step_bits // cfg.axi_data_bits
-        total += 1 + lr + beats * beat
+        total += CONV_W_SETUP + 1 + lr + beats * beat
         n_beats += beats
     return total, n_beats * cfg.axi_bytes
 
@@ -245,16 +255,25 @@ def _blocks_spanned(c0: int, n: int, cb: int) -> int:
 
 
 def _row_loads(i: Instruction, kys: range, y: int, nblk: int, cols: int, beat: float, wait: int | None) -> float:
-    """Loader cycles for kernel rows ``kys`` of output row ``y``: per row and block L_ROW 1 + columns, plus the
-    read latency of the first row inside the tensor, less its leading padding columns (``wait``) and the
-    columns of the padding rows before it. The issuer queues the reads of all rows at once, so later rows
-    find their data arrived (the memory returns one beat per cycle, in order)."""
-    if not wait:
-        return len(kys) * nblk * (1 + cols * beat)
-    inside = [ky for ky in kys if 0 <= y * i.stride - i.pad_t + ky < i.in_h]
-    ahead = (inside[0] - kys[0]) * nblk if inside else 0  # padding rows the loader writes before it
-    first = max(0.0, wait - ahead * cols * beat) if inside else 0.0
-    return len(kys) * nblk * (1 + cols * beat) + first
+    """Loader cycles for kernel rows ``kys`` of output row ``y`` (each in ``nblk`` blocks): L_START 1, then per
+    row L_ROW 1 and its columns. A row inside the tensor cannot stream before its data: its read leaves the
+    issuer after CONV_ISSUE_LATENCY + 1 cycles per row up to it (the issuer walks padding rows at that pace
+    too) and its first beat comes ``wait`` later (``L_r`` less the leading padding columns). The issuer
+    queues the reads ahead, so later rows usually find their data arrived (the memory returns one beat per
+    cycle, in order)."""
+    row_cycles = cols * beat
+    if wait is None:
+        return 1 + len(kys) * nblk * (1 + row_cycles)
+    t = 2.0  # L_START, the first L_ROW: where the first row's columns would start
+    r = 0
+    for ky in kys:
+        inside = 0 <= y * i.stride - i.pad_t + ky < i.in_h
+        for _ in range(nblk):
+            if inside:
+                t = max(t, (r + 1) * (CONV_ISSUE_LATENCY + 1) + wait)
+            t += row_cycles + 1
+            r += 1
+    return t - 1
 
 
 @dataclass(frozen=True)
@@ -301,7 +320,8 @@ def _conv_rows(i: Instruction, cfg: AccelConfig, tiles: tuple[_Tile, ...], load_
         prev = (state, y, t) if interior else None
         t += 1  # ROW
         for j, tile in enumerate(tiles):
-            t += 2  # IC, IC_CHECK (kicks the loader unless the rows came ahead)
+            # IC, IC_SETUP (its last cycle kicks the loader unless the rows came ahead)
+            t += 1 + (1 if single and y > 0 else CONV_IC_SETUP)
             if pf_pending:
                 pf_pending = False
                 t = max(t, l_free) + 1  # LB_WAIT
@@ -317,7 +337,7 @@ def _conv_rows(i: Instruction, cfg: AccelConfig, tiles: tuple[_Tile, ...], load_
             if pf and y + 1 < i.out_h:
                 l_free = t + 1 + _row_loads(i, later, y + 1, tile.nblk, cols, beat, wait)
                 pf_pending = True
-            t += 1 + tile.compute + 1  # COMPUTE_INIT, compute, DRAIN
+            t += 1 + tile.compute + CONV_COMPUTE_LATENCY  # COMPUTE_INIT, compute, the pipeline
             if j == len(tiles) - 1:
                 k = max(t, s_free)  # STORE hands the row to the store
                 s_free = k + 1 + store
@@ -334,7 +354,8 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> 
     cb, po = cfg.channel_block, cfg.pe_oc
     group = min(po, cb)
     padded = ceil_div(i.out_c, cb) * cb
-    cycles = _fetch_cycles(cfg, beat, lr) + 1 + WRITE_LATENCY + lr - READ_LATENCY  # + FINISH
+    # SETUP; FINISH: the last row's beats leave the store's pipeline and their write responses come back
+    cycles = _fetch_cycles(cfg, beat, lr) + CONV_SETUP + 1 + CONV_STORE_LATENCY + WRITE_LATENCY + lr - READ_LATENCY
     compute = read = write = 0
     in_tiles = {o0: [(o0, min(i.oc_tile, i.out_c - o0))] if i.depthwise else
                 [(i0, min(i.ic_tile, i.in_c - i0)) for i0 in range(0, i.in_c, i.ic_tile)]
@@ -357,8 +378,9 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> 
             obs = ceil_div(ot, po)
             end_ch = padded - o0 if o0 + i.oc_tile >= i.out_c else ot
             qp_words = obs * po
-            # TILE, QP_CHECK, QP_CMD, then the bias/shift table: one 8-byte word per cycle
-            cycles += n * (3 + lr + max(qp_words, ceil_div(qp_words * QPARAM_BYTES, cfg.axi_bytes) * beat))
+            # TILE, TILE_SETUP, QP_CMD, then the bias/shift table: one 8-byte word per cycle
+            cycles += n * (2 + CONV_TILE_SETUP + lr
+                           + max(qp_words, ceil_div(qp_words * QPARAM_BYTES, cfg.axi_bytes) * beat))
             read += n * qp_words * QPARAM_BYTES
             for i0, it in tiles_of:
                 if (o0, i0) not in w_loads:
@@ -367,7 +389,7 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> 
                                 w_loads[o0, i0][0], not i.depthwise and i0 != 0) for i0, it in tiles_of)
             pf = limits.prefetches_rows(i.kh, i.stride, tiles[0].nblk, cols, single, cfg)
             dbl = limits.double_buffers_acc(obs, pgs, cfg)
-            store = ceil_div(end_ch, group) * (1 + sw * beat)
+            store = ceil_div(end_ch, group) * (CONV_STORE_SETUP + 1 + sw * beat)  # per group S_ADDR, S_CMD, beats
             key = (tiles, first_strip or reload, cols, store, pf, dbl, wait)
             if key not in rows:  # output tiles of one size are alike
                 rows[key] = _conv_rows(i, cfg, tiles, first_strip or reload, cols, store, pf, dbl, beat, wait)
@@ -397,7 +419,7 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
     for xs in range(0, i.out_w, cfg.strip_width):
         n = min(cfg.strip_width, i.out_w - xs)
         reps = i.out_h * nblk
-        out = 1 + n * beat + 1  # OUT_CMD, beats, NEXT
+        out = 1 + 1 + n * beat + 1  # OUT_CMD, the writer's hand-over to its data side, beats, NEXT
         if i.opcode is Opcode.POOL:
             cols = (n - 1) * i.stride + i.kw
             wait = _row_wait(i, xs, cols, lr)
@@ -412,8 +434,8 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
                     pad_rows = min((ky for ky in range(i.kh) if 0 <= ky - i.pad_t < i.in_h), default=0)
                     first_wait = max(0, wait - 1 - pad_rows)
         elif i.opcode is Opcode.ADD:
-            # SEG, LOAD 1 + n, OUT_CMD 1 + n beats (B streams in beside them), NEXT
-            cycles += reps * (1 + 1 + n * beat + 1 + n * beat + 1)
+            # SEG, LOAD 1 + n, OUT_CMD 1 + hand-over 1 + n beats (B streams in beside them), NEXT
+            cycles += reps * (1 + 1 + n * beat + 1 + 1 + n * beat + 1)
             read += reps * 2 * n * cb
             first_wait = max(0, lr - 1) if first_wait is None else first_wait
         else:

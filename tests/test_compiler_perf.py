@@ -23,34 +23,39 @@ def _conv(dataflow=Dataflow.PIXEL):
 
 
 def test_rtl_conv_cost_by_hand():
-    # fetch 1 + L_r 2 + 8 beats + latch, decode, retire 3; engine start 1, write drain 4     = 19
-    # strip/tile: TILE, QP_CHECK, QP_CMD 3 + L_r 2 + 8 table words                            = 13
+    # Derived by hand from the RTL's cycle model (docs/rtl.md) with the pipeline depths of arch/latency.py:
+    # SETUP 3, TILE_SETUP 3, IC_SETUP 5 (1 for later rows of one input tile), W_SETUP 4, issuer 3 + 1 per row,
+    # compute pipeline 6, store setup 3 per group and store pipeline 6.
+    # fetch 1 + L_r 2 + 8 beats + latch, decode, retire 3; SETUP 3; FINISH: start 1, store pipeline 6,
+    # write drain 4                                                                             = 28
+    # strip/tile: TILE 1, TILE_SETUP 3, QP_CMD 1 + L_r 2 + 8 table words                          = 15
     # 2 blocks x 10 input columns; 4 row slots fit the line buffer (prefetch), a row's 1 accumulator entry
-    # fits half the buffer (double-buffered store). Loader: (1 + 10) per row and block; the reads of a load are
-    # queued at once, so only its first row inside the tensor waits: max(0, L_r 2 - 1 leading pad column - the
-    # columns of the padding rows before it). Row 0 kernel rows 0-2 (row 0 outside: 2 blocks x 10 columns
-    # ahead, no wait) = 66, rows 1-6 kernel row 2 = 22 + 1 = 23, row 7 (input row 8 outside) = 22.
-    # Store: 1 group x (1 + 8 beats) = 9.
-    # row 0: ROW, IC, IC_CHECK (loader started), LB_WAIT until the loader is done (cycle 3 + 66), W_CHECK,
-    #        weights W_CMD 1 + L_r 2 + 144 steps x 32 bits / 64-bit beats 72 = 75, COMPUTE_INIT (starts
-    #        row 1's load) at 146, compute 144, DRAIN, STORE at 292 (store busy until 302), NEXT_ROW: 294
-    # rows 1-6: ROW, IC, IC_CHECK, LB_WAIT 1 (loaded ahead), W_CHECK, COMPUTE_INIT, 144, DRAIN, STORE,
-    #        NEXT_ROW: 153 each (loads of 23 and the store of 9 hidden)
-    # row 7: STORE at 6 x 153 + 294 + 151 = 1363, NEXT_ROW waits for the store (1363 + 1 + 9), exit  = 1374
+    # fits half the buffer (double-buffered store). Loader: L_START 1, (1 + 10) per row and block; a row
+    # inside the tensor streams no earlier than its read, issued after 4 cycles per row up to it, plus
+    # max(0, L_r 2 - 1 leading pad column) = 1. Row 0 kernel rows 0-2 (row 0 outside: the first inside row
+    # would start at 24, its data at 3 x 4 + 1 = 13) = 67; rows 1-6 kernel row 2: data at 4 + 1 = 5 instead of
+    # 2, so 26; row 7 (input row 8 outside) = 23. Store: 1 group x (3 + 1 + 8 beats) = 12.
+    # row 0: ROW, IC, IC_SETUP 5 (loader started) at 7, LB_WAIT until the loader is done (7 + 67 + 1),
+    #        W_CHECK, weights W_SETUP 4 + W_CMD 1 + L_r 2 + 144 steps x 32 bits / 64-bit beats 72 = 79,
+    #        COMPUTE_INIT (starts row 1's load) at 155, compute 144 + pipeline 6, STORE at 306 (store busy
+    #        until 319), NEXT_ROW: 308
+    # rows 1-6: ROW, IC, IC_SETUP 1, LB_WAIT 1 (loaded ahead), W_CHECK, COMPUTE_INIT, 144 + 6, STORE,
+    #        NEXT_ROW: 158 each (loads of 26 and the store of 12 hidden)
+    # row 7: STORE at 6 x 158 + 308 + 156 = 1412, NEXT_ROW waits for the store (1412 + 1 + 12), exit = 1426
     c = instruction_cost(_conv(), CFG, 8.0)
-    assert c == InstrCost(cycles=19 + 13 + 1374, compute_cycles=1152, stall_cycles=254,
+    assert c == InstrCost(cycles=28 + 15 + 1426, compute_cycles=1152, stall_cycles=317,
                           read_bytes=10 * 2 * 10 * 8 + 64 + 72 * 8, write_bytes=512, macs=73728)
 
 
 def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
     # the same layer on 512 bytes of line buffer (3 row slots: no prefetch) and one accumulator entry
-    # (the PE array waits for the store): every later row loads its kernel row after IC_CHECK (LB_WAIT
-    # 23 + 1, row 7 22 + 1) and COMPUTE_INIT waits for the store of the previous row (done by then):
-    # rows 1-6: 153 + 23 = 176 each; row 7 starts at 294 + 6 x 176 = 1350, STORE at 1350 + 27 + 146,
-    # NEXT_ROW waits for the store: + 1 + 9 + 1                                                  = 1534
+    # (the PE array waits for the store): every later row loads its kernel row after IC_SETUP (LB_WAIT
+    # 26 + 1, row 7 23 + 1) and COMPUTE_INIT waits for the store of the previous row (done by then):
+    # rows 1-6: 158 + 26 = 184 each; row 7 starts at 308 + 6 x 184 = 1412, STORE at 1412 + 3 + 24 + 2 + 151,
+    # NEXT_ROW waits for the store: + 1 + 12 + 1                                                   = 1605
     cfg = AccelConfig(strip_width=8, line_buffer_bytes=512, acc_buffer_words=64)
     c = instruction_cost(_conv(), cfg, 8.0)
-    assert c.cycles == 19 + 13 + 1534
+    assert c.cycles == 28 + 15 + 1605
 
 
 def test_several_input_tiles_reload_every_kernel_row():
@@ -63,10 +68,10 @@ def test_several_input_tiles_reload_every_kernel_row():
 
 def test_rtl_add_cost_by_hand():
     add = Instruction(Opcode.ADD, in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=16)
-    # fetch 14 + finish 2; 16 segments (8 rows x 2 blocks) of SEG 1, LOAD 1 + 8, OUT_CMD 1 + 8 beats (B streams
-    # in beside them), NEXT 1; every read is queued ahead, so only the first waits (L_r 2 - 1); on a DDR that
-    # moves a read and a write beat per cycle (16 bytes)
-    assert instruction_cost(add, CFG, 16.0) == InstrCost(16 + 16 * 20 + 1, 128, 209, 2048, 1024, 0)
+    # fetch 14 + finish 2; 16 segments (8 rows x 2 blocks) of SEG 1, LOAD 1 + 8, OUT_CMD 1 + the writer's
+    # hand-over 1 + 8 beats (B streams in beside them), NEXT 1; every read is queued ahead, so only the first
+    # waits (L_r 2 - 1); on a DDR that moves a read and a write beat per cycle (16 bytes)
+    assert instruction_cost(add, CFG, 16.0) == InstrCost(16 + 16 * 21 + 1, 128, 225, 2048, 1024, 0)
     # with 8 bytes per cycle in all, the 3072 bytes read and written take 384 cycles: the DDR bounds it
     assert instruction_cost(add, CFG, 8.0) == InstrCost(384, 128, 256, 2048, 1024, 0)
 
@@ -137,8 +142,9 @@ def test_dataflow_choice_follows_the_shape():
 
 def test_board_read_latency_by_hand():
     # 40 instead of 2 cycles from read command to first beat, 38 more for: the instruction fetch, the bias table,
-    # the one weight run and the write response at FINISH; row 0's load waits 40 - 1 leading pad column - 20
-    # columns of the padding row before its first read inside = 19 (0 with L_r 2): on the critical path; the
-    # later rows' loads (2 x 11 + 39 = 61 cycles) still hide behind 150 of compute
+    # the one weight run and the write response at FINISH; row 0's first read inside the tensor (its third row,
+    # issued at 3 x 4) brings data at 12 + 40 - 1 leading pad column = 51, where the loader would be at 24
+    # (27 more than with L_r 2): on the critical path; the later rows' loads (4 + 39 + 2 x 11 - 1 = 64 cycles)
+    # still hide behind 151 of compute and pipeline
     slow = instruction_cost(_conv(), CFG, 8.0, read_latency=40)
-    assert slow.cycles - instruction_cost(_conv(), CFG, 8.0).cycles == 38 * 4 + 19
+    assert slow.cycles - instruction_cost(_conv(), CFG, 8.0).cycles == 38 * 4 + 27

