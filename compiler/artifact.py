@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,20 +31,34 @@ class ArtifactError(ShiftpuError):
     """A compiled folder is missing, damaged or from another shiftpu/ISA version."""
 
 
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_folder(out_dir: Path, manifest: dict[str, Any], images: dict[str, np.ndarray], model: onnx.ModelProto,
                  report: str) -> None:
-    """Write the folder next to its destination, then move it into place: no half-written output remains."""
+    """Write the folder next to its destination, then move it into place: no half-written output remains.
+
+    The manifest written gains ``checksums``: the SHA-256 of every other file, verified by :func:`read_folder`.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ArtifactError(f"{out_dir}: exists and is not a folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = None
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         for name, img in images.items():
             (tmp / name).write_bytes(np.asarray(img, dtype=np.uint8).tobytes())
         onnx.save(model, str(tmp / MODEL_FILE))
         (tmp / REPORT_FILE).write_text(report)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        checksums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest | {"checksums": checksums}, indent=1) + "\n")
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
             os.replace(out_dir, old / "x")
@@ -51,8 +66,11 @@ def write_folder(out_dir: Path, manifest: dict[str, Any], images: dict[str, np.n
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise ArtifactError(f"{out_dir}: cannot write the compiled folder: {e.strerror or e}") from None
         raise
 
 
@@ -120,4 +138,22 @@ def read_folder(path: str | Path) -> CompiledFolder:
         if img.size != seg["const_bytes"]:
             raise ArtifactError(f"{f}: {img.size} bytes, the manifest says {seg['const_bytes']} (damaged file)")
         images.append(img)
+    _verify_checksums(path, m, [seg["const"] for seg in m["segments"]] + [MODEL_FILE, REPORT_FILE])
     return CompiledFolder(path, m, cfg, images)
+
+
+def _verify_checksums(path: Path, manifest: dict[str, Any], files: list[str]) -> None:
+    """Refuse a folder whose files differ from the SHA-256 recorded in its manifest, or that records none."""
+    sums = manifest.get("checksums")
+    if not isinstance(sums, dict):
+        raise ArtifactError(f"{path}: no checksums in {MANIFEST} (compiled before shiftpu recorded them, or edited): "
+                            "recompile the model")
+    for name in files:
+        f = path / name
+        if name not in sums:
+            raise ArtifactError(f"{path / MANIFEST}: no checksum for {name}: recompile the model")
+        if not f.is_file():
+            raise ArtifactError(f"{f}: missing (the manifest records its checksum)")
+        if sha256_file(f) != sums[name]:
+            raise ArtifactError(f"{f}: SHA-256 differs from the checksum in {MANIFEST}: the file changed after "
+                                "compilation (damaged or edited); recompile the model")

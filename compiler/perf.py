@@ -61,6 +61,9 @@ from shiftpu.arch.latency import (
     CONV_STORE_SETUP,
     CONV_TILE_SETUP,
     CONV_W_SETUP,
+    DECODE_CHECK,
+    ELT_ISSUE_LATENCY,
+    ELT_SETTLE,
 )
 from shiftpu.arch.layout import QPARAM_BYTES, ceil_div
 
@@ -215,8 +218,8 @@ def _row_wait(i: Instruction, x0: int, cols: int, lr: int) -> int | None:
 
 
 def _fetch_cycles(cfg: AccelConfig, beat: float, lr: int) -> float:
-    """Sequencer: fetch one 64-byte instruction (command, latency, beats), latch, decode, retire."""
-    return 1 + lr + 64 / cfg.axi_bytes * beat + 1 + 1 + 1
+    """Sequencer: fetch one 64-byte instruction (command, latency, beats), latch, check, decode, retire."""
+    return 1 + lr + 64 / cfg.axi_bytes * beat + 1 + DECODE_CHECK + 1 + 1
 
 
 def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, obs: int,
@@ -405,6 +408,11 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> 
     return InstrCost(total, compute, total - compute, read, write, conv_macs(i))
 
 
+#: Cycles the POOL/ADD/MOVE engine's first read arrives later than its first LOAD_COLS could take it, besides the
+#: memory's latency: the issuer's Q_CALC against the engine's SEG and SETTLE.
+_ISSUER_LAG = ELT_ISSUE_LATENCY - ELT_SETTLE - 1
+
+
 def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> InstrCost:
     """POOL, ADD and MOVE on the generated RTL, segment by segment (shiftpu/hw/eltwise.py).
 
@@ -423,26 +431,27 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
         if i.opcode is Opcode.POOL:
             cols = (n - 1) * i.stride + i.kw
             wait = _row_wait(i, xs, cols, lr)
-            # SEG, per kernel row LOAD 1 + P_NEXT 1; rows inside the tensor: their columns (max while streaming)
-            cycles += reps * (1 + i.kh * 2 + out)
+            # SEG, per kernel row SETTLE + LOAD 1 + P_NEXT 1; rows inside the tensor: their columns (max while
+            # streaming)
+            cycles += reps * (1 + i.kh * (ELT_SETTLE + 2) + out)
             if wait is not None:
                 cycles += nblk * pool_valid * cols * beat
                 read += nblk * pool_valid * cols * cb
                 if first_wait is None and pool_valid:
-                    # the first row inside: after the padding rows above it (LOAD and P_NEXT each), less the
-                    # issuer's cycle per padding row it skipped
+                    # the first row inside: the engine passes the padding rows above it (SETTLE, LOAD and P_NEXT
+                    # each) while the issuer skips them (Q_CALC and Q_RUN each)
                     pad_rows = min((ky for ky in range(i.kh) if 0 <= ky - i.pad_t < i.in_h), default=0)
-                    first_wait = max(0, wait - 1 - pad_rows)
+                    first_wait = max(0, wait + _ISSUER_LAG + pad_rows * (ELT_ISSUE_LATENCY - ELT_SETTLE - 1))
         elif i.opcode is Opcode.ADD:
-            # SEG, LOAD 1 + n, OUT_CMD 1 + hand-over 1 + n beats (B streams in beside them), NEXT
-            cycles += reps * (1 + 1 + n * beat + 1 + 1 + n * beat + 1)
+            # SEG, SETTLE, LOAD 1 + n, OUT_CMD 1 + hand-over 1 + n beats (B streams in beside them), NEXT
+            cycles += reps * (1 + ELT_SETTLE + 1 + n * beat + 1 + 1 + n * beat + 1)
             read += reps * 2 * n * cb
-            first_wait = max(0, lr - 1) if first_wait is None else first_wait
+            first_wait = max(0, lr + _ISSUER_LAG) if first_wait is None else first_wait
         else:
             cols = ceil_div(n, i.upsample)
-            cycles += reps * (1 + 1 + cols * beat + out)
+            cycles += reps * (1 + ELT_SETTLE + 1 + cols * beat + out)  # SEG, SETTLE, LOAD, columns, out
             read += reps * cols * cb
-            first_wait = max(0, lr - 1) if first_wait is None else first_wait
+            first_wait = max(0, lr + _ISSUER_LAG) if first_wait is None else first_wait
         write += reps * n * cb
     total = int(round(cycles + (first_wait or 0)))
     compute = i.out_h * i.out_w * nblk

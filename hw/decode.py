@@ -3,7 +3,8 @@
 ``INSTRUCTION`` and ``HEADER`` are ``StructLayout`` s built field by field from
 ``shiftpu.arch.isa.INSTRUCTION_LAYOUT`` / ``HEADER_LAYOUT`` (same names, widths, signedness and
 offsets; the unused top bits become ``reserved``). :func:`instruction_checks` states, in hardware, the
-checks of ``Instruction`` and ``shiftpu.arch.limits.violation`` that decide ILLEGAL_OPCODE and BAD_FIELD.
+checks of ``Instruction`` and ``shiftpu.arch.limits.violation`` that decide ILLEGAL_OPCODE and BAD_FIELD,
+as a pipeline of DECODE_CHECK register stages (the buffer needs are products of several fields).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from amaranth.lib import data
 
 from shiftpu.arch.bitfield import BitLayout
 from shiftpu.arch.isa import HEADER_LAYOUT, INSTRUCTION_LAYOUT, Dataflow, Opcode
+from shiftpu.arch.latency import DECODE_CHECK
 from shiftpu.arch.numerics import Activation
 from shiftpu.hw.params import HwParams
 
@@ -39,11 +41,11 @@ def _in_set(value, allowed) -> object:
 
 
 def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
-    """(illegal_opcode, bad_field) for the decoded instruction view ``i`` (combinational)."""
+    """(illegal_opcode, bad_field) of the decoded instruction view ``i``, registered: both are valid
+    DECODE_CHECK cycles after ``i`` changes (and while it holds)."""
     cfg = p.cfg
     illegal = Signal()
     bad = Signal()
-    m.d.comb += illegal.eq(~_in_set(i.opcode, Opcode))
     is_end = i.opcode == Opcode.END
     is_conv = i.opcode == Opcode.CONV
     is_pool = i.opcode == Opcode.POOL
@@ -61,14 +63,24 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
     channels = Mux(dw, i.oc_tile, i.ic_tile)
     cb_shift = (p.cb - 1).bit_length()
     px_shift = (cfg.pe_px - 1).bit_length()
-    lb_need = Signal(64)
-    wb_need = Signal(64)
-    acc_need = Signal(64)
-    m.d.comb += [
-        lb_need.eq(i.kh * ((i.strip_w - 1) * i.stride + i.kw) * (((channels + p.cb - 1) >> cb_shift) << cb_shift)),
-        wb_need.eq((i.oc_tile * Mux(dw, 1, i.ic_tile) * i.kh * i.kw * cfg.weight_code.bits + 7) >> 3),
+    # the buffer needs of shiftpu.arch.limits, one product per register stage
+    cols, ch_r, khkw, oc_ic, acc_need = Signal(20), Signal(17), Signal(6), Signal(32), Signal(40)
+    lb_rows, w_steps = Signal(24), Signal(40)
+    lb_need, wb_need = Signal(48), Signal(48)
+    over = Signal()
+    m.d.sync += [
+        cols.eq((i.strip_w - 1) * i.stride + i.kw),
+        ch_r.eq(((channels + p.cb - 1) >> cb_shift) << cb_shift),
+        khkw.eq(i.kh * i.kw),
+        oc_ic.eq(i.oc_tile * Mux(dw, 1, i.ic_tile)),
         acc_need.eq(i.oc_tile * (((i.strip_w + cfg.pe_px - 1) >> px_shift) << px_shift)),
+        lb_rows.eq(i.kh * cols),
+        w_steps.eq(oc_ic * khkw),
+        lb_need.eq(lb_rows * ch_r),
+        wb_need.eq((w_steps * cfg.weight_code.bits + 7) >> 3),
     ]
+    m.d.comb += over.eq((lb_need > cfg.line_buffer_bytes) | (wb_need > cfg.weight_buffer_bytes)
+                        | (acc_need > cfg.acc_buffer_words))
     problems = [
         i.reserved != 0,
         ~_in_set(i.dataflow, Dataflow),
@@ -89,9 +101,6 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
         is_conv & (i.strip_w > cfg.strip_width),
         is_conv & (i.oc_tile[: (cfg.pe_oc - 1).bit_length()] != 0) if cfg.pe_oc > 1 else 0,
         is_conv & dw & (i.ic_tile != i.oc_tile),
-        is_conv & (lb_need > cfg.line_buffer_bytes),
-        is_conv & (wb_need > cfg.weight_buffer_bytes),
-        is_conv & (acc_need > cfg.acc_buffer_words),
         is_conv & (i.ic_tile < i.in_c) & (i.ic_tile[:cb_shift] != 0) if p.cb > 1 else 0,
         is_conv & (i.dataflow == Dataflow.INPUT_CHANNEL) & (i.ic_tile < i.in_c)
         & (i.ic_tile[:px_shift] != 0) if cfg.pe_px > 1 else 0,
@@ -101,5 +110,13 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
     cond = 0
     for c in problems:
         cond = cond | c
-    m.d.comb += bad.eq(~illegal & cond)
+    # the cheap checks and the opcode wait in registers for the buffer needs
+    cheap = [Signal(name=f"field_check{k}") for k in range(DECODE_CHECK - 1)]
+    conv = [Signal(name=f"conv_check{k}") for k in range(DECODE_CHECK - 1)]
+    ill = [Signal(name=f"opcode_check{k}") for k in range(DECODE_CHECK - 1)]
+    m.d.sync += [cheap[0].eq(cond), conv[0].eq(is_conv), ill[0].eq(~_in_set(i.opcode, Opcode))]
+    for k in range(1, DECODE_CHECK - 1):
+        m.d.sync += [cheap[k].eq(cheap[k - 1]), conv[k].eq(conv[k - 1]), ill[k].eq(ill[k - 1])]
+    m.d.sync += [illegal.eq(ill[-1]), bad.eq(~ill[-1] & (cheap[-1] | (conv[-1] & over)))]
+    assert DECODE_CHECK == 4, "the stages above (3 products, the comparison) are the latency the cycle model counts"
     return illegal, bad

@@ -25,6 +25,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, wiring
 
 from shiftpu.arch.isa import Opcode
+from shiftpu.arch.latency import ELT_ISSUE_LATENCY, ELT_SETTLE
 from shiftpu.hw.conv_engine import engine_members
 from shiftpu.hw.params import ACT_WIDTH, ADD_WIDTH, HwParams
 from shiftpu.hw.postproc import Requantizer
@@ -62,37 +63,60 @@ class EltwiseEngine(wiring.Component):
         blk, y, xs, n = Signal(16), Signal(16), Signal(16), Signal(16)
         x, col, ky = Signal(16), Signal(16), Signal(3)
         nblk = (i.in_c + CB - 1) >> lcb
-        # source columns of the segment
+        # per-instruction sizes (the instruction holds from LATCH, several cycles before start)
+        in_plane, in_row, out_plane, out_row = Signal(32), Signal(32), Signal(32), Signal(32)
+        m.d.sync += [in_plane.eq((i.in_h * i.in_w) << lcb), in_row.eq(i.in_w << lcb),
+                     out_plane.eq((i.out_h * i.out_w) << lcb), out_row.eq(i.out_w << lcb)]
+        # source columns and row of the segment, through registered stages (settled in SETTLE)
         ix0 = Signal(signed(18))
         in_cols = Signal(16)
         iy = Signal(signed(18))
-        m.d.comb += [
+        vlo = Signal(signed(18))
+        vhi = Signal(signed(18))
+        row_ok, in_cols_m1 = Signal(), Signal(16)
+        has_cols = Signal()
+        col_lo_s, col_hi_s = Signal(16), Signal(16)
+        m.d.sync += [
             ix0.eq(Mux(is_pool, (xs * s).as_signed() - i.pad_l, xs >> up_sh)),
             in_cols.eq(Mux(is_pool, (n - 1) * s + i.kw, Mux(up_sh, ((xs + n - 1) >> 1) - (xs >> 1) + 1, n))),
             iy.eq((y * s).as_signed() - i.pad_t + ky),
+            vlo.eq(Mux(ix0 < 0, 0, ix0)), vhi.eq(Mux(ix0 + in_cols > i.in_w, i.in_w, ix0 + in_cols)),
+            row_ok.eq(~is_pool | ((iy >= 0) & (iy < i.in_h))), in_cols_m1.eq(in_cols - 1),
+            has_cols.eq(row_ok & (vhi > vlo)), col_lo_s.eq(vlo - ix0), col_hi_s.eq(vhi - ix0),
         ]
-        row_ok = ~is_pool | ((iy >= 0) & (iy < i.in_h))
-        vlo = Signal(signed(18))
-        vhi = Signal(signed(18))
-        m.d.comb += [vlo.eq(Mux(ix0 < 0, 0, ix0)), vhi.eq(Mux(ix0 + in_cols > i.in_w, i.in_w, ix0 + in_cols))]
-        has_cols = row_ok & (vhi > vlo)
         col_lo, col_hi = Signal(16), Signal(16)
+        # the output segment's DDR address, through registered stages (settled long before OUT_CMD)
+        o_base, o_plane, o_rowoff, o_addr = Signal(32), Signal(32), Signal(32), Signal(32)
+        m.d.sync += [o_base.eq(self.act_base + i.out_addr + (xs << lcb)), o_plane.eq(blk * out_plane),
+                     o_rowoff.eq(y * out_row), o_addr.eq(o_base + o_plane + o_rowoff)]
 
-        # -- the read issuer's copy of the loop nest (q_b: ADD's second operand of the segment) --
+        # -- the read issuer's copy of the loop nest (q_b: ADD's second operand of the segment); each command's
+        # address through ELT_ISSUE_LATENCY registered stages --
         q_blk, q_y, q_xs = Signal(16), Signal(16), Signal(16)
         q_ky, q_b = Signal(3), Signal()
-        q_n, q_in_cols, q_src_row = Signal(16), Signal(16), Signal(16)
-        q_ix0, q_iy, q_vlo, q_vhi = Signal(signed(18)), Signal(signed(18)), Signal(signed(18)), Signal(signed(18))
-        m.d.comb += [
+        q_n, q_ix0, q_row_pool, q_row_move = Signal(16), Signal(signed(18)), Signal(signed(18)), Signal(16)
+        q_base, q_plane = Signal(32), Signal(32)
+        q_in_cols, q_src_row, q_row_ok, q_ix0_2, q_base_plane = (Signal(16), Signal(16), Signal(), Signal(signed(18)),
+                                                                Signal(32))
+        q_vlo, q_vhi, q_rowoff, q_ok3, q_base3 = (Signal(signed(18)), Signal(signed(18)), Signal(32), Signal(),
+                                                   Signal(32))
+        q_addr, q_beats, q_has_cols = Signal(32), Signal(16), Signal()
+        m.d.sync += [
             q_n.eq(Mux(i.out_w - q_xs < p.seg_width, i.out_w - q_xs, p.seg_width)),
             q_ix0.eq(Mux(is_pool, (q_xs * s).as_signed() - i.pad_l, q_xs >> up_sh)),
-            q_in_cols.eq(Mux(is_pool, (q_n - 1) * s + i.kw, Mux(up_sh, ((q_xs + q_n - 1) >> 1) - (q_xs >> 1) + 1, q_n))),
-            q_iy.eq((q_y * s).as_signed() - i.pad_t + q_ky),
-            q_src_row.eq(Mux(is_pool, q_iy, q_y >> up_sh)),
-            q_vlo.eq(Mux(q_ix0 < 0, 0, q_ix0)),
-            q_vhi.eq(Mux(q_ix0 + q_in_cols > i.in_w, i.in_w, q_ix0 + q_in_cols)),
+            q_row_pool.eq((q_y * s).as_signed() - i.pad_t + q_ky), q_row_move.eq(q_y >> up_sh),
+            q_base.eq(self.act_base + Mux(q_b, i.in2_addr, i.in_addr)), q_plane.eq(q_blk * in_plane),
+            q_in_cols.eq(Mux(is_pool, (q_n - 1) * s + i.kw,
+                             Mux(up_sh, ((q_xs + q_n - 1) >> 1) - (q_xs >> 1) + 1, q_n))),
+            q_src_row.eq(Mux(is_pool, q_row_pool, q_row_move)),
+            q_row_ok.eq(~is_pool | ((q_row_pool >= 0) & (q_row_pool < i.in_h))),
+            q_ix0_2.eq(q_ix0), q_base_plane.eq(q_base + q_plane),
+            q_vlo.eq(Mux(q_ix0_2 < 0, 0, q_ix0_2)),
+            q_vhi.eq(Mux(q_ix0_2 + q_in_cols > i.in_w, i.in_w, q_ix0_2 + q_in_cols)),
+            q_rowoff.eq(q_src_row * in_row), q_ok3.eq(q_row_ok), q_base3.eq(q_base_plane),
+            q_addr.eq(q_base3 + q_rowoff + (q_vlo << lcb)), q_beats.eq(q_vhi - q_vlo),
+            q_has_cols.eq(q_ok3 & (q_vhi > q_vlo)),
         ]
-        q_has_cols = (~is_pool | ((q_iy >= 0) & (q_iy < i.in_h))) & (q_vhi > q_vlo)
 
         def lanes(w, signed_flag):
             out = []
@@ -151,20 +175,26 @@ class EltwiseEngine(wiring.Component):
             with m.State("Q_IDLE"):
                 with m.If(self.start):
                     m.d.sync += [q_blk.eq(0), q_y.eq(0), q_xs.eq(0), q_ky.eq(0), q_b.eq(0)]
+                    m.next = "Q_CALC"
+            with m.State("Q_CALC"):
+                q_wait = Signal(range(ELT_ISSUE_LATENCY + 1))
+                m.d.sync += q_wait.eq(q_wait + 1)
+                with m.If(q_wait == ELT_ISSUE_LATENCY - 1):
+                    m.d.sync += q_wait.eq(0)
                     m.next = "Q_RUN"
             with m.State("Q_RUN"):
                 q_next = Signal()
                 with m.If(q_has_cols):
                     m.d.comb += [
                         self.rd_cmd.valid.eq(1),
-                        self.rd_cmd.payload.addr.eq(self.act_base + Mux(q_b, i.in2_addr, i.in_addr)
-                                                    + ((((q_blk * i.in_h) + q_src_row) * i.in_w + q_vlo) << lcb)),
-                        self.rd_cmd.payload.beats.eq(q_vhi - q_vlo),
+                        self.rd_cmd.payload.addr.eq(q_addr),
+                        self.rd_cmd.payload.beats.eq(q_beats),
                         q_next.eq(self.rd_cmd.ready),
                     ]
                 with m.Else():
                     m.d.comb += q_next.eq(1)
                 with m.If(q_next):
+                    m.next = "Q_CALC"
                     with m.If(is_add & ~q_b):
                         m.d.sync += q_b.eq(1)
                     with m.Elif(is_pool & (q_ky != i.kh - 1)):
@@ -186,10 +216,16 @@ class EltwiseEngine(wiring.Component):
             with m.State("SEG"):
                 m.d.sync += [n.eq(Mux(i.out_w - xs < p.seg_width, i.out_w - xs, p.seg_width)), x.eq(0), ky.eq(0),
                              seen.eq(0)]
-                m.next = "LOAD"
+                m.next = "SETTLE"
+            with m.State("SETTLE"):  # the segment's (or kernel row's) source columns settle in their registers
+                settle = Signal(range(ELT_SETTLE + 1))
+                m.d.sync += settle.eq(settle + 1)
+                with m.If(settle == ELT_SETTLE - 1):
+                    m.d.sync += settle.eq(0)
+                    m.next = "LOAD"
             with m.State("LOAD"):  # the row's read (if any) was queued by the issuer
-                m.d.sync += [col.eq(0), x.eq(0), col_lo.eq(Mux(has_cols, vlo - ix0, 0)),
-                             col_hi.eq(Mux(has_cols, vhi - ix0, 0)), next_end.eq(i.kw - 1)]
+                m.d.sync += [col.eq(0), x.eq(0), col_lo.eq(Mux(has_cols, col_lo_s, 0)),
+                             col_hi.eq(Mux(has_cols, col_hi_s, 0)), next_end.eq(i.kw - 1)]
                 with m.If(~has_cols & is_pool):
                     m.next = "P_NEXT"
                 with m.Else():
@@ -206,7 +242,7 @@ class EltwiseEngine(wiring.Component):
                     with m.If(is_pool & (col == next_end)):  # output x's window is complete
                         m.d.comb += [m_wr.addr.eq(x), m_wr.data.eq(merged), m_wr.en.eq(1)]
                         m.d.sync += [x.eq(x + 1), next_end.eq(next_end + s)]
-                    with m.If(col == in_cols - 1):
+                    with m.If(col == in_cols_m1):
                         with m.If(is_pool):
                             m.d.sync += seen.eq(1)
                             m.next = "P_NEXT"
@@ -217,11 +253,10 @@ class EltwiseEngine(wiring.Component):
                 with m.If(ky == i.kh - 1):
                     m.next = "OUT_CMD"
                 with m.Else():
-                    m.next = "LOAD"
+                    m.next = "SETTLE"
             with m.State("OUT_CMD"):
                 m.d.comb += [self.wr_cmd.valid.eq(1), self.wr_cmd.payload.beats.eq(n),
-                             self.wr_cmd.payload.addr.eq(
-                                 self.act_base + i.out_addr + ((((blk * i.out_h) + y) * i.out_w + xs) << lcb))]
+                             self.wr_cmd.payload.addr.eq(o_addr)]
                 with m.If(self.wr_cmd.ready):
                     m.d.sync += x.eq(0)
                     m.next = "OUT_DATA"
@@ -245,7 +280,7 @@ class EltwiseEngine(wiring.Component):
                 with m.If(self.wr_idle & qfsm.ongoing("Q_IDLE")):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
-        waiting = ("LOAD", "LOAD_COLS", "OUT_CMD", "OUT_DATA", "FINISH")
+        waiting = ("SETTLE", "LOAD", "LOAD_COLS", "OUT_CMD", "OUT_DATA", "FINISH")
         m.d.comb += [self.stall.eq(Cat(*(fsm.ongoing(st) for st in waiting)).any()), self.failed.eq(0),
                      self.error_code.eq(0)]
         return m

@@ -4,7 +4,8 @@ A run: fetch the 64-byte header at CONST_BASE, check magic, ISA version and conf
 each instruction fetch its 64 bytes, check them (:func:`shiftpu.hw.decode.instruction_checks`), and run
 it on the CONV engine or the POOL/ADD/MOVE engine; END finishes the run. Cost of each fetch (header
 or instruction): 1 cycle for the command, the read latency, ``64 / beat bytes`` beats, 1 cycle to take
-the word; then 1 cycle to latch, 1 to decode and dispatch, and 1 after the engine finishes.
+the word; then 1 cycle to latch, DECODE_CHECK for the registered checks, 1 to decode and dispatch, and 1 after
+the engine finishes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.isa import INSTR_BITS, INSTR_BYTES, ISA_VERSION, PROGRAM_MAGIC, Opcode
+from shiftpu.arch.latency import DECODE_CHECK
 from shiftpu.arch.regmap import ErrorCode
 from shiftpu.hw.axi_master import transfer_layout, write_beat_layout
 from shiftpu.hw.conv_engine import ConvEngine
@@ -137,7 +139,14 @@ class Sequencer(wiring.Component):
             with m.State("LATCH"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += instr.eq(word)
-                m.next = "DECODE"
+                m.next = "CHECK"
+            with m.State("CHECK"):  # the registered checks of the new instruction settle
+                m.d.comb += self.busy.eq(1)
+                check = Signal(range(DECODE_CHECK + 1))
+                m.d.sync += check.eq(check + 1)
+                with m.If(check == DECODE_CHECK - 1):
+                    m.d.sync += check.eq(0)
+                    m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(self.rd_error):

@@ -87,7 +87,7 @@ class Executor:
     # -- one frame --------------------------------------------------------------------------------
 
     def check_inputs(self, inputs: np.ndarray | list[np.ndarray] | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Inputs by name, with their dtype and shape checked against the model."""
+        """Inputs by name, with their dtype and shape checked against the model and every float value finite."""
         if isinstance(inputs, np.ndarray):
             inputs = [inputs]
         if isinstance(inputs, (list, tuple)):
@@ -106,6 +106,11 @@ class Executor:
                 raise ExecutorError(
                     f"input '{name}' must be {spec['dtype']} of shape {tuple(spec['shape'])}, "
                     f"got {x.dtype} of shape {tuple(x.shape)}")
+            if np.issubdtype(x.dtype, np.inexact):
+                bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+                if bad:
+                    raise ExecutorError(f"input '{name}' holds {bad} non-finite value(s) (NaN or Inf) of {x.size}: "
+                                        "quantization has no code for them")
             out[name] = x
         return out
 

@@ -26,8 +26,8 @@ def test_rtl_conv_cost_by_hand():
     # Derived by hand from the RTL's cycle model (docs/rtl.md) with the pipeline depths of arch/latency.py:
     # SETUP 3, TILE_SETUP 3, IC_SETUP 5 (1 for later rows of one input tile), W_SETUP 4, issuer 3 + 1 per row,
     # compute pipeline 6, store setup 3 per group and store pipeline 6.
-    # fetch 1 + L_r 2 + 8 beats + latch, decode, retire 3; SETUP 3; FINISH: start 1, store pipeline 6,
-    # write drain 4                                                                             = 28
+    # fetch 1 + L_r 2 + 8 beats + latch 1, CHECK 4, decode 1, retire 1; SETUP 3; FINISH: start 1, store
+    # pipeline 6, write drain 4                                                                  = 32
     # strip/tile: TILE 1, TILE_SETUP 3, QP_CMD 1 + L_r 2 + 8 table words                          = 15
     # 2 blocks x 10 input columns; 4 row slots fit the line buffer (prefetch), a row's 1 accumulator entry
     # fits half the buffer (double-buffered store). Loader: L_START 1, (1 + 10) per row and block; a row
@@ -43,7 +43,7 @@ def test_rtl_conv_cost_by_hand():
     #        NEXT_ROW: 158 each (loads of 26 and the store of 12 hidden)
     # row 7: STORE at 6 x 158 + 308 + 156 = 1412, NEXT_ROW waits for the store (1412 + 1 + 12), exit = 1426
     c = instruction_cost(_conv(), CFG, 8.0)
-    assert c == InstrCost(cycles=28 + 15 + 1426, compute_cycles=1152, stall_cycles=317,
+    assert c == InstrCost(cycles=32 + 15 + 1426, compute_cycles=1152, stall_cycles=321,
                           read_bytes=10 * 2 * 10 * 8 + 64 + 72 * 8, write_bytes=512, macs=73728)
 
 
@@ -55,7 +55,7 @@ def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
     # NEXT_ROW waits for the store: + 1 + 12 + 1                                                   = 1605
     cfg = AccelConfig(strip_width=8, line_buffer_bytes=512, acc_buffer_words=64)
     c = instruction_cost(_conv(), cfg, 8.0)
-    assert c.cycles == 28 + 15 + 1605
+    assert c.cycles == 32 + 15 + 1605
 
 
 def test_several_input_tiles_reload_every_kernel_row():
@@ -68,18 +68,21 @@ def test_several_input_tiles_reload_every_kernel_row():
 
 def test_rtl_add_cost_by_hand():
     add = Instruction(Opcode.ADD, in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=16)
-    # fetch 14 + finish 2; 16 segments (8 rows x 2 blocks) of SEG 1, LOAD 1 + 8, OUT_CMD 1 + the writer's
-    # hand-over 1 + 8 beats (B streams in beside them), NEXT 1; every read is queued ahead, so only the first
-    # waits (L_r 2 - 1); on a DDR that moves a read and a write beat per cycle (16 bytes)
-    assert instruction_cost(add, CFG, 16.0) == InstrCost(16 + 16 * 21 + 1, 128, 225, 2048, 1024, 0)
-    # with 8 bytes per cycle in all, the 3072 bytes read and written take 384 cycles: the DDR bounds it
-    assert instruction_cost(add, CFG, 8.0) == InstrCost(384, 128, 256, 2048, 1024, 0)
+    # fetch 18 + finish 2; 16 segments (8 rows x 2 blocks) of SEG 1, SETTLE 3, LOAD 1 + 8, OUT_CMD 1 + the
+    # writer's hand-over 1 + 8 beats (B streams in beside them), NEXT 1; every read is queued ahead, so only the
+    # first waits: L_r 2, its issuer's Q_CALC 4 against SEG 1 and SETTLE 3; on a DDR that moves a read and a
+    # write beat per cycle (16 bytes)
+    assert instruction_cost(add, CFG, 16.0) == InstrCost(20 + 16 * 24 + 2, 128, 278, 2048, 1024, 0)
+    # with 8 bytes per cycle in all, the 3072 bytes read and written take 384 cycles: still under the engine's
+    # 406; with 4 bytes per cycle the DDR bounds it (768)
+    assert instruction_cost(add, CFG, 8.0).cycles == 406
+    assert instruction_cost(add, CFG, 4.0) == InstrCost(768, 128, 640, 2048, 1024, 0)
 
 
 def test_rtl_program_overhead_by_hand():
-    # header: command 1 + L_r 2 + 8 beats + check 1; END: fetch 14 + 2
+    # header: command 1 + L_r 2 + 8 beats + check 1; END: fetch 18 + 2
     assert program_overhead(CFG, 8.0) == 12
-    assert instruction_cost(Instruction(Opcode.END), CFG, 8.0).cycles == 16
+    assert instruction_cost(Instruction(Opcode.END), CFG, 8.0).cycles == 20
 
 
 def test_left_padding_hides_the_read_latency():

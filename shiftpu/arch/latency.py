@@ -7,6 +7,10 @@ Each figure is in clock cycles.
 
 from __future__ import annotations
 
+#: Sequencer: cycles of CHECK between an instruction's LATCH and its DECODE, in which the registered checks
+#: (buffer needs: products of several fields) settle.
+DECODE_CHECK = 4
+
 #: Register stages of a requantiser (sum; shift amounts; shift and rounding; round, activation, saturation).
 REQUANT_LATENCY = 4
 
@@ -31,3 +35,9 @@ CONV_STORE_SETUP = 3
 #: CONV store: stages from an accumulator read to the beat entering the output FIFO (buffer read, lane
 #: selection, requantiser; the lane placement is on the way into the FIFO).
 CONV_STORE_LATENCY = 2 + REQUANT_LATENCY
+
+#: POOL/ADD/MOVE engine: cycles of SETTLE before each LOAD, in which the segment's (or kernel row's) source
+#: columns and row settle in their registers.
+ELT_SETTLE = 3
+#: POOL/ADD/MOVE read issuer: cycles from a command's loop position to the command (Q_CALC).
+ELT_ISSUE_LATENCY = 4

@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
 
 from shiftpu.cli.main import app
+from shiftpu.cli.paths import atomic_file, check_output_file
+from shiftpu.errors import ShiftpuError
+from shiftpu.sw.device_backends import RuntimeBackend
+
+
+class BenchOptionError(ShiftpuError):
+    """An option of `shiftpu bench` that this backend would ignore."""
 
 
 @app.command()
 def bench(
     folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`)."),
-    backend: str = typer.Option("golden", "--backend",
-                                help="golden (golden model behind the driver), pynq-sim (PYNQ code path, simulated "
-                                     "device), rtl (RTL simulation behind the simulated PYNQ device), board."),
+    backend: RuntimeBackend = typer.Option(
+        RuntimeBackend.GOLDEN, "--backend", help="golden (golden model behind the driver), pynq-sim (PYNQ code path, "
+        "simulated device), rtl (RTL simulation behind the simulated PYNQ device), board."),
     frames: int = typer.Option(100, "--frames", "-n", min=1, help="Frames to push through the pipeline."),
     input: Path = typer.Option(None, "--input", "-i",
                                help="A .npy model input, or a folder of images; default: random frames of the "
                                     "model's input shape."),
-    bitstream: Path = typer.Option(None, "--bitstream", help="Board backend: the .bit (its .hwh next to it)."),
+    bitstream: Path = typer.Option(None, "--bitstream", help="board, pynq-sim and rtl backends: the .bit (its .hwh "
+                                   "next to it) loaded on the board or the simulated PYNQ device."),
     depth: int = typer.Option(2, "--depth", min=1, help="Frames queued between stages."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     trace: Path = typer.Option(None, "--trace", help="Write a Chrome trace JSON of the stages (open in Perfetto)."),
@@ -33,8 +42,19 @@ def bench(
     power measured from PMBus rails on boards that have them, else estimated)."""
     from shiftpu.sw.bench_run import BenchOptions, run_bench
 
-    result = run_bench(BenchOptions(folder=folder, backend=backend, frames=frames, input=input, bitstream=bitstream,
-                                    depth=depth, trace=trace, gantt=gantt, timeout_s=timeout_s))
+    if bitstream is not None and backend is RuntimeBackend.GOLDEN:
+        raise BenchOptionError("--bitstream applies to the board, pynq-sim and rtl backends only: the golden "
+                               "backend loads no bitstream")
+    outputs = {"--trace": trace, "--gantt": gantt}
+    for option, path in outputs.items():
+        if path is not None:
+            check_output_file(path, option)
+    with ExitStack() as stack:  # trace and chart appear only when the whole run succeeded
+        partial = {option: stack.enter_context(atomic_file(path)) if path is not None else None
+                   for option, path in outputs.items()}
+        result = run_bench(BenchOptions(folder=folder, backend=backend.value, frames=frames, input=input,
+                                        bitstream=bitstream, depth=depth, trace=partial["--trace"],
+                                        gantt=partial["--gantt"], timeout_s=timeout_s))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -8,8 +8,14 @@ from pathlib import Path
 import typer
 
 from shiftpu.cli.main import app
+from shiftpu.cli.paths import atomic_file, atomic_folder, check_output_file, check_output_folder, made_parents
 from shiftpu.cli.quantize import INPUT_SHAPE_HELP
+from shiftpu.compiler.perf import Schedule
 from shiftpu.errors import ShiftpuError
+from shiftpu.sw.device_backends import RuntimeBackend
+
+#: Backends of `run` that load a bitstream (on the board, or on PYNQ's simulated device).
+BITSTREAM_BACKENDS = (RuntimeBackend.BOARD, RuntimeBackend.PYNQ_SIM)
 
 
 class CliInputError(ShiftpuError):
@@ -19,22 +25,25 @@ class CliInputError(ShiftpuError):
 @app.command()
 def compile(
     model: Path = typer.Argument(..., help="Quantized ONNX model (QDQ form, docs/quantized-onnx.md)."),
-    board: str = typer.Option("ultra96v2", "--board", "-b", help="Target board: pynq-z2, ultra96v2, zcu104, kv260."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically; replaced if it exists)."),
+    board: str = typer.Option("ultra96v2", "--board", "-b", metavar="<board>",
+                              help="Target board: pynq-z2, ultra96v2, zcu104, kv260."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically; replaced if it exists and "
+                             "holds an earlier compiled model, refused if it holds other files)."),
     dump_passes: Path = typer.Option(None, "--dump-passes", help="Write the IR after import and after every pass here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the partition report."),
     dataflows: str = typer.Option(
-        "pixel,input-channel,depthwise", "--dataflows",
+        "pixel,input-channel,depthwise", "--dataflows", metavar="<list>",
         help="PE-array mappings the target accelerator implements (comma-separated); the cost model chooses among "
              "them per layer. Without depthwise, depthwise convolutions run as dense ones."),
-    schedule: str = typer.Option(
-        "rtl", "--schedule",
+    schedule: Schedule = typer.Option(
+        Schedule.RTL, "--schedule",
         help="How the accelerator overlaps loads and computation, for the cost model that picks tilings and "
              "dataflows: rtl (the generated RTL) or overlapped (coarser: every load and store hidden)."),
     input_shape: list[str] = typer.Option([], "--input-shape", help=INPUT_SHAPE_HELP),
 ) -> None:
     """Compile a quantized ONNX model into a program for the accelerator of a board; print the partition report."""
     from shiftpu.arch.isa import Dataflow
+    from shiftpu.compiler.artifact import MANIFEST
     from shiftpu.compiler.driver import compile_model
     from shiftpu.compiler.onnx_import import parse_input_shapes
 
@@ -44,8 +53,12 @@ def compile(
     if unknown or not chosen:
         raise CliInputError(f"--dataflows: unknown dataflow(s) {', '.join(unknown) or '(none given)'}; "
                             f"choose from {', '.join(names)}")
-    result = compile_model(model, board, out, dump_passes, frozenset(names[d] for d in chosen), _schedule(schedule),
-                           parse_input_shapes(input_shape))
+    check_output_folder(out, "--out", marker=MANIFEST)
+    if dump_passes is not None:
+        check_output_folder(dump_passes, "--dump-passes")
+    with made_parents(out.parent):
+        result = compile_model(model, board, out, dump_passes, frozenset(names[d] for d in chosen), schedule,
+                               parse_input_shapes(input_shape))
     for line in result.bound:
         typer.echo(line)
     if not quiet:
@@ -62,15 +75,6 @@ def disasm(folder: Path = typer.Argument(..., help="Compiled folder (from `shift
     typer.echo(disassemble(read_folder(folder)))
 
 
-def _schedule(name: str):
-    from shiftpu.compiler.perf import Schedule
-
-    try:
-        return Schedule(name)
-    except ValueError:
-        raise CliInputError(f"--schedule must be one of {', '.join(s.value for s in Schedule)}, got {name!r}") from None
-
-
 def _load_input(path: Path):
     import numpy as np
 
@@ -82,10 +86,28 @@ def _load_input(path: Path):
         raise CliInputError(f"{path}: not a readable .npy array: {e}") from None
 
 
-def _estimate_for(compiled, backend: str, sim_latency: int | None) -> str:
+def _npy_path(path: Path) -> Path:
+    """Where ``numpy.save`` puts an array asked to go to ``path``: ``.npy`` appended unless it ends so."""
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+
+
+def _check_run_options(backend: RuntimeBackend, images: bool, bitstream: Path | None, compare: bool,
+                       ddr_latency: bool) -> None:
+    """Refuse options that this backend or kind of input would ignore."""
+    if bitstream is not None and backend not in BITSTREAM_BACKENDS:
+        raise CliInputError(f"--bitstream applies to the {' and '.join(b.value for b in BITSTREAM_BACKENDS)} "
+                            f"backends only: the {backend.value} backend loads no bitstream")
+    if ddr_latency and backend is not RuntimeBackend.RTL:
+        raise CliInputError("--ddr-latency applies to the rtl backend only")
+    for flag, given in (("--compare", compare), ("--ddr-latency", ddr_latency)):
+        if given and images:
+            raise CliInputError(f"{flag} applies to a .npy input only, not to a folder of images")
+
+
+def _estimate_for(compiled, backend: RuntimeBackend, sim_latency: int | None) -> str:
     """The performance model's cycles for what the backend measures (the simulation's memory or the board)."""
     board_cycles = compiled.manifest["estimate"]["cycles"]
-    if backend != "rtl":
+    if backend is not RuntimeBackend.RTL:
         return f"{board_cycles} cycles estimated by the performance model for the board"
     from shiftpu.compiler.estimate import simulation_estimate
     from shiftpu.compiler.perf import READ_LATENCY
@@ -101,10 +123,14 @@ def run(
     folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`)."),
     input: Path = typer.Option(..., "--input", "-i", help="Model input as .npy (dtype and shape of the model input), "
                                "or a folder of images (detections JSON and drawn images go to --output, a folder)."),
-    output: Path = typer.Option(None, "--output", "-o", help="Write the first model output here (.npy)."),
-    backend: str = typer.Option("golden", "--backend", help="golden (bit-exact model), rtl (RTL simulation), "
-                                "pynq-sim (PYNQ's own Overlay/MMIO on a simulated device), board (a Zynq board)."),
-    bitstream: Path = typer.Option(None, "--bitstream", help="board backend: the .bit (its .hwh next to it)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the first model output here (.npy, appended "
+                                "if the name lacks it); with a folder of images, the folder for the detections "
+                                "(default: detections; an earlier one, holding detections.json, is replaced)."),
+    backend: RuntimeBackend = typer.Option(
+        RuntimeBackend.GOLDEN, "--backend", help="golden (bit-exact model), rtl (RTL simulation), pynq-sim (PYNQ's "
+        "own Overlay/MMIO on a simulated device), board (a Zynq board)."),
+    bitstream: Path = typer.Option(None, "--bitstream", help="board and pynq-sim backends: the .bit (its .hwh next "
+                                   "to it)."),
     compare: bool = typer.Option(False, "--compare",
                                  help="Also run onnxruntime and name the first tensor that differs, and by how much."),
     ddr_latency: bool = typer.Option(False, "--ddr-latency",
@@ -115,37 +141,44 @@ def run(
     """Run a compiled model on a backend; optionally compare every layer with onnxruntime."""
     import numpy as np
 
+    _check_run_options(backend, input.is_dir(), bitstream, compare, ddr_latency)
     if input.is_dir():
         from shiftpu.sw.images import run_image_folder
 
-        typer.echo(f"wrote {run_image_folder(folder, input, output or Path('detections'), backend, bitstream=bitstream)}")
+        out_dir = output or Path("detections")
+        check_output_folder(out_dir, "--output", marker="detections.json")
+        with atomic_folder(out_dir) as tmp:
+            written = run_image_folder(folder, input, tmp, backend.value, bitstream=bitstream)
+        typer.echo(f"wrote {out_dir / written.name}")
         return
 
     from shiftpu.sw.executor import Executor
 
+    if output is not None:
+        output = _npy_path(output)
+        check_output_file(output, "--output")
     x = _load_input(input)
-    accel = backend
+    probe = Executor(folder)
+    probe.check_inputs(x)  # before a backend that may take minutes to build
+    compiled = probe.compiled
+    accel = backend.value
     sim_latency = None  # read latency of the simulated memory, as the performance model counts it
     if ddr_latency:
-        if backend != "rtl":
-            raise CliInputError("--ddr-latency applies to the rtl backend only")
         from shiftpu.boards import load_board
         from shiftpu.sim.rtl import RtlAccelerator
 
-        compiled = Executor(folder).compiled
         accel = RtlAccelerator.with_read_latency(compiled.config, load_board(compiled.board).ddr_read_latency_cycles)
         sim_latency = accel.read_latency
-    if backend in ("board", "pynq-sim"):
-        from shiftpu.sw.device_backends import open_backend
+    if backend in (RuntimeBackend.BOARD, RuntimeBackend.PYNQ_SIM):
+        from shiftpu.sw.device_backends import open_accelerator
 
-        compiled = Executor(folder).compiled
-        accel = open_backend(backend, compiled.config, compiled.board, bitstream)
-    ex = Executor(folder, accel, keep_intermediates=compare)
+        accel = open_accelerator(backend, compiled.config, compiled.board, bitstream)
+    ex = Executor(compiled, accel, keep_intermediates=compare)
     frame = ex.execute(ex.prepare(x))
     outs = ex.finish(frame)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        np.save(output, outs[0])
+        with atomic_file(output) as tmp, tmp.open("wb") as f:
+            np.save(f, outs[0])
         typer.echo(f"wrote {output}: {outs[0].dtype} {tuple(outs[0].shape)}")
     for name, y in zip(ex.output_names, outs, strict=True):
         typer.echo(f"output {name}: {y.dtype} {tuple(y.shape)} min {y.min():g} max {y.max():g}")
@@ -153,7 +186,8 @@ def run(
     if measured:
         cycles = sum(s.cycles for s in measured)
         mhz = ex.compiled.config.clock_mhz
-        how = "measured, RTL simulation" if backend == "rtl" else f"measured on the {backend} backend"
+        how = ("measured, RTL simulation" if backend is RuntimeBackend.RTL
+               else f"measured on the {backend.value} backend")
         if sim_latency is not None:
             how += f", reads {sim_latency} cycles late as on the board"
         typer.echo(f"fabric: {cycles} cycles ({how}; {cycles / mhz / 1e3:.3f} ms at {mhz} MHz), "
@@ -172,7 +206,7 @@ def run(
 def estimate(
     folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object (fps, cycles, utilization, layers)."),
-    schedule: str = typer.Option(
+    schedule: Schedule = typer.Option(
         None, "--schedule",
         help="rtl: the generated RTL, whose line-buffer loader and store overlap the PE array where the buffers "
              "allow (agrees with the RTL simulation); overlapped: a coarser model, every load and store hidden "
@@ -184,7 +218,7 @@ def estimate(
     from shiftpu.compiler.estimate import estimate as estimate_programs
     from shiftpu.compiler.estimate import format_table
     c = read_folder(folder)
-    sched = _schedule(schedule or c.manifest["estimate"].get("schedule", "rtl"))
+    sched = schedule or Schedule(c.manifest["estimate"].get("schedule", "rtl"))
     b = load_board(c.board)
     names = {la["layer_id"]: la["name"] for la in c.manifest["layers"]}
     est = estimate_programs(c.programs(), c.config, b.ddr_bytes_per_cycle, names, c.board, sched,

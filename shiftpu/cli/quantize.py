@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from shiftpu.cli.main import app
+from shiftpu.cli.paths import atomic_file, check_output_file
 
 #: help of the --input-shape option of check and compile
 INPUT_SHAPE_HELP = ("Fixed shape of a model input whose dimensions are symbolic: 1,3,224,224 for the only input, "
@@ -48,11 +49,12 @@ def quantize(
 
     if act_bits not in (4, 8):
         raise ModelError(f"--act-bits must be 4 or 8, got {act_bits}")
+    check_output_file(output, "--output")
     float_model = load_model(model)
     data = load_calibration(calib)
     q, report = quantize_model(float_model, data, PtqOptions(_weight_code(weight_code), act_bits))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(q, str(output))
+    with atomic_file(output) as tmp:
+        onnx.save(q, str(tmp))
     for line in report.lines():
         typer.echo(line)
     typer.echo(f"wrote {output}")
@@ -98,8 +100,9 @@ def import_qonnx(
     from shiftpu.compiler.quant.onnxio import load_model
     from shiftpu.compiler.quant.qonnx_import import import_quantized
 
+    check_output_file(output, "--output")
     converted = import_quantized(load_model(model, validate=False), _weight_code(weight_code))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(converted, str(output))
+    with atomic_file(output) as tmp:
+        onnx.save(converted, str(tmp))
     report = check_model(converted)
     typer.echo(f"wrote {output}; shiftpu check: {'ok' if report.ok else f'{len(report.findings)} problem(s)'}")
