@@ -55,7 +55,7 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
 
     exp_h = Signal(signed(18))
     exp_w = Signal(signed(18))
-    m.d.comb += [
+    m.d.sync += [
         exp_h.eq(((i.in_h + i.pad_t + i.pad_b - i.kh).as_signed() >> (i.stride == 2)) + 1),
         exp_w.eq(((i.in_w + i.pad_l + i.pad_r - i.kw).as_signed() >> (i.stride == 2)) + 1),
     ]
@@ -88,7 +88,6 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
         ~is_end & ((i.out_bits != 4) & (i.out_bits != 8)),
         ~is_end & ((i.in_h == 0) | (i.in_w == 0) | (i.in_c == 0) | (i.out_h == 0) | (i.out_w == 0) | (i.out_c == 0)),
         windowed & ((i.kh == 0) | (i.kw == 0) | (i.stride == 0) | (i.stride == 3)),
-        windowed & ((exp_h != i.out_h) | (exp_w != i.out_w)),
         is_conv & dw & (i.in_c != i.out_c),
         is_conv & (dw != (i.dataflow == Dataflow.DEPTHWISE)),
         is_conv & ((i.strip_w == 0) | (i.ic_tile == 0) | (i.oc_tile == 0)),
@@ -107,16 +106,26 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
         is_conv & dw & (cfg.pe_oc > p.cb),
         is_conv & (i.dataflow == Dataflow.INPUT_CHANNEL) & (cfg.pe_px > p.cb),
     ]
-    cond = 0
-    for c in problems:
-        cond = cond | c
-    # the cheap checks and the opcode wait in registers for the buffer needs
-    cheap = [Signal(name=f"field_check{k}") for k in range(DECODE_CHECK - 1)]
+    # stage 1: each check in a register of its own (and the expected output size); stage 2: their OR
+    flags = []
+    for k, c in enumerate(problems):
+        flag = Signal(name=f"field_problem{k}")
+        m.d.sync += flag.eq(c)
+        flags.append(flag)
+    windowed1 = Signal()
+    m.d.sync += windowed1.eq(windowed)
+    cond = windowed1 & ((exp_h != i.out_h) | (exp_w != i.out_w))
+    for flag in flags:
+        cond = cond | flag
+    # the checks and the opcode wait in registers for the buffer needs
+    cheap = [Signal(name=f"field_check{k}") for k in range(DECODE_CHECK - 2)]
     conv = [Signal(name=f"conv_check{k}") for k in range(DECODE_CHECK - 1)]
     ill = [Signal(name=f"opcode_check{k}") for k in range(DECODE_CHECK - 1)]
     m.d.sync += [cheap[0].eq(cond), conv[0].eq(is_conv), ill[0].eq(~_in_set(i.opcode, Opcode))]
     for k in range(1, DECODE_CHECK - 1):
-        m.d.sync += [cheap[k].eq(cheap[k - 1]), conv[k].eq(conv[k - 1]), ill[k].eq(ill[k - 1])]
+        m.d.sync += [conv[k].eq(conv[k - 1]), ill[k].eq(ill[k - 1])]
+    for k in range(1, DECODE_CHECK - 2):
+        m.d.sync += cheap[k].eq(cheap[k - 1])
     m.d.sync += [illegal.eq(ill[-1]), bad.eq(~ill[-1] & (cheap[-1] | (conv[-1] & over)))]
     assert DECODE_CHECK == 4, "the stages above (3 products, the comparison) are the latency the cycle model counts"
     return illegal, bad
