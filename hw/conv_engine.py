@@ -196,8 +196,9 @@ class ConvEngine(wiring.Component):
         ky_first = Mux((y != 0) & single_tile, ky_later, 0)
         pf_pending = Signal()  # the rows of output row y were loaded ahead, while row y - 1 computed
 
-        for name in ("nblk", "blk_lo", "in_cols", "n_slots", "col_lo", "col_hi", "n_beats", "in_plane", "in_row"):
-            m.d.comb += getattr(loader, name).eq(locals()[name])
+        m.d.comb += [loader.nblk.eq(nblk), loader.blk_lo.eq(blk_lo), loader.in_cols.eq(in_cols),
+                     loader.n_slots.eq(n_slots), loader.col_lo.eq(col_lo), loader.col_hi.eq(col_hi),
+                     loader.n_beats.eq(n_beats), loader.in_plane.eq(in_plane), loader.in_row.eq(in_row)]
         m.d.comb += [loader.instr.eq(i), loader.in_base.eq(in_base_x),
                      loader.slot_base.eq(slot_base.as_value()[:len(loader.slot_base.as_value())]),
                      lb.wr_addr.eq(loader.lb_wr_addr), lb.wr_data.eq(loader.lb_wr_data), lb.wr_en.eq(loader.lb_wr_en)]
