@@ -16,7 +16,6 @@ register, so a bundle never runs on an overlay built for another config.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from shiftpu import __version__
 from shiftpu.arch.config import AccelConfig, ConfigError
 from shiftpu.boards.manifest import read_json_object
 from shiftpu.boards.vivado import HW_MANIFEST, read_hw_manifest
+from shiftpu.digest import sha256_file
 from shiftpu.errors import ShiftpuError
 
 BUNDLE_FORMAT = "shiftpu-bundle/1"
@@ -74,14 +74,6 @@ def model_config_hash(model_dir: Path) -> int:
     raise BundleError(f"{path}: missing field 'config_hash' (the accelerator config the model was compiled for)")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Bundle:
     """A bundle folder, read and checked."""
@@ -117,7 +109,7 @@ class Bundle:
             path = self.root / rel
             if not path.is_file():
                 raise BundleError(f"{self.root}: file {rel} is missing")
-            if _sha256(path) != digest:
+            if sha256_file(path) != digest:
                 raise BundleError(f"{self.root}: file {rel} changed since the bundle was made (SHA-256 differs)")
 
 
@@ -145,7 +137,7 @@ def make_bundle(model_dir: Path, hw_dir: Path, out_dir: Path) -> Bundle:
     shutil.copy2(hw_dir / hw["hwh"], overlay / "shiftpu.hwh")
     shutil.copy2(hw_dir / HW_MANIFEST, overlay / HW_MANIFEST)
     shutil.copytree(model_dir, out_dir / MODEL_DIR)
-    files = {str(p.relative_to(out_dir)): _sha256(p) for p in sorted(out_dir.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(out_dir)): sha256_file(p) for p in sorted(out_dir.rglob("*")) if p.is_file()}
     manifest = {
         "format": BUNDLE_FORMAT, "shiftpu_version": __version__, "board": hw["board"], "part": hw["part"],
         "config_hash": f"0x{hw_hash:08x}", "model_config_hash": f"0x{model_hash:08x}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import onnx
 from shiftpu import __version__
 from shiftpu.arch.config import AccelConfig, ConfigError
 from shiftpu.arch.isa import ISA_VERSION, Instruction, IsaError, decode_program
+from shiftpu.digest import sha256_file
 from shiftpu.errors import ShiftpuError
 
 MANIFEST = "manifest.json"
@@ -29,15 +29,6 @@ FORMAT_NAME = "shiftpu-compiled"
 
 class ArtifactError(ShiftpuError):
     """A compiled folder is missing, damaged or from another shiftpu/ISA version."""
-
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_folder(out_dir: Path, manifest: dict[str, Any], images: dict[str, np.ndarray], model: onnx.ModelProto,

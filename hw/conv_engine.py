@@ -41,6 +41,7 @@ from shiftpu.hw.gearbox import BeatsToWords
 from shiftpu.hw.line_buffer import LineBuffer
 from shiftpu.hw.params import HwParams, log2
 from shiftpu.hw.pe_array import acc_layout
+from shiftpu.hw.wait import wait_cycles
 from shiftpu.hw.weight_buffer import WeightBuffer
 
 QP_WORD_BITS = 64
@@ -63,14 +64,6 @@ def engine_members(p: HwParams) -> dict[str, wiring.Member]:
         "wr_data": Out(stream.Signature(write_beat_layout(p))),
         "wr_idle": In(1),
     }
-
-
-def _wait_state(m: Module, cycles, name: str):
-    """The condition that ends a state lasting ``cycles`` cycles (a counter of its own)."""
-    count = Signal(8, name=f"{name}_count")
-    last = count == cycles - 1
-    m.d.sync += count.eq(Mux(last, 0, count + 1))
-    return last
 
 
 class ConvEngine(wiring.Component):
@@ -279,7 +272,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += [x0.eq(0), o0.eq(0), w_valid.eq(0), err_code.eq(0)]
                     m.next = "SETUP"
             with m.State("SETUP"):
-                with m.If(_wait_state(m, CONV_SETUP, "setup")):
+                with m.If(wait_cycles(m, CONV_SETUP, "setup")):
                     m.next = "TILE"
             with m.State("TILE"):
                 m.d.sync += [
@@ -288,7 +281,7 @@ class ConvEngine(wiring.Component):
                 ]
                 m.next = "TILE_SETUP"
             with m.State("TILE_SETUP"):
-                with m.If(_wait_state(m, CONV_TILE_SETUP, "tile_setup")):
+                with m.If(wait_cycles(m, CONV_TILE_SETUP, "tile_setup")):
                     with m.If(acc_use > p.acc_entries):
                         m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
                         m.next = "FINISH"
@@ -317,7 +310,7 @@ class ConvEngine(wiring.Component):
                 m.next = "IC_SETUP"
             with m.State("IC_SETUP"):
                 # the per-input-tile values are recomputed for a new tile; later rows of one input tile reuse them
-                with m.If(_wait_state(m, Mux((y != 0) & single_tile, 1, CONV_IC_SETUP), "ic_setup")):
+                with m.If(wait_cycles(m, Mux((y != 0) & single_tile, 1, CONV_IC_SETUP), "ic_setup")):
                     with m.If(lb_bad):
                         m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
                         m.next = "FINISH"
@@ -343,7 +336,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += w_valid.eq(0)
                     m.next = "W_SETUP"
             with m.State("W_SETUP"):
-                with m.If(_wait_state(m, CONV_W_SETUP, "w_setup")):
+                with m.If(wait_cycles(m, CONV_W_SETUP, "w_setup")):
                     m.next = "W_CMD"
             with m.State("W_CMD"):
                 m.d.comb += [main_rd_valid.eq(1), main_rd_addr.eq(w_addr), main_rd_beats.eq(w_beats)]

@@ -23,6 +23,7 @@ from shiftpu.hw.axi_master import transfer_layout
 from shiftpu.hw.conv_compute import max_row_slots
 from shiftpu.hw.decode import INSTRUCTION
 from shiftpu.hw.params import HwParams
+from shiftpu.hw.wait import wait_cycles
 
 
 class LineLoader(wiring.Component):
@@ -87,10 +88,7 @@ class LineLoader(wiring.Component):
                     m.d.sync += [a_y.eq(self.y), a_ky.eq(self.ky0), a_b.eq(0)]
                     m.next = "A_CALC"
             with m.State("A_CALC"):
-                wait = Signal(range(CONV_ISSUE_LATENCY + 1))
-                m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == CONV_ISSUE_LATENCY - 1):
-                    m.d.sync += wait.eq(0)
+                with m.If(wait_cycles(m, CONV_ISSUE_LATENCY, "issue")):
                     m.next = "A_ROW"
             with m.State("A_ROW"):
                 a_next = Signal()

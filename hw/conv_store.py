@@ -20,6 +20,7 @@ from shiftpu.hw.decode import INSTRUCTION
 from shiftpu.hw.params import HwParams, log2
 from shiftpu.hw.pe_array import acc_layout
 from shiftpu.hw.postproc import Requantizer
+from shiftpu.hw.wait import wait_cycles
 
 #: One bias/shift record of the bias table (arch/layout.py: int32 bias, int8 shift, padded to 8 bytes).
 QP_RECORD = data.StructLayout({"bias": signed(32), "shift": signed(8)})
@@ -117,10 +118,8 @@ class ConvStore(wiring.Component):
                     m.d.sync += g.eq(0)
                     m.next = "S_ADDR"
             with m.State("S_ADDR"):
-                wait = Signal(range(CONV_STORE_SETUP + 1))
-                m.d.sync += [wait.eq(wait + 1), x.eq(0), acc_addr.eq(Mux(half, half_entries, 0) + ob_g)]
-                with m.If(wait == CONV_STORE_SETUP - 1):
-                    m.d.sync += wait.eq(0)
+                m.d.sync += [x.eq(0), acc_addr.eq(Mux(half, half_entries, 0) + ob_g)]
+                with m.If(wait_cycles(m, CONV_STORE_SETUP, "store_setup")):
                     m.next = "S_CMD"
             with m.State("S_CMD"):
                 m.d.comb += [self.wr_cmd.valid.eq(1), self.wr_cmd.payload.addr.eq(group_addr),

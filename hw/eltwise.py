@@ -29,6 +29,7 @@ from shiftpu.arch.latency import ELT_ISSUE_LATENCY, ELT_SETTLE
 from shiftpu.hw.conv_engine import engine_members
 from shiftpu.hw.params import ACT_WIDTH, ADD_WIDTH, HwParams
 from shiftpu.hw.postproc import Requantizer
+from shiftpu.hw.wait import wait_cycles
 
 
 def _log2(n: int) -> int:
@@ -177,10 +178,7 @@ class EltwiseEngine(wiring.Component):
                     m.d.sync += [q_blk.eq(0), q_y.eq(0), q_xs.eq(0), q_ky.eq(0), q_b.eq(0)]
                     m.next = "Q_CALC"
             with m.State("Q_CALC"):
-                q_wait = Signal(range(ELT_ISSUE_LATENCY + 1))
-                m.d.sync += q_wait.eq(q_wait + 1)
-                with m.If(q_wait == ELT_ISSUE_LATENCY - 1):
-                    m.d.sync += q_wait.eq(0)
+                with m.If(wait_cycles(m, ELT_ISSUE_LATENCY, "issue")):
                     m.next = "Q_RUN"
             with m.State("Q_RUN"):
                 q_next = Signal()
@@ -218,10 +216,7 @@ class EltwiseEngine(wiring.Component):
                              seen.eq(0)]
                 m.next = "SETTLE"
             with m.State("SETTLE"):  # the segment's (or kernel row's) source columns settle in their registers
-                settle = Signal(range(ELT_SETTLE + 1))
-                m.d.sync += settle.eq(settle + 1)
-                with m.If(settle == ELT_SETTLE - 1):
-                    m.d.sync += settle.eq(0)
+                with m.If(wait_cycles(m, ELT_SETTLE, "settle")):
                     m.next = "LOAD"
             with m.State("LOAD"):  # the row's read (if any) was queued by the issuer
                 m.d.sync += [col.eq(0), x.eq(0), col_lo.eq(Mux(has_cols, col_lo_s, 0)),

@@ -23,6 +23,7 @@ from shiftpu.hw.decode import HEADER, INSTRUCTION, instruction_checks
 from shiftpu.hw.eltwise import EltwiseEngine
 from shiftpu.hw.gearbox import BeatsToWords
 from shiftpu.hw.params import HwParams
+from shiftpu.hw.wait import wait_cycles
 
 
 class Sequencer(wiring.Component):
@@ -142,10 +143,7 @@ class Sequencer(wiring.Component):
                 m.next = "CHECK"
             with m.State("CHECK"):  # the registered checks of the new instruction settle
                 m.d.comb += self.busy.eq(1)
-                check = Signal(range(DECODE_CHECK + 1))
-                m.d.sync += check.eq(check + 1)
-                with m.If(check == DECODE_CHECK - 1):
-                    m.d.sync += check.eq(0)
+                with m.If(wait_cycles(m, DECODE_CHECK, "check")):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += self.busy.eq(1)
