@@ -63,7 +63,9 @@ from shiftpu.arch.latency import (
     CONV_W_SETUP,
     DECODE_CHECK,
     ELT_ISSUE_LATENCY,
+    ELT_OUT_LATENCY,
     ELT_SETTLE,
+    pool_tree_stages,
 )
 from shiftpu.arch.layout import QPARAM_BYTES, ceil_div
 
@@ -76,9 +78,9 @@ FILL = 8
 READ_LATENCY = 2
 #: Cycles from the last write beat until its response is back (FINISH of the CONV engine).
 WRITE_LATENCY = 4
-#: Cycles from the last segment of a POOL/ADD/MOVE to its retirement, measured on the RTL simulation
-#: (the last write response overlaps the engine's final NEXT state).
-STREAM_FINISH = 2
+#: Cycles from the last segment of a POOL/ADD/MOVE to its retirement: its last beat's way through the output
+#: pipeline and queue, and the write response (measured on the RTL simulation besides ELT_OUT_LATENCY).
+STREAM_FINISH = ELT_OUT_LATENCY + 4
 
 
 class Schedule(Enum):
@@ -427,13 +429,13 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
     for xs in range(0, i.out_w, cfg.strip_width):
         n = min(cfg.strip_width, i.out_w - xs)
         reps = i.out_h * nblk
-        out = 1 + 1 + n * beat + 1  # OUT_CMD, the writer's hand-over to its data side, beats, NEXT
+        out = 1 + n * beat + 1  # OUT_CMD, beats issued into the output pipeline, NEXT
         if i.opcode is Opcode.POOL:
             cols = (n - 1) * i.stride + i.kw
             wait = _row_wait(i, xs, cols, lr)
             # SEG, per kernel row SETTLE + LOAD 1 + P_NEXT 1; rows inside the tensor: their columns (max while
             # streaming)
-            cycles += reps * (1 + i.kh * (ELT_SETTLE + 2) + out)
+            cycles += reps * (1 + i.kh * (ELT_SETTLE + 2) + pool_tree_stages(cfg.max_kernel) - 1 + out)
             if wait is not None:
                 cycles += nblk * pool_valid * cols * beat
                 read += nblk * pool_valid * cols * cb
@@ -443,8 +445,8 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
                     pad_rows = min((ky for ky in range(i.kh) if 0 <= ky - i.pad_t < i.in_h), default=0)
                     first_wait = max(0, wait + _ISSUER_LAG + pad_rows * (ELT_ISSUE_LATENCY - ELT_SETTLE - 1))
         elif i.opcode is Opcode.ADD:
-            # SEG, SETTLE, LOAD 1 + n, OUT_CMD 1 + hand-over 1 + n beats (B streams in beside them), NEXT
-            cycles += reps * (1 + ELT_SETTLE + 1 + n * beat + 1 + 1 + n * beat + 1)
+            # SEG, SETTLE, LOAD 1 + n, OUT_CMD 1 + n beats (B taken as each is issued), NEXT
+            cycles += reps * (1 + ELT_SETTLE + 1 + n * beat + out)
             read += reps * 2 * n * cb
             first_wait = max(0, lr + _ISSUER_LAG) if first_wait is None else first_wait
         else:

@@ -88,25 +88,28 @@ class BurstReader(wiring.Component):
         ar_addr = Signal(p.addr_bits)
         ar_left = Signal(BEATS_BITS)
         r_left = Signal(BEATS_BITS)
+        r_any = Signal()  # r_left != 0, registered with it (so the data handshake is one gate deep)
         blen = burst_beats(p, ar_addr, ar_left)
 
         cmd_fire = self.cmd.valid & self.cmd.ready
         r_fire = self.rvalid & self.rready
         m.d.comb += [
-            self.idle.eq((ar_left == 0) & (r_left == 0)),
+            self.idle.eq((ar_left == 0) & ~r_any),
             self.cmd.ready.eq(ar_left == 0),
             self.araddr.eq(ar_addr), self.arlen.eq(blen - 1), self.arsize.eq(_size_code(p)),
             self.arburst.eq(BURST_INCR), self.arcache.eq(0b0011), self.arvalid.eq(ar_left != 0),
-            self.data.valid.eq(self.rvalid & (r_left != 0)),
+            self.data.valid.eq(self.rvalid & r_any),
             self.data.payload.eq(self.rdata),
-            self.rready.eq(self.data.ready & (r_left != 0)),
+            self.rready.eq(self.data.ready & r_any),
         ]
         with m.If(cmd_fire):
             m.d.sync += [ar_addr.eq(self.cmd.payload.addr), ar_left.eq(self.cmd.payload.beats)]
         with m.If(self.arvalid & self.arready):
             m.d.sync += [ar_addr.eq(ar_addr + (blen << _size_code(p))), ar_left.eq(ar_left - blen)]
         # beats still to come, of every command taken
-        m.d.sync += r_left.eq(r_left + Mux(cmd_fire, self.cmd.payload.beats, 0) - r_fire)
+        r_left_next = Signal(BEATS_BITS)
+        m.d.comb += r_left_next.eq(r_left + Mux(cmd_fire, self.cmd.payload.beats, 0) - r_fire)
+        m.d.sync += [r_left.eq(r_left_next), r_any.eq(r_left_next != 0)]
         error = Signal()
         with m.If(self.clear):
             m.d.sync += error.eq(0)

@@ -3,31 +3,29 @@
 Per channel group of ``G = min(pe_oc, cb)`` output channels: ``S_ADDR`` (CONV_STORE_SETUP cycles, in which the
 group's DDR address settles through registered products), ``S_CMD`` (the write command) and ``S_DATA`` (one
 accumulator read per beat, ``sw`` beats). A beat's read enters a pipeline (buffer read, lane selection, the
-pipelined requantisers, lane placement) and lands in an output FIFO CONV_STORE_LATENCY cycles later; the FIFO's
-registered output drives the AXI write data. Reads are only issued while the FIFO has room for every beat in
-flight (a credit counter), so the pipeline never stalls and a slow write channel only slows the reads.
+pipelined requantisers, lane placement) and lands in a :class:`~shiftpu.hw.beat_queue.BeatQueue`
+CONV_STORE_LATENCY cycles later; its registered output drives the AXI write data. Reads are only issued while
+the queue has room for every beat in flight, so the pipeline never stalls and a slow write channel only slows
+the reads.
 """
 
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from shiftpu.arch.latency import CONV_STORE_LATENCY, CONV_STORE_SETUP, REQUANT_LATENCY
+from shiftpu.arch.latency import CONV_STORE_LATENCY, CONV_STORE_SETUP
 from shiftpu.hw.axi_master import transfer_layout, write_beat_layout
+from shiftpu.hw.beat_queue import BeatQueue
 from shiftpu.hw.decode import INSTRUCTION
 from shiftpu.hw.params import HwParams, log2
 from shiftpu.hw.pe_array import acc_layout
 from shiftpu.hw.postproc import Requantizer
-from shiftpu.hw.wait import wait_cycles
+from shiftpu.hw.wait import delayed, wait_cycles
 
 #: One bias/shift record of the bias table (arch/layout.py: int32 bias, int8 shift, padded to 8 bytes).
 QP_RECORD = data.StructLayout({"bias": signed(32), "shift": signed(8)})
-#: Output FIFO depth: the beats in flight in the pipeline plus the FIFO's own turn-around, so that a
-#: group streams one beat per cycle when the write channel takes one per cycle.
-STORE_FIFO_DEPTH = 16
-
 
 def qp_row_layout(p: HwParams) -> data.ArrayLayout:
     """One entry of the bias table buffer: the records of pe_oc output channels."""
@@ -103,12 +101,11 @@ class ConvStore(wiring.Component):
         ob_g = g >> lrg if row_groups > 1 else g
         lane0 = c_base[:lcb] if CB > G else Const(0, 1)
 
-        # -- beat issue: one accumulator read per beat while the FIFO has room --
-        m.submodules.fifo = out_fifo = fifo.SyncFIFOBuffered(width=p.beat_bits + p.beat_bytes, depth=STORE_FIFO_DEPTH)
-        credit = Signal(range(STORE_FIFO_DEPTH + 1), init=STORE_FIFO_DEPTH)
+        # -- beat issue: one accumulator read per beat while the queue has room --
+        m.submodules.queue = queue = BeatQueue(p)
+        wiring.connect(m, wiring.flipped(self.wr_data), queue.wr_data)
         issue = Signal()
-        out_fire = self.wr_data.valid & self.wr_data.ready
-        m.d.sync += credit.eq(credit - issue + out_fire)
+        m.d.comb += queue.issue.eq(issue)
         acc_addr = Signal.like(self.acc_addr)
         m.d.comb += [self.acc_addr.eq(acc_addr), self.qp_addr.eq(ob_g)]
 
@@ -127,7 +124,7 @@ class ConvStore(wiring.Component):
                 with m.If(self.wr_cmd.ready):
                     m.next = "S_DATA"
             with m.State("S_DATA"):
-                m.d.comb += issue.eq(credit != 0)
+                m.d.comb += issue.eq(queue.room)
                 with m.If(issue):
                     m.d.sync += x.eq(x + 1)
                     if P > 1:
@@ -149,15 +146,8 @@ class ConvStore(wiring.Component):
         t1 = Signal(tag)  # with the accumulator buffer's read data
         m.d.sync += [t1.valid.eq(issue), t1.col.eq(x[:lp] if P > 1 else 0),
                      t1.row_grp.eq(g[:lrg] if row_groups > 1 else 0), t1.chan_ok.eq(chan_ok), t1.lane0.eq(lane0)]
-        t2 = Signal(tag)  # with the selected lanes, entering the requantisers
-        m.d.sync += t2.eq(t1)
-        tags = [t2]
-        for _ in range(REQUANT_LATENCY):
-            nxt = Signal(tag)
-            m.d.sync += nxt.eq(tags[-1])
-            tags.append(nxt)
-        t_out = tags[-1]
-        assert 2 + REQUANT_LATENCY == CONV_STORE_LATENCY
+        # then the selected lanes (the requantisers' input), then the requantisers
+        t_out = delayed(m, t1, CONV_STORE_LATENCY - 1, "out_tag")
 
         out_bytes = []
         for k in range(G):
@@ -184,11 +174,8 @@ class ConvStore(wiring.Component):
         m.d.comb += [
             beat.data.eq(Cat(*out_bytes) << (t_out.lane0 * 8)),
             beat.strb.eq(Const((1 << G) - 1, CB) << t_out.lane0),
-            out_fifo.w_stream.valid.eq(t_out.valid),
-            out_fifo.w_stream.payload.eq(beat),
-            self.wr_data.valid.eq(out_fifo.r_stream.valid),
-            self.wr_data.payload.eq(out_fifo.r_stream.payload),
-            out_fifo.r_stream.ready.eq(self.wr_data.ready),
+            queue.beat.valid.eq(t_out.valid),
+            queue.beat.payload.eq(beat),
         ]
         return m
 

@@ -6,34 +6,37 @@ one output row of one channel block. A read issuer walks the same loop nest ahea
 queues every read (each kernel row of a POOL window, ADD's two operands, MOVE's source row) in the burst
 reader, so only the first read of an instruction waits for the memory's latency ``L_r``; the data of the
 later ones has arrived by the time the engine takes it (the memory returns one beat per cycle, in order).
-Cost per segment in clock cycles:
+Every address is stepped along its loop or settles through registered stages; no product of instruction
+fields sits on a per-cycle path. Cost per segment in clock cycles:
 
-* MOVE: SEG 1, LOAD 1 + m (m input columns), OUT_CMD 1 + n beats, NEXT 1;
-* ADD: SEG 1, LOAD 1 + n, OUT_CMD 1 + n beats (the B operand streams in beside the output), NEXT 1;
-* POOL: SEG 1, per kernel row: LOAD 1 (+ in_cols when the row is inside the tensor), P_NEXT 1;
-  OUT_CMD 1 + n beats, NEXT 1.
+* MOVE: SEG 1, SETTLE, LOAD 1 + m (m input columns), OUT_CMD 1 + n beats, NEXT 1;
+* ADD: SEG 1, SETTLE, LOAD 1 + n, OUT_CMD 1 + n beats (the B operand is taken as each beat is issued), NEXT 1;
+* POOL: SEG 1, per kernel row: SETTLE, LOAD 1 (+ in_cols when the row is inside the tensor), P_NEXT 1;
+  P_DRAIN; OUT_CMD 1 + n beats, NEXT 1.
 
 POOL takes the maximum as the row streams in: the last kw input columns sit in a shift register, and when
-column c closes the window of output x (c = x * stride + kw - 1) the window's maximum is merged into the
-running maximum of x (one read-modify-write per cycle). Padding columns count as the smallest value; a window
-with no row inside the tensor gives the smallest value.
+column c closes the window of output x (c = x * stride + kw - 1) the window's maximum goes through a
+registered tree (``pool_tree_stages``) and is merged into the running maximum of x (a read-modify-write of
+the segment buffer, one per cycle). Values are compared with the sign bit flipped, so the smallest value is
+0 for signed and unsigned inputs alike: padding columns, and a window with no row inside the tensor, give it.
+
+Output beats are issued one per cycle into a fixed-latency pipeline (buffer read, lanes and ADD's shifted
+terms, the sum or selection, the pipelined requantisers: ELT_OUT_LATENCY stages) that ends in a
+:class:`~shiftpu.hw.beat_queue.BeatQueue`, whose registered FIFO output drives the AXI write data.
 """
 
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import memory, wiring
+from amaranth.lib import data, memory, wiring
 
 from shiftpu.arch.isa import Opcode
-from shiftpu.arch.latency import ELT_ISSUE_LATENCY, ELT_SETTLE
+from shiftpu.arch.latency import ELT_ISSUE_LATENCY, ELT_OUT_LATENCY, ELT_SETTLE, pool_tree_stages
+from shiftpu.hw.beat_queue import BeatQueue
 from shiftpu.hw.conv_engine import engine_members
-from shiftpu.hw.params import ACT_WIDTH, ADD_WIDTH, HwParams
+from shiftpu.hw.params import ACT_WIDTH, ADD_WIDTH, HwParams, log2
 from shiftpu.hw.postproc import Requantizer
-from shiftpu.hw.wait import wait_cycles
-
-
-def _log2(n: int) -> int:
-    return (n - 1).bit_length()
+from shiftpu.hw.wait import delayed, wait_cycles
 
 
 class EltwiseEngine(wiring.Component):
@@ -48,27 +51,47 @@ class EltwiseEngine(wiring.Component):
         m = Module()
         i = self.instr
         CB = p.cb
-        lcb = _log2(CB)
+        lcb = log2(CB)
+        K = p.cfg.max_kernel
+        SEG = p.seg_width
         word = unsigned(CB * 8)
         m.submodules.abuf = abuf = memory.Memory(shape=word, depth=p.elt_depth, init=[])
-        m.submodules.mbuf = mbuf = memory.Memory(shape=word, depth=p.seg_width, init=[])
-        a_wr, a_rd = abuf.write_port(), abuf.read_port(domain="comb")
-        K = p.cfg.max_kernel
-        m_wr, m_rd = mbuf.write_port(), mbuf.read_port(domain="comb")
+        m.submodules.mbuf = mbuf = memory.Memory(shape=word, depth=SEG, init=[])
+        a_wr, a_rd = abuf.write_port(), abuf.read_port()  # a_rd: the output pipeline's
+        m_wr = mbuf.write_port()
+        merge_rd = mbuf.read_port()  # the running maximum being merged
+        m_rd = mbuf.read_port()  # the output pipeline's
+        m.submodules.queue = queue = BeatQueue(p)
+        wiring.connect(m, wiring.flipped(self.wr_data), queue.wr_data)
 
-        is_pool = i.opcode == Opcode.POOL
-        is_add = i.opcode == Opcode.ADD
-        up_sh = Mux(i.opcode == Opcode.MOVE, i.upsample == 2, 0)
-        s = i.stride
-
-        blk, y, xs, n = Signal(16), Signal(16), Signal(16), Signal(16)
-        x, col, ky = Signal(16), Signal(16), Signal(3)
-        nblk = (i.in_c + CB - 1) >> lcb
-        # per-instruction sizes (the instruction holds from LATCH, several cycles before start)
+        # -- per-instruction values, registered (the instruction holds from LATCH, several cycles before start) --
+        is_pool, is_add, up_sh, s2 = Signal(), Signal(), Signal(), Signal()
+        kh_m1, out_h_m1, last_blk = Signal(3), Signal(16), Signal(16)
+        kw_ok = Signal(K)  # window column j (0: the newest) is inside the kernel
+        flip = Signal(word)  # the sign bit of every lane, for signed inputs: flipped values compare unsigned
         in_plane, in_row, out_plane, out_row = Signal(32), Signal(32), Signal(32), Signal(32)
-        m.d.sync += [in_plane.eq((i.in_h * i.in_w) << lcb), in_row.eq(i.in_w << lcb),
-                     out_plane.eq((i.out_h * i.out_w) << lcb), out_row.eq(i.out_w << lcb)]
-        # source columns and row of the segment, through registered stages (settled in SETTLE)
+        s_seg, s_row, pad_row = Signal(16), Signal(32), Signal(32)  # stride x segment, stride x row, pad_t x row
+        m.d.sync += [
+            is_pool.eq(i.opcode == Opcode.POOL), is_add.eq(i.opcode == Opcode.ADD),
+            up_sh.eq((i.opcode == Opcode.MOVE) & (i.upsample == 2)), s2.eq(i.stride == 2),
+            kh_m1.eq(i.kh - 1), out_h_m1.eq(i.out_h - 1), last_blk.eq(((i.in_c + CB - 1) >> lcb) - 1),
+            kw_ok.eq(Cat(*(i.kw > j for j in range(K)))),
+            flip.eq(Mux(i.in_signed, int("80" * CB, 16), 0)),
+            in_plane.eq((i.in_h * i.in_w) << lcb), in_row.eq(i.in_w << lcb),
+            out_plane.eq((i.out_h * i.out_w) << lcb), out_row.eq(i.out_w << lcb),
+            s_seg.eq(Mux(s2, SEG * 2, SEG)), s_row.eq(Mux(s2, in_row << 1, in_row)), pad_row.eq(i.pad_t * in_row),
+        ]
+
+        # -- the engine's loop nest: channel block, output row, segment; strided positions and address offsets
+        # stepped with their counters --
+        blk, y, xs, n, n_m1 = Signal(16), Signal(16), Signal(16), Signal(16), Signal(16)
+        x, col, ky = Signal(16), Signal(16), Signal(3)
+        xs_s, ys = Signal(16), Signal(16)  # xs * stride, y * stride
+        o_plane, o_rowoff = Signal(32), Signal(32)  # blk * out_plane, y * out_row
+        seg_last = Signal()  # this segment ends the output row
+        m.d.sync += [seg_last.eq(xs + SEG >= i.out_w), n_m1.eq(n - 1)]
+
+        # source columns and row of the segment or kernel row, through registered stages (settled in SETTLE)
         ix0 = Signal(signed(18))
         in_cols = Signal(16)
         iy = Signal(signed(18))
@@ -78,44 +101,51 @@ class EltwiseEngine(wiring.Component):
         has_cols = Signal()
         col_lo_s, col_hi_s = Signal(16), Signal(16)
         m.d.sync += [
-            ix0.eq(Mux(is_pool, (xs * s).as_signed() - i.pad_l, xs >> up_sh)),
-            in_cols.eq(Mux(is_pool, (n - 1) * s + i.kw, Mux(up_sh, ((xs + n - 1) >> 1) - (xs >> 1) + 1, n))),
-            iy.eq((y * s).as_signed() - i.pad_t + ky),
+            ix0.eq(Mux(is_pool, xs_s.as_signed() - i.pad_l, xs >> up_sh)),
+            in_cols.eq(Mux(is_pool, Mux(s2, (n - 1) << 1, n - 1) + i.kw,
+                           Mux(up_sh, ((xs + n - 1) >> 1) - (xs >> 1) + 1, n))),
+            iy.eq(ys.as_signed() - i.pad_t + ky),
             vlo.eq(Mux(ix0 < 0, 0, ix0)), vhi.eq(Mux(ix0 + in_cols > i.in_w, i.in_w, ix0 + in_cols)),
             row_ok.eq(~is_pool | ((iy >= 0) & (iy < i.in_h))), in_cols_m1.eq(in_cols - 1),
             has_cols.eq(row_ok & (vhi > vlo)), col_lo_s.eq(vlo - ix0), col_hi_s.eq(vhi - ix0),
         ]
-        col_lo, col_hi = Signal(16), Signal(16)
         # the output segment's DDR address, through registered stages (settled long before OUT_CMD)
-        o_base, o_plane, o_rowoff, o_addr = Signal(32), Signal(32), Signal(32), Signal(32)
-        m.d.sync += [o_base.eq(self.act_base + i.out_addr + (xs << lcb)), o_plane.eq(blk * out_plane),
-                     o_rowoff.eq(y * out_row), o_addr.eq(o_base + o_plane + o_rowoff)]
+        o_base, o_off, o_addr = Signal(32), Signal(32), Signal(32)
+        m.d.sync += [o_base.eq(self.act_base + i.out_addr + (xs << lcb)), o_off.eq(o_plane + o_rowoff),
+                     o_addr.eq(o_base + o_off)]
+        # the channels of the block that exist (the others are written as 0)
+        blk_c0 = Signal(16)
+        chan_ok = Signal(CB)
+        m.d.sync += [blk_c0.eq(blk << lcb), chan_ok.eq(Cat(*(blk_c0 + k < i.in_c for k in range(CB))))]
 
-        # -- the read issuer's copy of the loop nest (q_b: ADD's second operand of the segment); each command's
-        # address through ELT_ISSUE_LATENCY registered stages --
+        # -- the read issuer's copy of the loop nest; each segment's (or kernel row's) address through
+        # ELT_ISSUE_LATENCY registered stages; ADD's two operands (q_b: the second) in consecutive cycles --
         q_blk, q_y, q_xs = Signal(16), Signal(16), Signal(16)
         q_ky, q_b = Signal(3), Signal()
-        q_n, q_ix0, q_row_pool, q_row_move = Signal(16), Signal(signed(18)), Signal(signed(18)), Signal(16)
-        q_base, q_plane = Signal(32), Signal(32)
-        q_in_cols, q_src_row, q_row_ok, q_ix0_2, q_base_plane = (Signal(16), Signal(16), Signal(), Signal(signed(18)),
-                                                                Signal(32))
-        q_vlo, q_vhi, q_rowoff, q_ok3, q_base3 = (Signal(signed(18)), Signal(signed(18)), Signal(32), Signal(),
-                                                   Signal(32))
-        q_addr, q_beats, q_has_cols = Signal(32), Signal(16), Signal()
+        q_xs_s, q_ys = Signal(16), Signal(16)
+        q_plane, q_yrow, q_kyrow = Signal(32), Signal(32), Signal(32)  # q_blk * in_plane; source row offsets
+        q_seg_last = Signal()
+        m.d.sync += q_seg_last.eq(q_xs + SEG >= i.out_w)
+        q_n, q_ix0, q_row_pool = Signal(16), Signal(signed(18)), Signal(signed(18))
+        q_base, q_base_b, q_yk = Signal(32), Signal(32), Signal(32)
+        q_in_cols, q_row_ok, q_ix0_2, q_base_plane, q_base_plane_b, q_rowoff = (
+            Signal(16), Signal(), Signal(signed(18)), Signal(32), Signal(32), Signal(32))
+        q_vlo, q_vhi, q_ok3, q_base3, q_base3_b = Signal(signed(18)), Signal(signed(18)), Signal(), Signal(32), Signal(32)
+        q_addr, q_addr_b, q_beats, q_has_cols = Signal(32), Signal(32), Signal(16), Signal()
         m.d.sync += [
-            q_n.eq(Mux(i.out_w - q_xs < p.seg_width, i.out_w - q_xs, p.seg_width)),
-            q_ix0.eq(Mux(is_pool, (q_xs * s).as_signed() - i.pad_l, q_xs >> up_sh)),
-            q_row_pool.eq((q_y * s).as_signed() - i.pad_t + q_ky), q_row_move.eq(q_y >> up_sh),
-            q_base.eq(self.act_base + Mux(q_b, i.in2_addr, i.in_addr)), q_plane.eq(q_blk * in_plane),
-            q_in_cols.eq(Mux(is_pool, (q_n - 1) * s + i.kw,
+            q_n.eq(Mux(i.out_w - q_xs < SEG, i.out_w - q_xs, SEG)),
+            q_ix0.eq(Mux(is_pool, q_xs_s.as_signed() - i.pad_l, q_xs >> up_sh)),
+            q_row_pool.eq(q_ys.as_signed() - i.pad_t + q_ky),
+            q_base.eq(self.act_base + i.in_addr), q_base_b.eq(self.act_base + i.in2_addr), q_yk.eq(q_yrow + q_kyrow),
+            q_in_cols.eq(Mux(is_pool, Mux(s2, (q_n - 1) << 1, q_n - 1) + i.kw,
                              Mux(up_sh, ((q_xs + q_n - 1) >> 1) - (q_xs >> 1) + 1, q_n))),
-            q_src_row.eq(Mux(is_pool, q_row_pool, q_row_move)),
             q_row_ok.eq(~is_pool | ((q_row_pool >= 0) & (q_row_pool < i.in_h))),
-            q_ix0_2.eq(q_ix0), q_base_plane.eq(q_base + q_plane),
+            q_ix0_2.eq(q_ix0), q_base_plane.eq(q_base + q_plane), q_base_plane_b.eq(q_base_b + q_plane),
+            q_rowoff.eq(q_yk - Mux(is_pool, pad_row, 0)),
             q_vlo.eq(Mux(q_ix0_2 < 0, 0, q_ix0_2)),
             q_vhi.eq(Mux(q_ix0_2 + q_in_cols > i.in_w, i.in_w, q_ix0_2 + q_in_cols)),
-            q_rowoff.eq(q_src_row * in_row), q_ok3.eq(q_row_ok), q_base3.eq(q_base_plane),
-            q_addr.eq(q_base3 + q_rowoff + (q_vlo << lcb)), q_beats.eq(q_vhi - q_vlo),
+            q_ok3.eq(q_row_ok), q_base3.eq(q_base_plane + q_rowoff), q_base3_b.eq(q_base_plane_b + q_rowoff),
+            q_addr.eq(q_base3 + (q_vlo << lcb)), q_addr_b.eq(q_base3_b + (q_vlo << lcb)), q_beats.eq(q_vhi - q_vlo),
             q_has_cols.eq(q_ok3 & (q_vhi > q_vlo)),
         ]
 
@@ -128,54 +158,85 @@ class EltwiseEngine(wiring.Component):
                 out.append(v)
             return out
 
-        min_byte = Mux(i.in_signed, 0x80, 0x00)
-        min_word = Cat(*([min_byte[:8]] * CB))
+        def vmax(a, b):  # lane-wise maximum of two flipped words
+            return Cat(*(Mux(a[k * 8:(k + 1) * 8] > b[k * 8:(k + 1) * 8], a[k * 8:(k + 1) * 8], b[k * 8:(k + 1) * 8])
+                         for k in range(CB)))
 
-        # A is read at x (ADD) or the upsampled source column (MOVE)
-        m.d.comb += a_rd.addr.eq(Mux(up_sh, ((xs + x) >> 1) - (xs >> 1), x))
-        m.d.comb += m_rd.addr.eq(x)
-        a_lanes = lanes(a_rd.data, i.in_signed)
+        # -- LOAD_COLS: the row's columns arrive (ADD/MOVE: into the A buffer; POOL: into the window) --
+        in_range = Signal()  # column col is inside the tensor (registered, from equality tests on the counter)
+        col_lo_m1, col_hi_m1 = Signal(16), Signal(16)
+        advance = Signal()
+        hist = [Signal(word, name=f"win{j}") for j in range(K)]  # flipped columns, hist[0] the newest
         seen = Signal()  # POOL: a kernel row inside the tensor has been merged into the running maximum
-        ky_first = ~seen  # this row's maxima overwrite (no earlier row of the window was inside)
-        m_lanes = lanes(Mux(seen, m_rd.data, min_word), i.in_signed)
-        b_lanes = lanes(self.rd_data.payload, i.in2_signed)
-
-        # POOL window: the arriving word and the kw - 1 before it, their maximum merged into output x's
-        in_word = Signal(word)
-        hist = [Signal(word, name=f"win{j}") for j in range(1, K)]
-        win = [in_word] + hist
-        masked = [lanes(Mux(j < i.kw, w, min_word), i.in_signed) if j else lanes(w, i.in_signed)
-                  for j, w in enumerate(win)]
-
-        def vmax(a, b):
-            return [Mux(u > v, u, v) for u, v in zip(a, b, strict=True)]
-
-        level = masked
-        while len(level) > 1:
-            level = [vmax(level[k], level[k + 1]) if k + 1 < len(level) else level[k]
-                     for k in range(0, len(level), 2)]
-        win_max = level[0]
-        run_lanes = lanes(m_rd.data, i.in_signed)
-        merged = Cat(*(Mux(ky_first, w, Mux(w > r, w, r))[:8] for w, r in zip(win_max, run_lanes, strict=True)))
         next_end = Signal(16)  # input column that closes output x's window
+        ptag = data.StructLayout({"valid": 1, "x": range(SEG), "first": 1})
+        p_win = Signal(ptag)  # a window closed last cycle: its columns are in hist
+        m.d.sync += p_win.valid.eq(0)
+        with m.If(advance):
+            m.d.sync += [hist[0].eq(Mux(in_range, self.rd_data.payload ^ flip, 0)),
+                         *(h.eq(prev) for h, prev in zip(hist[1:], hist[:-1], strict=True))]
+        m.d.comb += [a_wr.addr.eq(col), a_wr.data.eq(self.rd_data.payload), a_wr.en.eq(advance)]
 
+        # -- POOL: the window's maximum through a registered tree, then merged into output x's running maximum --
+        level = [hist[0]] + [Mux(kw_ok[j], hist[j], 0) for j in range(1, K)]
+        tags = [p_win]
+        for lv in range(pool_tree_stages(K)):
+            regs = []
+            for k in range(0, len(level), 2):
+                r = Signal(word, name=f"pool_max{lv}_{k // 2}")
+                m.d.sync += r.eq(vmax(level[k], level[k + 1]) if k + 1 < len(level) else level[k])
+                regs.append(r)
+            level = regs
+            tag = Signal(ptag, name=f"pool_tag{lv}")
+            m.d.sync += tag.eq(tags[-1])
+            tags.append(tag)
+        assert len(level) == 1
+        win_max, t_merge = level[0], tags[-1]
+        m.d.comb += [
+            merge_rd.addr.eq(tags[-2].x),
+            m_wr.addr.eq(t_merge.x), m_wr.en.eq(t_merge.valid),
+            m_wr.data.eq(Mux(t_merge.first, win_max, vmax(win_max, merge_rd.data))),
+        ]
+
+        # -- OUT_DATA: one beat issued per cycle while the queue has room (ADD: and B's beat is there), through
+        # ELT_OUT_LATENCY stages into the queue --
+        issue = Signal()
+        a_x = Signal(range(p.elt_depth))  # A buffer column of beat x (MOVE upsampling: every other beat steps)
+        m.d.comb += [a_rd.addr.eq(a_x), m_rd.addr.eq(x), queue.issue.eq(issue)]
+        otag = data.StructLayout({"valid": 1, "seen": 1, "chan_ok": CB})
+        o_read = Signal(otag)  # with the buffers' read data and B's beat
+        b_word = Signal(word)
+        m.d.sync += [o_read.valid.eq(issue), o_read.seen.eq(seen), o_read.chan_ok.eq(chan_ok),
+                     b_word.eq(self.rd_data.payload)]
+        # then the lanes and ADD's shifted terms (the requantisers' input), then the requantisers
+        t_out = delayed(m, o_read, ELT_OUT_LATENCY - 1, "out_tag")
+
+        a_lanes = lanes(a_rd.data, i.in_signed)
+        b_lanes = lanes(b_word, i.in2_signed)
+        m_lanes = lanes(Mux(o_read.seen, m_rd.data, 0) ^ flip, i.in_signed)
         out_bytes = []
         for k in range(CB):
-            rq = Requantizer(ADD_WIDTH, pipelined=False)
+            a_term = Signal(signed(ADD_WIDTH), name=f"a_term{k}")
+            b_term = Signal(signed(ADD_WIDTH), name=f"b_term{k}")
+            passed = Signal(signed(ACT_WIDTH), name=f"pass{k}")
+            m.d.sync += [a_term.eq(a_lanes[k] << i.shift_a), b_term.eq(b_lanes[k] << i.shift_b),
+                         passed.eq(Mux(is_pool, m_lanes[k], a_lanes[k]))]
+            rq = Requantizer(ADD_WIDTH)
             m.submodules[f"rq{k}"] = rq
-            add = (a_lanes[k] << i.shift_a) + (b_lanes[k] << i.shift_b)
             m.d.comb += [
-                rq.value.eq(Mux(is_pool, m_lanes[k], Mux(is_add, add, a_lanes[k]))),
+                rq.value.eq(Mux(is_add, a_term + b_term, passed)),
                 rq.bias.eq(0), rq.shift.eq(i.out_shift), rq.act.eq(i.act), rq.leaky_shift.eq(i.leaky_shift),
                 rq.out_bits.eq(i.out_bits), rq.out_signed.eq(i.out_signed),
             ]
-            out_bytes.append(Mux((blk << lcb) + k < i.in_c, rq.out, 0))
-        m.d.comb += [self.wr_data.payload.data.eq(Cat(*out_bytes)), self.wr_data.payload.strb.eq((1 << CB) - 1)]
+            out_bytes.append(Mux(t_out.chan_ok[k], rq.out, 0))
+        m.d.comb += [queue.beat.valid.eq(t_out.valid), queue.beat.payload.data.eq(Cat(*out_bytes)),
+                     queue.beat.payload.strb.eq((1 << CB) - 1)]
 
         with m.FSM(name="issuer") as qfsm:
             with m.State("Q_IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [q_blk.eq(0), q_y.eq(0), q_xs.eq(0), q_ky.eq(0), q_b.eq(0)]
+                    m.d.sync += [q_blk.eq(0), q_y.eq(0), q_xs.eq(0), q_ky.eq(0), q_b.eq(0), q_xs_s.eq(0),
+                                 q_ys.eq(0), q_plane.eq(0), q_yrow.eq(0), q_kyrow.eq(0)]
                     m.next = "Q_CALC"
             with m.State("Q_CALC"):
                 with m.If(wait_cycles(m, ELT_ISSUE_LATENCY, "issue")):
@@ -185,7 +246,7 @@ class EltwiseEngine(wiring.Component):
                 with m.If(q_has_cols):
                     m.d.comb += [
                         self.rd_cmd.valid.eq(1),
-                        self.rd_cmd.payload.addr.eq(q_addr),
+                        self.rd_cmd.payload.addr.eq(Mux(q_b, q_addr_b, q_addr)),
                         self.rd_cmd.payload.beats.eq(q_beats),
                         q_next.eq(self.rd_cmd.ready),
                     ]
@@ -193,50 +254,51 @@ class EltwiseEngine(wiring.Component):
                     m.d.comb += q_next.eq(1)
                 with m.If(q_next):
                     m.next = "Q_CALC"
-                    with m.If(is_add & ~q_b):
+                    with m.If(is_add & ~q_b):  # ADD's second operand next cycle, at the same position
                         m.d.sync += q_b.eq(1)
-                    with m.Elif(is_pool & (q_ky != i.kh - 1)):
-                        m.d.sync += q_ky.eq(q_ky + 1)
+                        m.next = "Q_RUN"
+                    with m.Elif(is_pool & (q_ky != kh_m1)):
+                        m.d.sync += [q_ky.eq(q_ky + 1), q_kyrow.eq(q_kyrow + in_row)]
                     with m.Else():
-                        m.d.sync += [q_b.eq(0), q_ky.eq(0), q_xs.eq(q_xs + p.seg_width)]
-                        with m.If(q_xs + p.seg_width >= i.out_w):
-                            m.d.sync += [q_xs.eq(0), q_y.eq(q_y + 1)]
-                            with m.If(q_y == i.out_h - 1):
-                                m.d.sync += [q_y.eq(0), q_blk.eq(q_blk + 1)]
-                                with m.If(q_blk == nblk - 1):
+                        m.d.sync += [q_b.eq(0), q_ky.eq(0), q_kyrow.eq(0), q_xs.eq(q_xs + SEG),
+                                     q_xs_s.eq(q_xs_s + s_seg)]
+                        with m.If(q_seg_last):
+                            # the source row steps by the stride (POOL) or every other row (MOVE upsampling)
+                            m.d.sync += [q_xs.eq(0), q_xs_s.eq(0), q_y.eq(q_y + 1), q_ys.eq(q_ys + Mux(s2, 2, 1)),
+                                         q_yrow.eq(q_yrow + Mux(is_pool, s_row, Mux(~up_sh | q_y[0], in_row, 0)))]
+                            with m.If(q_y == out_h_m1):
+                                m.d.sync += [q_y.eq(0), q_ys.eq(0), q_yrow.eq(0), q_blk.eq(q_blk + 1),
+                                             q_plane.eq(q_plane + in_plane)]
+                                with m.If(q_blk == last_blk):
                                     m.next = "Q_IDLE"
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [blk.eq(0), y.eq(0), xs.eq(0)]
+                    m.d.sync += [blk.eq(0), y.eq(0), xs.eq(0), xs_s.eq(0), ys.eq(0), o_plane.eq(0), o_rowoff.eq(0)]
                     m.next = "SEG"
             with m.State("SEG"):
-                m.d.sync += [n.eq(Mux(i.out_w - xs < p.seg_width, i.out_w - xs, p.seg_width)), x.eq(0), ky.eq(0),
-                             seen.eq(0)]
+                m.d.sync += [n.eq(Mux(i.out_w - xs < SEG, i.out_w - xs, SEG)), x.eq(0), ky.eq(0), seen.eq(0)]
                 m.next = "SETTLE"
             with m.State("SETTLE"):  # the segment's (or kernel row's) source columns settle in their registers
                 with m.If(wait_cycles(m, ELT_SETTLE, "settle")):
                     m.next = "LOAD"
             with m.State("LOAD"):  # the row's read (if any) was queued by the issuer
-                m.d.sync += [col.eq(0), x.eq(0), col_lo.eq(Mux(has_cols, col_lo_s, 0)),
-                             col_hi.eq(Mux(has_cols, col_hi_s, 0)), next_end.eq(i.kw - 1)]
+                m.d.sync += [col.eq(0), x.eq(0), next_end.eq(i.kw - 1),
+                             in_range.eq(has_cols & (col_lo_s == 0)),
+                             col_lo_m1.eq(Mux(has_cols, col_lo_s - 1, 0xFFFF)), col_hi_m1.eq(col_hi_s - 1)]
                 with m.If(~has_cols & is_pool):
                     m.next = "P_NEXT"
                 with m.Else():
                     m.next = "LOAD_COLS"
             with m.State("LOAD_COLS"):
-                in_range = (col >= col_lo) & (col < col_hi)
-                advance = ~in_range | self.rd_data.valid
-                m.d.comb += [in_word.eq(Mux(in_range, self.rd_data.payload, min_word)),
-                             a_wr.addr.eq(col), a_wr.data.eq(in_word),
-                             a_wr.en.eq(advance), self.rd_data.ready.eq(in_range)]
+                m.d.comb += [advance.eq(~in_range | self.rd_data.valid), self.rd_data.ready.eq(in_range)]
                 with m.If(advance):
-                    m.d.sync += col.eq(col + 1)
-                    m.d.sync += [h.eq(prev) for h, prev in zip(hist, win[:-1], strict=True)]
+                    m.d.sync += [col.eq(col + 1),
+                                 in_range.eq(Mux(in_range, col != col_hi_m1, col == col_lo_m1))]
                     with m.If(is_pool & (col == next_end)):  # output x's window is complete
-                        m.d.comb += [m_wr.addr.eq(x), m_wr.data.eq(merged), m_wr.en.eq(1)]
-                        m.d.sync += [x.eq(x + 1), next_end.eq(next_end + s)]
+                        m.d.sync += [p_win.valid.eq(1), p_win.x.eq(x), p_win.first.eq(~seen),
+                                     x.eq(x + 1), next_end.eq(next_end + Mux(s2, 2, 1))]
                     with m.If(col == in_cols_m1):
                         with m.If(is_pool):
                             m.d.sync += seen.eq(1)
@@ -245,34 +307,40 @@ class EltwiseEngine(wiring.Component):
                             m.next = "OUT_CMD"
             with m.State("P_NEXT"):
                 m.d.sync += [ky.eq(ky + 1), x.eq(0)]
-                with m.If(ky == i.kh - 1):
-                    m.next = "OUT_CMD"
+                with m.If(ky == kh_m1):
+                    m.next = "P_DRAIN" if pool_tree_stages(K) > 1 else "OUT_CMD"
                 with m.Else():
                     m.next = "SETTLE"
+            if pool_tree_stages(K) > 1:
+                with m.State("P_DRAIN"):  # the last merges of the segment land before its output reads
+                    with m.If(wait_cycles(m, pool_tree_stages(K) - 1, "drain")):
+                        m.next = "OUT_CMD"
             with m.State("OUT_CMD"):
                 m.d.comb += [self.wr_cmd.valid.eq(1), self.wr_cmd.payload.beats.eq(n),
                              self.wr_cmd.payload.addr.eq(o_addr)]
                 with m.If(self.wr_cmd.ready):
-                    m.d.sync += x.eq(0)
+                    m.d.sync += [x.eq(0), a_x.eq(0)]
                     m.next = "OUT_DATA"
             with m.State("OUT_DATA"):
-                m.d.comb += [self.wr_data.valid.eq(Mux(is_add, self.rd_data.valid, 1)),
-                             self.rd_data.ready.eq(is_add & self.wr_data.ready)]
-                with m.If(self.wr_data.valid & self.wr_data.ready):
-                    m.d.sync += x.eq(x + 1)
-                    with m.If(x == n - 1):
+                m.d.comb += [issue.eq(queue.room & (~is_add | self.rd_data.valid)),
+                             self.rd_data.ready.eq(is_add & queue.room)]
+                with m.If(issue):
+                    m.d.sync += [x.eq(x + 1), a_x.eq(a_x + Mux(up_sh, xs[0] ^ x[0], 1))]
+                    with m.If(x == n_m1):
                         m.next = "NEXT"
             with m.State("NEXT"):
-                m.d.sync += xs.eq(xs + p.seg_width)
+                m.d.sync += [xs.eq(xs + SEG), xs_s.eq(xs_s + s_seg)]
                 m.next = "SEG"
-                with m.If(xs + p.seg_width >= i.out_w):
-                    m.d.sync += [xs.eq(0), y.eq(y + 1)]
-                    with m.If(y == i.out_h - 1):
-                        m.d.sync += [y.eq(0), blk.eq(blk + 1)]
-                        with m.If(blk == nblk - 1):
+                with m.If(seg_last):
+                    m.d.sync += [xs.eq(0), xs_s.eq(0), y.eq(y + 1), ys.eq(ys + Mux(s2, 2, 1)),
+                                 o_rowoff.eq(o_rowoff + out_row)]
+                    with m.If(y == out_h_m1):
+                        m.d.sync += [y.eq(0), ys.eq(0), o_rowoff.eq(0), blk.eq(blk + 1),
+                                     o_plane.eq(o_plane + out_plane)]
+                        with m.If(blk == last_blk):
                             m.next = "FINISH"
             with m.State("FINISH"):
-                with m.If(self.wr_idle & qfsm.ongoing("Q_IDLE")):
+                with m.If(self.wr_idle & queue.empty & qfsm.ongoing("Q_IDLE")):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
         waiting = ("SETTLE", "LOAD", "LOAD_COLS", "OUT_CMD", "OUT_DATA", "FINISH")

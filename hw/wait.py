@@ -15,3 +15,13 @@ def wait_cycles(m: Module, cycles: int | Value, name: str) -> Value:
     last = count == cycles - 1
     m.d.sync += count.eq(Mux(last, 0, count + 1))
     return last
+
+
+def delayed(m: Module, value: Value, cycles: int, name: str) -> Value:
+    """``value`` as it was ``cycles`` cycles ago, through a chain of registers (the tag that travels beside a
+    fixed-latency pipeline); ``cycles`` 0 is ``value`` itself."""
+    for k in range(cycles):
+        reg = Signal.like(value, name=f"{name}{k}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value

@@ -41,3 +41,13 @@ CONV_STORE_LATENCY = 2 + REQUANT_LATENCY
 ELT_SETTLE = 3
 #: POOL/ADD/MOVE read issuer: cycles from a command's loop position to the command (Q_CALC).
 ELT_ISSUE_LATENCY = 4
+#: POOL/ADD/MOVE engine: stages from an output beat's buffer read to the beat entering the output queue (buffer
+#: read with the B operand registered, lanes and ADD's shifted terms, the sum or selection, the requantiser).
+ELT_OUT_LATENCY = 2 + REQUANT_LATENCY
+
+
+def pool_tree_stages(max_kernel: int) -> int:
+    """POOL: register stages of the window-maximum tree over ``max_kernel`` words (at least one); the running
+    maximum's read-modify-write follows one cycle later, and the last kernel row of a segment waits this many
+    cycles (P_DRAIN) before the segment's output reads so that they see its last merge."""
+    return max(1, (max_kernel - 1).bit_length())
