@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.shiftpu-installed
 JOBS ?= 2
 
-.PHONY: setup test test-slow test-rtl test-browser demo bench lint docs clean
+.PHONY: setup test test-slow test-rtl test-browser demo wheel bench lint docs clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ test-browser: $(STAMP) ## render the HTML report in headless Chromium (installs 
 	$(PY) -m pytest -q -m browser
 
 demo: $(STAMP) ## compile the shipped detector and run it on the golden model and the RTL simulation
-	$(PY) -m shiftpu.demo --out demo_out
+	$(VENV)/bin/shiftpu demo --out demo_out
+
+wheel: $(STAMP) ## build the shiftpu wheel (dist/shiftpu-<version>-py3-none-any.whl), e.g. to install on a board
+	$(PY) -m pip wheel --no-deps --wheel-dir dist .
 
 bench: $(STAMP) ## benchmarks (results in bench/results/)
 	$(PY) -m bench.run
@@ -39,4 +42,4 @@ docs: $(STAMP) ## regenerate the generated tables in docs/architecture.md
 	$(PY) -m shiftpu.arch.docs --write docs/architecture.md
 
 clean:
-	rm -rf build demo_out .pytest_cache sim_build
+	rm -rf build dist demo_out .pytest_cache sim_build

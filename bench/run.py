@@ -74,7 +74,9 @@ def run(with_rtl: bool = True) -> dict:
                 est = estimate(progs, b.accel, b.ddr_bytes_per_cycle, {}, board, sched, b.ddr_read_latency_cycles)
                 result["boards"][board][sched.value] = {
                     "fps": est["fps"], "cycles": est["cycles"], "utilization": est["utilization"],
-                    "ddr_mib": round(est["ddr_bytes"] / 2**20, 2), "kind": "estimated", "target_utilization": 0.85}
+                    "ddr_mib": round(est["ddr_bytes"] / 2**20, 2), "kind": "estimated", "target_utilization": 0.85,
+                    "clock_mhz": est["clock_mhz"], "clock_source": est["clock_source"],
+                    "clock_label": est["clock_label"]}
     if with_rtl:
         result["perf_vs_rtl"] = perf_vs_rtl()
     return result
@@ -149,6 +151,8 @@ def perf_vs_rtl() -> dict:
 
 
 def markdown(r: dict) -> str:
+    from shiftpu.boards.clock import ClockSource
+
     lines = [f"# Compiler and golden-model benchmark: {r['model']}", "",
              f"Machine: {r['machine']}, {r['cpus']} CPUs. {r['macs'] / 1e9:.3f} GMAC per frame.", "",
              "| figure | value | kind | target |", "|---|---|---|---|",
@@ -158,12 +162,20 @@ def markdown(r: dict) -> str:
              "whose CONV engine overlaps the line-buffer loads and the write-back with the PE array where the buffers",
              "allow and queues its reads ahead (docs/rtl.md); *overlapped*: a coarser model, every load and store after the",
              "prologue hidden behind the PE array but reads and writes sharing one AXI beat per cycle.", "",
-             "| board | schedule | fps | cycles/frame | MAC-weighted PE utilisation | DDR MiB/frame |",
-             "|---|---|---|---|---|---|"]
+             "fps at the clock each board's timing estimate supports: the board clock only where a stored estimate",
+             "of the design clears it (docs/timing.md).", "",
+             "| board | schedule | clock | fps | cycles/frame | MAC-weighted PE utilisation | DDR MiB/frame |",
+             "|---|---|---|---|---|---|---|"]
     for name, by_sched in r["boards"].items():
         for sched, b in by_sched.items():
-            lines.append(f"| {name} | {sched} | {b['fps']} | {b['cycles']} | {100 * b['utilization']:.1f}% | "
+            clock = (f"{b['clock_mhz']:g} MHz, {ClockSource(b['clock_source']).words}" if "clock_source" in b
+                     else "board clock, not recorded")
+            lines.append(f"| {name} | {sched} | {clock} | {b['fps']} | {b['cycles']} | {100 * b['utilization']:.1f}% | "
                          f"{b['ddr_mib']} |")
+    labels = sorted({f"{name}: {b['clock_label']}" for name, by_sched in r["boards"].items()
+                     for b in by_sched.values() if "clock_label" in b})
+    if labels:
+        lines += ["", "Clocks:", "", *[f"- {label}" for label in labels]]
     rtl = r["perf_vs_rtl"]
     lines += ["", "Performance model (rtl schedule) against the RTL simulation (cycles measured by the accelerator's "
               "CYCLES register under Verilator, pynq-z2 configuration):", ""]
@@ -182,19 +194,26 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-PARTS = ("compiler", "rtl", "pipeline")
+PARTS = ("timing", "compiler", "rtl", "pipeline")
+#: Parts run without --parts: the timing estimates take hours on 2 cores and are run when asked.
+DEFAULT_PARTS = ("compiler", "rtl", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description="shiftpu benchmarks (results in bench/results/)")
-    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
-                    help="compiler: compile time, golden throughput, board estimates; rtl: the performance model "
-                    "against the RTL simulation; pipeline: the CPU/fabric pipeline (a 10,000-frame soak). Parts not "
-                    "run keep their last results.")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS),
+                    help="timing (only when named; run first): every board's timing estimate, stored for the fps "
+                    "figures (bench/timing.py); compiler: compile time, golden throughput, board estimates; rtl: the "
+                    "performance model against the RTL simulation; pipeline: the CPU/fabric pipeline (a 10,000-frame "
+                    "soak). Parts not run keep their last results.")
     parts = set(ap.parse_args(argv).parts)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if "timing" in parts:
+        from bench import timing
+
+        timing.main([])
     path = RESULTS / "compiler.json"
     if parts & {"compiler", "rtl"}:
         old = json.loads(path.read_text()) if path.exists() else {}

@@ -287,6 +287,65 @@ def parse_timing_summary(path: str | Path) -> TimingReport:
                         design=header.get("Design", ""), summary=summary, met=met, clocks=tuple(clocks))
 
 
+@dataclass(frozen=True)
+class WorstPath:
+    """The first path of a ``report_timing`` text report (or of a timing summary's path details)."""
+
+    slack_ns: float
+    source: str  #: start pin, e.g. ``shiftpu_i/shiftpu_accel_0/inst/acc_reg[29]/C``
+    destination: str  #: end pin
+    path_type: str  #: e.g. "Setup (Max at Slow Process Corner)"
+    requirement_ns: float | None
+    data_path_delay_ns: float | None
+    logic_levels: str | None  #: as Vivado writes it, e.g. "14  (CARRY4=8 LUT3=2 LUT5=2 LUT6=2)"
+
+    def describe(self) -> str:
+        """``A -> B (setup, slack -0.412 ns, data path 8.203 ns for 8 ns, logic levels 14: CARRY4=8 ...)``"""
+        facts = [self.path_type.split()[0].lower(), f"slack {self.slack_ns:g} ns"]
+        if self.data_path_delay_ns is not None:
+            facts.append(f"data path {self.data_path_delay_ns:g} ns"
+                         + ("" if self.requirement_ns is None else f" for {self.requirement_ns:g} ns"))
+        if self.logic_levels:
+            levels = re.match(r"(\d+)\s*(?:\((.*)\))?", self.logic_levels)
+            if levels:
+                facts.append(f"logic levels {levels.group(1)}" + (f": {levels.group(2)}" if levels.group(2) else ""))
+        return f"{self.source} -> {self.destination} ({', '.join(facts)})"
+
+
+_PATH_FIELD = re.compile(r"^\s+(Source|Destination|Path Type|Requirement|Data Path Delay|Logic Levels):\s+(.*?)\s*$")
+_SLACK = re.compile(r"^Slack(?: \(\w+\))?\s*:\s*(-?[\d.]+)ns")
+_NS = re.compile(r"^(-?[\d.]+)ns")
+
+
+def parse_worst_path(path: str | Path) -> WorstPath:
+    """The first path of a ``report_timing`` text report: its slack, start and end pins and what it passes."""
+    path = Path(path)
+    lines = _read(path)
+    start = next((i for i, line in enumerate(lines) if _SLACK.match(line)), None)
+    if start is None:
+        raise ReportError(f"{path}: no 'Slack' line: not a Vivado report_timing report with a path")
+    fields: dict[str, str] = {}
+    for line in lines[start + 1:]:
+        if _SLACK.match(line):
+            break
+        m = _PATH_FIELD.match(line)
+        if m:
+            fields.setdefault(m.group(1), m.group(2))
+    for key in ("Source", "Destination", "Path Type"):
+        if key not in fields:
+            raise ReportError(f"{path}: the path has no '{key}' line")
+
+    def ns(key: str) -> float | None:
+        m = _NS.match(fields.get(key, ""))
+        return float(m.group(1)) if m else None
+
+    slack = _SLACK.match(lines[start])
+    assert slack is not None  # the line was found by this pattern
+    return WorstPath(slack_ns=float(slack.group(1)), source=fields["Source"], destination=fields["Destination"],
+                     path_type=fields["Path Type"], requirement_ns=ns("Requirement"),
+                     data_path_delay_ns=ns("Data Path Delay"), logic_levels=fields.get("Logic Levels"))
+
+
 def reports_json(utilization: str | Path, timing: str | Path) -> dict[str, Any]:
     """Both reports as one JSON object (figures from Vivado's implementation, not estimates)."""
     return {

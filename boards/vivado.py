@@ -24,7 +24,7 @@ from shiftpu.arch.regmap import REGISTER_SPACE_BYTES
 from shiftpu.boards.board import Board, PsFamily
 from shiftpu.boards.manifest import read_json_object
 from shiftpu.boards.ps import ATTACHMENTS, ps_config, register_range
-from shiftpu.boards.reports import reports_json
+from shiftpu.boards.reports import ReportError, parse_worst_path, reports_json
 from shiftpu.boards.rtl import TOP_MODULE
 from shiftpu.errors import ShiftpuError
 
@@ -38,6 +38,10 @@ BIT_FILE = f"{BD_NAME}.bit"
 HWH_FILE = f"{BD_NAME}.hwh"
 UTILIZATION_REPORT = "reports/utilization.rpt"
 TIMING_REPORT = "reports/timing_summary.rpt"
+#: ``report_timing`` of the worst failing path, written when timing is not met.
+WORST_PATH_REPORT = "reports/worst_path.rpt"
+#: Exit status of build.tcl when the routed design misses its clock.
+TIMING_EXIT_STATUS = 2
 REPORT_JSON = "reports/report.json"
 IP_VENDOR = "shiftpu"
 IP_LIBRARY = "shiftpu"
@@ -49,6 +53,10 @@ _IP_FAMILY = {PsFamily.ZYNQ7000: "zynq", PsFamily.ZYNQMP: "zynquplus"}
 
 class VivadoError(ShiftpuError):
     """The Vivado flow failed or its output folder is not what build-hw wrote."""
+
+
+class TimingNotMetError(VivadoError):
+    """The routed design misses the accelerator's clock (negative setup or hold slack, or Vivado's verdict)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,7 @@ def template_context(board: Board, cfg: AccelConfig, jobs: int = 4) -> dict[str,
         "data_interconnect": cfg.axi_data_bits != board.hp_port_bits,
         "bit_file": BIT_FILE, "hwh_file": HWH_FILE, "n_steps": N_STEPS,
         "utilization_report": UTILIZATION_REPORT, "timing_report": TIMING_REPORT,
+        "worst_path_report": WORST_PATH_REPORT,
         "vivado_command": " ".join(vivado_command(jobs)),
     }
 
@@ -200,7 +209,7 @@ def run_vivado(hw_dir: Path, on_event: Callable[[LogEvent], None], jobs: int = 4
     Outputs of an earlier run (bitstream, hwh, reports) are removed first, so none can be mistaken for this run's.
     """
     (hw_dir / "build").mkdir(exist_ok=True)
-    for stale in (BIT_FILE, HWH_FILE, UTILIZATION_REPORT, TIMING_REPORT, REPORT_JSON):
+    for stale in (BIT_FILE, HWH_FILE, UTILIZATION_REPORT, TIMING_REPORT, WORST_PATH_REPORT, REPORT_JSON):
         (hw_dir / stale).unlink(missing_ok=True)
     proc = subprocess.Popen(vivado_command(jobs), cwd=hw_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
@@ -210,3 +219,19 @@ def run_vivado(hw_dir: Path, on_event: Callable[[LogEvent], None], jobs: int = 4
         if event is not None:
             on_event(event)
     return proc.wait()
+
+
+def flow_error(hw_dir: Path, status: int, last_error: str | None) -> VivadoError:
+    """The error for a Vivado run that exited with ``status``: a missed clock names the worst path (from
+    reports/worst_path.rpt), anything else the last error Vivado or the flow reported."""
+    log = f"(log: {hw_dir}/build/vivado.log)"
+    cause = last_error or f"vivado exited with status {status}"
+    if status != TIMING_EXIT_STATUS:
+        return VivadoError(f"{cause} {log}")
+    if not (hw_dir / WORST_PATH_REPORT).exists():  # setup and hold met, another check failed
+        return TimingNotMetError(f"{cause} {log}")
+    try:
+        worst = parse_worst_path(hw_dir / WORST_PATH_REPORT).describe()
+    except ReportError as e:
+        return TimingNotMetError(f"{cause}; the worst path cannot be named: {e} {log}")
+    return TimingNotMetError(f"{cause}; worst path {worst} ({WORST_PATH_REPORT}) {log}")

@@ -22,9 +22,14 @@ from shiftpu.errors import ShiftpuError
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "partition.txt"
-#: Version of the folder layout and manifest schema.
-FORMAT_VERSION = 1
+#: Version of the folder layout and manifest schema (2: CPU regions as ONNX models of their own).
+FORMAT_VERSION = 2
 FORMAT_NAME = "shiftpu-compiled"
+
+
+def region_file(index: int) -> str:
+    """The file of CPU region ``index``: its nodes as an ONNX model, run as one onnxruntime session."""
+    return f"cpu_region{index}.onnx"
 
 
 class ArtifactError(ShiftpuError):
@@ -32,8 +37,10 @@ class ArtifactError(ShiftpuError):
 
 
 def write_folder(out_dir: Path, manifest: dict[str, Any], images: dict[str, np.ndarray], model: onnx.ModelProto,
-                 report: str) -> None:
+                 report: str, regions: dict[str, bytes] | None = None) -> None:
     """Write the folder next to its destination, then move it into place: no half-written output remains.
+
+    ``regions``: file name -> serialised ONNX model of each CPU region.
 
     The manifest written gains ``checksums``: the SHA-256 of every other file, verified by :func:`read_folder`.
     """
@@ -46,6 +53,8 @@ def write_folder(out_dir: Path, manifest: dict[str, Any], images: dict[str, np.n
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         for name, img in images.items():
             (tmp / name).write_bytes(np.asarray(img, dtype=np.uint8).tobytes())
+        for name, data in (regions or {}).items():
+            (tmp / name).write_bytes(data)
         onnx.save(model, str(tmp / MODEL_FILE))
         (tmp / REPORT_FILE).write_text(report)
         checksums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
@@ -83,6 +92,10 @@ class CompiledFolder:
             return onnx.load(str(self.path / MODEL_FILE))
         except Exception as e:
             raise ArtifactError(f"{self.path / MODEL_FILE}: cannot read the model copy: {e}") from None
+
+    def region_bytes(self, index: int) -> bytes:
+        """The ONNX model of CPU region ``index`` (checked against its checksum when the folder was read)."""
+        return (self.path / self.manifest["cpu_regions"][index]["file"]).read_bytes()
 
     def programs(self) -> list[list[Instruction]]:
         """Decoded instructions of every segment (END included)."""
@@ -129,8 +142,23 @@ def read_folder(path: str | Path) -> CompiledFolder:
         if img.size != seg["const_bytes"]:
             raise ArtifactError(f"{f}: {img.size} bytes, the manifest says {seg['const_bytes']} (damaged file)")
         images.append(img)
-    _verify_checksums(path, m, [seg["const"] for seg in m["segments"]] + [MODEL_FILE, REPORT_FILE])
+    regions = _region_files(path, m)
+    _verify_checksums(path, m, [seg["const"] for seg in m["segments"]] + regions + [MODEL_FILE, REPORT_FILE])
     return CompiledFolder(path, m, cfg, images)
+
+
+def _region_files(path: Path, manifest: dict[str, Any]) -> list[str]:
+    """The CPU regions' files, each named as :func:`region_file` names it (a manifest naming others is damaged)."""
+    regions = manifest.get("cpu_regions")
+    if not isinstance(regions, list):
+        raise ArtifactError(f"{path / MANIFEST}: no cpu_regions (damaged or edited manifest): recompile the model")
+    files = []
+    for k, r in enumerate(regions):
+        if not isinstance(r, dict) or r.get("index") != k or r.get("file") != region_file(k):
+            raise ArtifactError(f"{path / MANIFEST}: CPU region {k} is not described as the compiler writes it "
+                                "(damaged or edited manifest): recompile the model")
+        files.append(r["file"])
+    return files
 
 
 def _verify_checksums(path: Path, manifest: dict[str, Any], files: list[str]) -> None:

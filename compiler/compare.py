@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from shiftpu.errors import ShiftpuError
+from shiftpu.sw.cpu_regions import onnxruntime_module
 from shiftpu.sw.executor import Executor, Frame
 
 
@@ -36,8 +38,15 @@ class CompareReport:
                 f"values differ, max |difference| {d.max_abs_diff:g} (in quantized units for integer tensors)")
 
 
+class CompareError(ShiftpuError):
+    """The reference cannot be computed here."""
+
+
 def _reference(model: onnx.ModelProto, names: list[str], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    ort = onnxruntime_module()
+    if ort is None:
+        raise CompareError("--compare needs onnxruntime, the reference, which is not installed here "
+                           "(pip install onnxruntime, or compare on the host)")
 
     m = onnx.ModelProto.FromString(model.SerializeToString())
     present = {o.name for o in m.graph.output}

@@ -13,15 +13,23 @@ import onnx
 from shiftpu import __version__
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import ISA_VERSION, Dataflow, Instruction, Opcode
-from shiftpu.boards import load_board
-from shiftpu.compiler.artifact import FORMAT_NAME, FORMAT_VERSION, MODEL_FILE, write_folder
+from shiftpu.compiler.artifact import FORMAT_NAME, FORMAT_VERSION, MODEL_FILE, region_file, write_folder
 from shiftpu.compiler.codegen import SegmentImage, generate, layer_ids
 from shiftpu.compiler.estimate import estimate, format_table, simulation_estimate
 from shiftpu.compiler.ir import ConcatOp, ConvOp, CpuNode, FabricOp, Graph, QTensor
-from shiftpu.compiler.onnx_import import load_onnx, prepare, shape_of
-from shiftpu.compiler.passes import CompileOptions, run_pipeline
+from shiftpu.compiler.onnx_import import shape_of
+from shiftpu.compiler.partition import (
+    CPU_RUNTIME,
+    compile_options,
+    load_model,
+    partition_entries,
+    partition_lines,
+    plan_partition,
+)
+from shiftpu.compiler.passes import BACKEND_PASSES, CompileOptions, run_pipeline
 from shiftpu.compiler.perf import READ_LATENCY, Schedule
-from shiftpu.compiler.qdq import fold_qdq
+from shiftpu.compiler.regions import region_model
+from shiftpu.sw.cpu_ops import has_kernel
 
 
 @dataclass
@@ -122,35 +130,31 @@ def build_manifest(graph: Graph, images: list[SegmentImage], board: str, opts: C
         "inputs": _io(graph, graph.inputs), "outputs": _io(graph, graph.outputs),
         "tensors": tensors, "segments": segments,
         "cpu_nodes": [{"index": node_index[id(n.node)], "name": n.name, "op_type": n.node.op_type,
-                       "reason": n.reason.name, "why": n.reason.value, "detail": n.detail}
+                       "reason": n.reason.name, "why": n.reason.value, "detail": n.detail, "region": n.region,
+                       "runtime": CPU_RUNTIME, "numpy_kernel": has_kernel(n.node)}
                       for n in graph.cpu_nodes()],
-        "schedule": schedule, "layers": layers, "warnings": list(graph.warnings),
+        "cpu_regions": [{"index": r.index, "file": region_file(r.index),
+                         "nodes": [node_index[id(n.node)] for n in r.nodes], "inputs": r.inputs, "outputs": r.outputs}
+                        for r in graph.cpu_regions],
+        "schedule": schedule, "partition": [e.to_dict() for e in partition_entries(graph)],
+        "layers": layers, "warnings": list(graph.warnings),
         "estimate": {k: est[k] for k in ("kind", "schedule", "cycles", "fps", "utilization")},
     }
 
 
+def _dataflow_note(op: FabricOp) -> str:
+    """What the report adds to a CONV: the dataflow chosen, the utilisation of every option, the tiling."""
+    if not isinstance(op, ConvOp) or op.tiling is None or op.dataflow is None:
+        return ""
+    opts = ", ".join(f"{df.name} {100 * u:.1f}%" for df, u in op.options.items())
+    t = op.tiling
+    return (f"  dataflow {op.dataflow.name} (estimated utilisation: {opts}); "
+            f"strip_w {t.strip_w} ic_tile {t.ic_tile} oc_tile {t.oc_tile}")
+
+
 def partition_report(graph: Graph, board: str, est: dict) -> str:
-    """Fabric segments, CPU nodes with their reasons, dataflow choices and the estimate."""
-    ids = layer_ids(graph)
-    lines = [f"shiftpu partition report ({board})", ""]
-    n_fab = sum(not isinstance(o, ConcatOp) for o in graph.fabric_ops())
-    lines.append(f"{n_fab} fabric instructions in {len(graph.segments)} segment(s), {len(graph.cpu_nodes())} CPU node(s)")
-    lines.append("")
-    seg_of = {id(op): s.index for s in graph.segments for op in s.ops}
-    for st in graph.steps:
-        if isinstance(st, CpuNode):
-            why = st.reason.value + (f": {st.detail}" if st.detail else "")
-            lines.append(f"  CPU     {st.node.op_type:<17} {st.name:<30} because: {why}")
-        else:
-            assert isinstance(st, FabricOp)
-            extra = ""
-            if isinstance(st, ConvOp):
-                opts = ", ".join(f"{df.name} {100 * u:.1f}%" for df, u in st.options.items())
-                t = st.tiling
-                extra = (f"  dataflow {st.dataflow.name} (estimated utilisation: {opts}); "
-                         f"strip_w {t.strip_w} ic_tile {t.ic_tile} oc_tile {t.oc_tile}") if t and st.dataflow is not None else ""
-            lid = f"#{ids[id(st)]}"
-            lines.append(f"  fabric{seg_of[id(st)]:<2} {st.kind:<17} {st.name:<30} {lid}{extra}")
+    """Fabric segments, CPU nodes with their regions and reasons, dataflow choices and the estimate."""
+    lines = [f"shiftpu partition report ({board})", ""] + partition_lines(graph, _dataflow_note)
     if graph.warnings:
         lines += ["", "warnings:"] + [f"  {w}" for w in graph.warnings]
     lines += ["", format_table(est), ""]
@@ -168,22 +172,18 @@ def compile_model(model: str | Path | onnx.ModelProto, board: str, out_dir: str 
     is how it overlaps loads and computation (the cost model that chooses tilings and dataflows);
     ``input_shapes`` fixes symbolic input dimensions (by input name, "" for the only input).
     """
-    b = load_board(board)
-    if isinstance(model, onnx.ModelProto):
-        (proto, bound), source = prepare(model, input_shapes=input_shapes), model.graph.name
-    else:
-        (proto, bound), source = load_onnx(model, input_shapes), str(model)
-    opts = CompileOptions(b.accel, b.ddr_bytes_per_cycle, frozenset(dataflows), schedule,
-                          read_latency=b.ddr_read_latency_cycles)
-    graph = fold_qdq(proto, b.accel)
-    graph = run_pipeline(graph, opts, Path(dump_passes) if dump_passes is not None else None)
-    images = generate(graph, b.accel)
+    opts = compile_options(board, dataflows, schedule)
+    proto, bound, source = load_model(model, input_shapes)
+    dump_dir = Path(dump_passes) if dump_passes is not None else None
+    graph = run_pipeline(plan_partition(proto, opts, dump_dir), opts, dump_dir, BACKEND_PASSES)
+    images = generate(graph, opts.config)
     names = {k: op.name for k, op in enumerate(graph.fabric_ops())}
-    est = estimate([img.instructions + [Instruction(Opcode.END)] for img in images], b.accel, b.ddr_bytes_per_cycle, names,
-                   board, schedule, b.ddr_read_latency_cycles)
+    est = estimate([img.instructions + [Instruction(Opcode.END)] for img in images], opts.config,
+                   opts.ddr_bytes_per_cycle, names, board, schedule, opts.read_latency)
     report = partition_report(graph, board, est)
     manifest = build_manifest(graph, images, board, opts, Path(source).name, est)
     if out_dir is not None:
+        regions = {region_file(r.index): region_model(graph.model, r).SerializeToString() for r in graph.cpu_regions}
         write_folder(Path(out_dir), manifest, {f"segment{i.segment.index}.bin": i.image for i in images}, graph.model,
-                     report)
+                     report, regions)
     return CompileResult(graph, images, manifest, report, est, bound)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Instruction, Opcode
+from shiftpu.boards.clock import ClockSource, FpsClock, fps_clock
 from shiftpu.compiler.perf import READ_LATENCY, Schedule, instruction_cost, program_overhead
 
 
@@ -33,11 +35,22 @@ class LayerEstimate:
 
 def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_cycle: float,
              names: dict[int, str], board: str, schedule: Schedule = Schedule.RTL,
-             read_latency: int = READ_LATENCY) -> dict:
+             read_latency: int = READ_LATENCY, clock: FpsClock | None = None,
+             memory_at_fabric_clock: bool = False) -> dict:
     """The estimate as a JSON-ready dict: fps, cycles, utilization (MAC-weighted), layers, all estimated.
 
-    ``read_latency``: cycles from a DDR read command to its first beat (the board file's figure for a board;
-    the default is the RTL simulation's memory model)."""
+    ``ddr_bytes_per_cycle`` and ``read_latency`` (cycles from a DDR read command to its first beat) are per cycle
+    of ``cfg.clock_mhz``: the board file's figures for a board; the default latency is the RTL simulation's memory
+    model. ``clock`` is the clock of the figures (default: :func:`~shiftpu.boards.clock.fps_clock` of the board and
+    config, which a stored timing estimate may set below the board clock). At a slower clock the board's DDR, whose
+    bandwidth and latency do not slow down, gives more bytes per cycle and answers in fewer cycles (the latency is
+    rounded up); ``memory_at_fabric_clock`` is for a memory clocked with the fabric (the RTL simulation's), whose
+    figures per cycle stay."""
+    clock = fps_clock(board, cfg) if clock is None else clock
+    if clock.clock_mhz != cfg.clock_mhz and not memory_at_fabric_clock:
+        ratio = clock.clock_mhz / cfg.clock_mhz
+        ddr_bytes_per_cycle /= ratio
+        read_latency = math.ceil(read_latency * ratio - 1e-9)
     layers: list[LayerEstimate] = []
     total = 0
     for seg, prog in enumerate(programs):
@@ -53,12 +66,12 @@ def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_
                 c.stall_cycles, round(c.utilization(cfg), 4), c.read_bytes, c.write_bytes))
     macs = sum(la.macs for la in layers)
     util = sum(la.macs * la.utilization for la in layers) / macs if macs else 0.0
-    secs = total / (cfg.clock_mhz * 1e6)
+    secs = total / (clock.clock_mhz * 1e6)
     return {
         "kind": "estimated (performance model; fabric only, CPU nodes not included)",
         "board": board,
         "schedule": schedule.value,
-        "clock_mhz": cfg.clock_mhz,
+        **clock.to_json(),
         "ddr_read_latency_cycles": read_latency,
         "cycles": total,
         "latency_ms": round(secs * 1e3, 4),
@@ -76,14 +89,15 @@ def simulation_estimate(programs: list[list[Instruction]], cfg: AccelConfig, boa
     """The estimate for the RTL simulation's memory model (one read and one write beat per cycle; by default the
     read latency of cocotbext-axi's AxiRam): what ``--backend rtl`` measures with the accelerator's CYCLES
     register. With ``read_latency`` the estimate for the compiled RAM delaying its reads (``--ddr-latency``)."""
-    return estimate(programs, cfg, 2.0 * cfg.axi_bytes, {}, board, Schedule.RTL, read_latency)
+    return estimate(programs, cfg, 2.0 * cfg.axi_bytes, {}, board, Schedule.RTL, read_latency,
+                    memory_at_fabric_clock=True)
 
 
 def format_table(est: dict) -> str:
     """The estimate as a readable table."""
     lines = [
-        f"performance estimate ({est['kind']}) on {est['board']} at {est['clock_mhz']} MHz, "
-        f"{est['schedule']} schedule",
+        f"performance estimate ({est['kind']}) on {est['board']}, {est['schedule']} schedule, "
+        f"at {est['clock_mhz']:g} MHz ({est['clock_label']})",
         f"{'id':>4} {'layer':<28} {'op':<5} {'dataflow':<13} {'MMAC':>8} {'kcycles':>9} {'stall%':>7} "
         f"{'util%':>6} {'DDR KiB':>9}",
     ]
@@ -94,7 +108,8 @@ def format_table(est: dict) -> str:
             f"{la['macs'] / 1e6:>8.2f} {la['cycles'] / 1e3:>9.1f} {stall:>7.1f} {100 * la['utilization']:>6.1f} "
             f"{la['ddr_bytes'] / 1024:>9.1f}")
     lines.append(
-        f"total: {est['cycles']} cycles (estimated), {est['latency_ms']} ms, {est['fps']} fps (estimated), "
+        f"total: {est['cycles']} cycles (estimated), {est['latency_ms']} ms, {est['fps']} fps (estimated, at "
+        f"{est['clock_mhz']:g} MHz, {ClockSource(est['clock_source']).words}), "
         f"MAC-weighted PE utilisation {100 * est['utilization']:.1f}% (estimated), "
         f"DDR traffic {est['ddr_bytes'] / 2**20:.2f} MiB (estimated)")
     return "\n".join(lines)

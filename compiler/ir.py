@@ -3,8 +3,9 @@
 A :class:`Graph` is the quantized ONNX model seen as a list of *steps* in execution order: fabric
 operations (:class:`ConvOp`, :class:`PoolOp`, :class:`AddOp`, :class:`MoveOp`, :class:`ConcatOp`) that read
 and write quantized tensors (:class:`QTensor`, integers with a power-of-two scale), and CPU nodes
-(:class:`CpuNode`, an ONNX node run by ``shiftpu.sw.cpu_ops`` with the reason it is not on the fabric).
-Passes fill in tiling, dataflow, partition and placement; ``Graph.describe()`` prints it for ``--dump-passes``.
+(:class:`CpuNode`, an ONNX node left to the processor, with the reason it is not on the fabric). Consecutive CPU
+nodes form a :class:`CpuRegion`, which the runtime executes as one onnxruntime session. Passes fill in tiling,
+dataflow, partition, CPU regions and placement; ``Graph.describe()`` prints it for ``--dump-passes``.
 """
 
 from __future__ import annotations
@@ -57,10 +58,16 @@ class CpuNode:
     node: onnx.NodeProto
     reason: CpuReason
     detail: str = ""
+    region: int | None = None  #: index of the CPU region that runs it (filled by the partition)
 
     @property
     def name(self) -> str:
         return self.node.name or self.node.output[0]
+
+    @property
+    def why(self) -> str:
+        """The reason in words, with its detail."""
+        return self.reason.value + (f": {self.detail}" if self.detail else "")
 
     @property
     def inputs(self) -> list[str]:
@@ -71,8 +78,9 @@ class CpuNode:
         return list(self.node.output)
 
     def describe(self) -> str:
-        why = self.reason.value + (f" ({self.detail})" if self.detail else "")
-        return f"cpu  {self.node.op_type:<18} {self.name}: {', '.join(self.inputs)} -> {', '.join(self.outputs)}  [{why}]"
+        where = "cpu" if self.region is None else f"cpu{self.region}"
+        return (f"{where:<4} {self.node.op_type:<18} {self.name}: {', '.join(self.inputs)} -> {', '.join(self.outputs)}"
+                f"  [{self.why}]")
 
 
 @dataclass(frozen=True)
@@ -205,6 +213,21 @@ class Segment:
 
 
 @dataclass
+class CpuRegion:
+    """Consecutive CPU nodes of the schedule (between two fabric segments), run as one onnxruntime session.
+
+    ``inputs`` are what its nodes read from outside it (model inputs, fabric results, earlier regions; constants
+    excluded: they travel inside the region's model); ``outputs`` what fabric segments, later regions or the
+    model outputs read of its results.
+    """
+
+    index: int
+    nodes: list[CpuNode]
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Graph:
     """The model during compilation."""
 
@@ -212,6 +235,7 @@ class Graph:
     tensors: dict[str, QTensor] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
+    cpu_regions: list[CpuRegion] = field(default_factory=list)
     #: tensors stored inside another (in-place concatenation): name -> (containing tensor, first channel)
     aliases: dict[str, tuple[str, int]] = field(default_factory=dict)
     placements: dict[str, Placement] = field(default_factory=dict)
@@ -249,6 +273,10 @@ class Graph:
         for st in self.steps:
             tag = f"[seg {seg_of[id(st)]}] " if id(st) in seg_of else ""
             lines.append(f"  {tag}{st.describe()}")
+        if self.cpu_regions:
+            lines += ["", "CPU regions:"]
+            lines += [f"  cpu{r.index}: {len(r.nodes)} node(s), {', '.join(r.inputs) or '-'} -> {', '.join(r.outputs) or '-'}"
+                      for r in self.cpu_regions]
         if self.arena_bytes:
             lines.append(f"\narena: {self.arena_bytes} bytes")
         return "\n".join(lines) + "\n"

@@ -26,8 +26,8 @@ from shiftpu.compiler.ir import (
     Step,
 )
 from shiftpu.compiler.perf import READ_LATENCY, CostModel, Schedule
+from shiftpu.compiler.regions import group_regions, region_model, region_problem
 from shiftpu.compiler.tiling import check_dims
-from shiftpu.sw.cpu_ops import CPU_OPERATORS
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,6 @@ class CompileOptions:
     @property
     def cost_model(self) -> CostModel:
         return CostModel(self.config, self.ddr_bytes_per_cycle, self.schedule, self.read_latency)
-
-
-def check_cpu_nodes(graph: Graph, opts: CompileOptions) -> Graph:
-    """Refuse a CPU node that the CPU operators cannot execute."""
-    for n in graph.cpu_nodes():
-        if n.node.op_type not in CPU_OPERATORS:
-            why = n.reason.value + (f": {n.detail}" if n.detail else "")
-            raise CompileError(
-                f"node '{n.name}' ({n.node.op_type}) cannot run on the fabric ({why}) and has no CPU operator")
-    return graph
 
 
 def remove_dead_cpu_nodes(graph: Graph, opts: CompileOptions) -> Graph:
@@ -146,6 +136,21 @@ def partition(graph: Graph, opts: CompileOptions) -> Graph:
     return graph
 
 
+def group_cpu_regions(graph: Graph, opts: CompileOptions) -> Graph:
+    """Each run of consecutive CPU steps becomes a CPU region (one onnxruntime session at run time)."""
+    graph.cpu_regions = group_regions(graph)
+    return graph
+
+
+def check_cpu_regions(graph: Graph, opts: CompileOptions) -> Graph:
+    """Refuse a CPU region that onnxruntime cannot run (an operator outside the ONNX operator sets)."""
+    for region in graph.cpu_regions:
+        problem = region_problem(region, region_model(graph.model, region))
+        if problem is not None:
+            raise CompileError(problem)
+    return graph
+
+
 def choose_dataflow(graph: Graph, opts: CompileOptions) -> Graph:
     """Tiling and dataflow of every CONV (by the performance model); dimension checks of all others."""
     for op in graph.fabric_ops():
@@ -165,23 +170,33 @@ def allocate(graph: Graph, opts: CompileOptions) -> Graph:
 
 Pass = Callable[[Graph, CompileOptions], Graph]
 
-#: The passes after import, in order.
-PIPELINE: list[tuple[str, Pass]] = [
+#: The passes that decide where each operation runs (``shiftpu check`` stops after them, see compiler/partition.py).
+PARTITION_PASSES: list[tuple[str, Pass]] = [
     ("remove_dead_cpu_nodes", remove_dead_cpu_nodes),
-    ("check_cpu_nodes", check_cpu_nodes),
     ("lower_concat", lower_concat),
     ("partition", partition),
+    ("group_cpu_regions", group_cpu_regions),
+    ("check_cpu_regions", check_cpu_regions),
+]
+#: The passes after the partition: tiling, dataflow and arena.
+BACKEND_PASSES: list[tuple[str, Pass]] = [
     ("choose_dataflow", choose_dataflow),
     ("allocate", allocate),
 ]
+#: The passes after import, in order.
+PIPELINE: list[tuple[str, Pass]] = PARTITION_PASSES + BACKEND_PASSES
 
 
-def run_pipeline(graph: Graph, opts: CompileOptions, dump_dir: Path | None = None) -> Graph:
-    """Run every pass; with ``dump_dir``, write the graph after import and after each pass as text."""
+def run_pipeline(graph: Graph, opts: CompileOptions, dump_dir: Path | None = None,
+                 passes: list[tuple[str, Pass]] = PIPELINE) -> Graph:
+    """Run ``passes`` (a contiguous part of :data:`PIPELINE`, all of it by default); with ``dump_dir``, write the
+    graph after each pass as text, numbered by its place in the pipeline (and after import, before the first)."""
+    start = PIPELINE.index(passes[0]) if passes else 0
     if dump_dir is not None:
         dump_dir.mkdir(parents=True, exist_ok=True)
-        (dump_dir / "00_import.txt").write_text(graph.describe())
-    for k, (name, fn) in enumerate(PIPELINE, start=1):
+        if start == 0:
+            (dump_dir / "00_import.txt").write_text(graph.describe())
+    for k, (name, fn) in enumerate(passes, start=start + 1):
         graph = fn(graph, opts)
         if dump_dir is not None:
             (dump_dir / f"{k:02d}_{name}.txt").write_text(graph.describe())

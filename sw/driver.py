@@ -19,6 +19,7 @@ from shiftpu.arch.isa import INSTR_BYTES, ISA_VERSION, IsaError, ProgramHeader
 from shiftpu.arch.regmap import IP_MAGIC, OFFSET, REGISTERS, Ctrl, ErrorCode, Irq, Status
 from shiftpu.errors import ShiftpuError
 from shiftpu.sim.accelerator import AcceleratorError, RunStats
+from shiftpu.sim.golden import GoldenAccelerator
 from shiftpu.sw.device import Device, DeviceBuffer
 
 #: Seconds a run may take before the driver declares the accelerator hung.
@@ -214,6 +215,7 @@ class DriverAccelerator:
         if hit is not None and not _freed(hit[1], self.driver):
             return hit[1]
         self.driver.check_program(const)
+        GoldenAccelerator(self.config).check_weight_codes(const)  # the hardware reads an illegal code as a weight
         buf = self.driver.upload(const)
         self._consts[key] = (const, buf)
         return buf

@@ -2,9 +2,10 @@
 
 ``Executor(folder, backend="golden").run(x)`` checks the input, quantizes it with the model's own
 QuantizeLinear (a CPU node), packs quantized tensors into the activation arena (shiftpu.arch.layout),
-runs each fabric segment with one ``run_program`` on the backend and each CPU node with
-shiftpu.sw.cpu_ops, and returns the model outputs. ``prepare`` / ``execute`` / ``finish`` split a run
-for pipelining; backends are chosen by name from :data:`BACKENDS`.
+runs each fabric segment with one ``run_program`` on the backend and each CPU region (the CPU nodes between
+two segments) with one onnxruntime session call (shiftpu.sw.cpu_regions; the numpy kernels of
+shiftpu.sw.cpu_ops where onnxruntime is absent), and returns the model outputs. ``prepare`` / ``execute`` /
+``finish`` split a run for pipelining; backends are chosen by name from :data:`BACKENDS`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from shiftpu.arch.layout import pack_activation, unpack_activation
 from shiftpu.compiler.artifact import CompiledFolder, read_folder
 from shiftpu.errors import ShiftpuError
 from shiftpu.sim.accelerator import Accelerator, RunStats
-from shiftpu.sw.cpu_ops import run_node
+from shiftpu.sw.cpu_regions import CpuRuntime, CpuRuntimeError, load_regions
 
 #: backend name -> "module:class" (None: reserved, not available here)
 BACKENDS: dict[str, str | None] = {
@@ -63,16 +64,28 @@ class Frame:
 
 
 class Executor:
-    """Runs a compiled model; one instance serves any number of frames."""
+    """Runs a compiled model; one instance serves any number of frames.
+
+    ``cpu_runtime`` chooses what runs the CPU regions: onnxruntime where it is installed (``auto``), or the numpy
+    kernels (``numpy``, the fallback); the regions' sessions are built here, once.
+    """
 
     def __init__(self, folder: str | Path | CompiledFolder, backend: str | Accelerator = "golden",
-                 keep_intermediates: bool = False):
+                 keep_intermediates: bool = False, cpu_runtime: CpuRuntime | str = CpuRuntime.AUTO):
         self.compiled = folder if isinstance(folder, CompiledFolder) else read_folder(folder)
         m = self.compiled.manifest
         self.manifest = m
         self.model = self.compiled.model()
-        self.nodes = list(self.model.graph.node)
-        self.constants = {i.name: numpy_helper.to_array(i) for i in self.model.graph.initializer}
+        outputs = {o.name for o in self.model.graph.output}
+        #: model outputs that are constants (folded by the compiler): no step computes them
+        self.constant_outputs = {i.name: numpy_helper.to_array(i) for i in self.model.graph.initializer
+                                 if i.name in outputs}
+        try:
+            self.cpu_regions = load_regions(len(m["cpu_regions"]), self.compiled.region_bytes, cpu_runtime)
+        except CpuRuntimeError as e:
+            raise ExecutorError(f"{self.compiled.path}: {e}") from None
+        #: the frame's steps in order: ("region", k) runs CPU region k, ("segment", k) fabric segment k
+        self.steps = self._steps(m)
         self.accel = make_backend(backend, self.compiled.config) if isinstance(backend, str) else backend
         self.keep_intermediates = keep_intermediates
         self.tensors = m["tensors"]
@@ -83,6 +96,17 @@ class Executor:
         self._parts: dict[str, set[str]] = {}
         for name, container in self._container.items():
             self._parts.setdefault(container, set()).add(name)
+
+    @staticmethod
+    def _steps(m: dict) -> list[tuple[str, int]]:
+        """The schedule with each CPU region's nodes (consecutive in it) collapsed into one step."""
+        region_of = {node: r["index"] for r in m["cpu_regions"] for node in r["nodes"]}
+        steps: list[tuple[str, int]] = []
+        for step in m["schedule"]:
+            s = ("region", region_of[step["cpu"]]) if "cpu" in step else ("segment", step["segment"])
+            if not steps or steps[-1] != s:
+                steps.append(s)
+        return steps
 
     # -- one frame --------------------------------------------------------------------------------
 
@@ -116,19 +140,15 @@ class Executor:
 
     def prepare(self, inputs: np.ndarray | list[np.ndarray] | dict[str, np.ndarray]) -> Frame:
         """Check the inputs and set up a frame (arena zeroed)."""
-        values = dict(self.constants)
-        values.update(self.check_inputs(inputs))
-        return Frame(values, np.zeros(self.manifest["arena_bytes"], dtype=np.uint8))
+        return Frame(self.constant_outputs | self.check_inputs(inputs), np.zeros(self.manifest["arena_bytes"], dtype=np.uint8))
 
     def execute(self, frame: Frame) -> Frame:
-        """Run the schedule: CPU nodes and fabric segments in order."""
-        for step in self.manifest["schedule"]:
-            if "cpu" in step:
-                node = self.nodes[step["cpu"]]
-                outs = run_node(node, [frame.values[i] if i else None for i in node.input])
-                frame.values.update(zip(node.output, outs, strict=False))
+        """Run the schedule: CPU regions (one session call each) and fabric segments in order."""
+        for kind, k in self.steps:
+            if kind == "region":
+                frame.values.update(self.cpu_regions[k].run(frame.values))
             else:
-                self._run_segment(frame, self.manifest["segments"][step["segment"]])
+                self._run_segment(frame, self.manifest["segments"][k])
         return frame
 
     def finish(self, frame: Frame) -> list[np.ndarray]:

@@ -91,11 +91,14 @@ def find_sidecar(compiled_folder: Path, source: str) -> Path | None:
 
 
 def run_image_folder(compiled_folder: str | Path, images: str | Path, out_dir: str | Path, backend: str = "golden",
-                     sidecar: str | Path | None = None, bitstream: str | Path | None = None) -> Path:
+                     sidecar: str | Path | None = None, bitstream: str | Path | None = None,
+                     cpu_runtime: str = "auto") -> Path:
     """Detect objects in every image of a folder through the pipeline; writes detections.json and drawn PNGs.
 
-    Returns the path of detections.json. Boxes are in pixels of each original image.
+    Returns the path of detections.json. Boxes are in pixels of each original image. ``cpu_runtime``: what runs
+    the model's CPU regions (see ``shiftpu.sw.cpu_regions.CpuRuntime``).
     """
+    from shiftpu.compiler.artifact import read_folder
     from shiftpu.sw.detection import DecodeParams
     from shiftpu.sw.device_backends import open_backend
     from shiftpu.sw.executor import Executor
@@ -103,9 +106,10 @@ def run_image_folder(compiled_folder: str | Path, images: str | Path, out_dir: s
     from shiftpu.sw.pipeline_model import ModelStages
 
     loaded = load_folder(images)
-    compiled = Executor(compiled_folder).compiled
+    compiled = read_folder(compiled_folder)
     executor = Executor(compiled, backend=open_backend(backend, compiled.config, compiled.board,
-                                                        Path(bitstream) if bitstream else None))
+                                                        Path(bitstream) if bitstream else None),
+                        cpu_runtime=cpu_runtime)
     side = Path(sidecar) if sidecar is not None else find_sidecar(Path(compiled_folder),
                                                                   executor.manifest.get("source", ""))
     if side is None:

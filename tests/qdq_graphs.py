@@ -221,6 +221,29 @@ class QdqBuilder:
         self.nodes.append(helper.make_node("GlobalAveragePool", [self.dq(t)], [y], name=self._uid("GAP_")))
         return self._quantize(y, (t.shape[0], 1, 1), t.exp, t.signed, t.rms)
 
+    def constant(self, stem: str, value: np.ndarray) -> str:
+        """An initializer (e.g. a float node's constant operand); returns its name."""
+        return self._const(stem, value)
+
+    def float_node(self, op_type: str, inputs: list[str], **attrs) -> str:
+        """A float node (it stays on the CPU) reading the named values; returns its output."""
+        y = self._uid(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [y], name=self._uid(f"{op_type}_"), **attrs))
+        return y
+
+    def pad(self, t: QT, pads: tuple[int, int, int, int], mode: str = "reflect") -> QT:
+        """DQ -> Pad (top, left, bottom, right) -> Q at the same scale: a padding the fabric does not fold."""
+        pt, pl, pb, pr = pads
+        y = self.float_node("Pad", [self.dq(t), self._const("pads", np.array([0, 0, pt, pl, 0, 0, pb, pr], np.int64))],
+                            mode=mode)
+        c, h, w = t.shape
+        return self._quantize(y, (c, h + pt + pb, w + pl + pr), t.exp, t.signed, t.rms)
+
+    def output_value(self, name: str, elem_type: int, shape: tuple[int, ...]) -> str:
+        """Make a float value (of a :meth:`float_node`) a model output."""
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+        return name
+
     def output(self, t: QT, float_op: str | None = None) -> str:
         """Make t a model output through DequantizeLinear (optionally followed by a float op, e.g. Sigmoid)."""
         y = self.dq(t)
@@ -231,10 +254,10 @@ class QdqBuilder:
         self.outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, *t.shape]))
         return y
 
-    def model(self) -> onnx.ModelProto:
+    def model(self, opset: int = OPSET) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, "qdq", [self.input], self.outputs, self.inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="shiftpu-tests")
-        m.ir_version = 9
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="shiftpu-tests")
+        m.ir_version = 9 if opset <= OPSET else 10
         onnx.checker.check_model(m)
         return m
 
@@ -281,6 +304,28 @@ def detector(size: int = 512, seed: int = 0, width: int = 16) -> onnx.ModelProto
     b.output(head32)
     b.output(head16)
     return b.model()
+
+
+def cpu_tail_model(size: int = 12, seed: int = 3) -> onnx.ModelProto:
+    """Fabric layers with standard operators the fabric does not run around them: a reflect Pad between two
+    convolutions, then on the output a linear Resize and a Softmax, a Slice and a Cast to float16, and a
+    GroupNormalization plus a ConstantOfShape of its Shape (opset 21, for GroupNormalization-21)."""
+    b = QdqBuilder((4, size, size), seed=seed)
+    t = b.conv(b.x, 8, 3, act="relu")
+    t = b.pad(t, (1, 1, 1, 1))
+    t = b.conv(t, 8, 3, pad=0, act="relu")
+    t = b.conv(t, 8, 3, act="none")
+    up = b.float_node("Resize", [b.dq(t), "", b.constant("sc", np.array([1, 1, 2, 2], np.float32))], mode="linear")
+    b.output_value(b.float_node("Softmax", [up], axis=1), TensorProto.FLOAT, (1, 8, 2 * size, 2 * size))
+    cut = b.float_node("Slice", [b.dq(t), b.constant("st", np.array([0], np.int64)),
+                                 b.constant("en", np.array([4], np.int64)), b.constant("ax", np.array([1], np.int64))])
+    b.output_value(b.float_node("Cast", [cut], to=TensorProto.FLOAT16), TensorProto.FLOAT16, (1, 4, size, size))
+    gn = b.float_node("GroupNormalization", [b.dq(t), b.constant("gs", np.linspace(0.5, 2, 8).astype(np.float32)),
+                                             b.constant("gb", np.linspace(-1, 1, 8).astype(np.float32))], num_groups=2)
+    half = b.float_node("ConstantOfShape", [b.float_node("Shape", [gn])],
+                        value=numpy_helper.from_array(np.array([0.5], np.float32)))
+    b.output_value(b.float_node("Add", [gn, half]), TensorProto.FLOAT, (1, 8, size, size))
+    return b.model(opset=21)
 
 
 def golden_vs_onnxruntime(model: onnx.ModelProto, out_dir, board: str = "pynq-z2", seed: int = 0,

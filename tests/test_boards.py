@@ -12,6 +12,7 @@ import pytest
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.boards import BoardError, PsFamily, YosysFamily, board_names, load_board, load_board_file
+from shiftpu.boards.clock import fps_clock
 from shiftpu.boards.ps import ATTACHMENTS, ps_config, register_range
 
 BOARD_DIR = Path(__file__).resolve().parents[1] / "boards"
@@ -159,6 +160,7 @@ def test_cli_boards_json():
     data = {b["name"]: b for b in json.loads(out.stdout)}
     assert data["kv260"]["resources"]["URAM"] == 64
     assert data["pynq-z2"]["config_hash"] == f"0x{load_board('pynq-z2').accel.config_hash():08x}"
+    assert data["pynq-z2"]["fps_clock"] == fps_clock("pynq-z2").to_json()
 
 
 def test_cli_unknown_board_is_one_line():

@@ -194,7 +194,7 @@ def _flip_last_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name", ["segment0.bin", "model.onnx"])
+@pytest.mark.parametrize("name", ["segment0.bin", "model.onnx", "cpu_region0.onnx"])
 def test_a_flipped_byte_in_a_compiled_file_is_refused(name, compiled, work, monkeypatch, capsys):
     out, x = compiled
     copy = work / "out"
@@ -215,7 +215,8 @@ def test_a_folder_without_checksums_is_refused(compiled, work):
     copy = work / "out"
     shutil.copytree(out, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    assert sorted(manifest["checksums"]) == ["model.onnx", "partition.txt", "segment0.bin"]
+    assert sorted(manifest["checksums"]) == ["cpu_region0.onnx", "cpu_region1.onnx", "model.onnx", "partition.txt",
+                                             "segment0.bin"]
     del manifest["checksums"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"no checksums in manifest.json .*: recompile the model$"):

@@ -10,6 +10,7 @@ import pytest
 from qdq_graphs import detector, random_input, run_onnxruntime
 from typer.testing import CliRunner
 
+from shiftpu.boards.clock import fps_clock
 from shiftpu.cli.main import app
 
 runner = CliRunner()
@@ -51,6 +52,13 @@ def test_estimate_json(compiled):
     assert len(conv) == 15
     assert all({"cycles", "dataflow", "utilization", "ddr_bytes"} <= set(la) for la in est["layers"])
     assert est["cycles"] > sum(la["cycles"] for la in est["layers"])  # plus header fetch and END
+    clock = fps_clock("pynq-z2")  # the board clock only where the stored timing estimate of the design clears it
+    assert (est["clock_mhz"], est["clock_source"], est["clock_label"]) == (clock.clock_mhz, clock.source.value,
+                                                                           clock.label)
+    assert est["fps"] == round(clock.clock_mhz * 1e6 / est["cycles"], 3)
+    table = runner.invoke(app, ["estimate", str(d / "out")]).output.splitlines()
+    assert table[0].endswith(f"rtl schedule, at {clock.describe()}")
+    assert f"{est['fps']} fps (estimated, at {clock.clock_mhz:g} MHz, {clock.source.words})" in table[-1]
 
 
 def test_disasm_lists_every_instruction(compiled):

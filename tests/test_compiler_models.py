@@ -42,14 +42,24 @@ def test_cpu_nodes_run_and_are_reported(tmp_path):
     np.testing.assert_array_equal(got[0], ref[0])
     report = (tmp_path / "out" / "partition.txt").read_text()
     line = next(la for la in report.splitlines() if "GlobalAveragePool" in la)
-    assert line.split()[:2] == ["CPU", "GlobalAveragePool"]
-    assert line.endswith("because: no fabric implementation of this operator: GlobalAveragePool is not a fabric operation")
+    assert line.split()[:2] == ["cpu1", "GlobalAveragePool"]
+    assert line.endswith("onnxruntime, because: no fabric implementation of this operator: GlobalAveragePool is not "
+                         "a fabric operation")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     reasons = {n["op_type"]: n["reason"] for n in manifest["cpu_nodes"]}
     assert reasons == {"QuantizeLinear": "QUANT_BOUNDARY", "DequantizeLinear": "QUANT_BOUNDARY",
                        "GlobalAveragePool": "NO_FABRIC_OP", "Sigmoid": "NO_FABRIC_OP"}
     assert len(manifest["segments"]) == 2  # conv+pool+conv, then the Gemm after the CPU pooling
     assert [s for s in manifest["schedule"] if "segment" in s] == [{"segment": 0}, {"segment": 1}]
+    # one onnxruntime region before, between and after the segments: Q | DQ, GAP, Q | DQ, Sigmoid
+    regions = manifest["cpu_regions"]
+    ops = [[manifest["cpu_nodes"][[n["index"] for n in manifest["cpu_nodes"]].index(i)]["op_type"] for i in r["nodes"]]
+           for r in regions]
+    assert ops == [["QuantizeLinear"], ["DequantizeLinear", "GlobalAveragePool", "QuantizeLinear"],
+                   ["DequantizeLinear", "Sigmoid"]]
+    assert regions[0]["inputs"] == ["x"] and regions[2]["outputs"] == [m.graph.output[0].name]
+    assert regions[1]["inputs"] == [manifest["segments"][0]["outputs"][0]]
+    assert regions[1]["outputs"] == manifest["segments"][1]["inputs"]
 
 
 def test_manifest_describes_the_folder(tmp_path):
@@ -60,7 +70,7 @@ def test_manifest_describes_the_folder(tmp_path):
     assert int(man["config_hash"], 16) == load_board("kv260").accel.config_hash()
     assert man["arena_bytes"] == r.graph.arena_bytes
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "manifest.json", "model.onnx", "partition.txt", "segment0.bin"]
+        "cpu_region0.onnx", "cpu_region1.onnx", "manifest.json", "model.onnx", "partition.txt", "segment0.bin"]
     assert man["inputs"] == [{"name": "x", "dtype": "float32", "shape": [1, 3, 32, 32],
                               "quantization": {"tensor": "q1", "dtype": "int8", "scale_exp": -5}}]
     assert [o["shape"] for o in man["outputs"]] == [[1, 24, 1, 1], [1, 24, 2, 2]]
@@ -72,9 +82,11 @@ def test_manifest_describes_the_folder(tmp_path):
             share = a < b and ta["offset"] < tb["offset"] + tb["nbytes"] and tb["offset"] < ta["offset"] + ta["nbytes"]
             assert not share or live[a][1] < live[b][0] or live[b][1] < live[a][0], (a, b)
     dumps = sorted(p.name for p in (tmp_path / "dump").iterdir())
-    assert dumps == ["00_import.txt", "01_remove_dead_cpu_nodes.txt", "02_check_cpu_nodes.txt", "03_lower_concat.txt",
-                     "04_partition.txt", "05_choose_dataflow.txt", "06_allocate.txt"]
-    assert "dataflow=" in (tmp_path / "dump" / "05_choose_dataflow.txt").read_text()
+    assert dumps == ["00_import.txt", "01_remove_dead_cpu_nodes.txt", "02_lower_concat.txt", "03_partition.txt",
+                     "04_group_cpu_regions.txt", "05_check_cpu_regions.txt", "06_choose_dataflow.txt",
+                     "07_allocate.txt"]
+    assert "dataflow=" in (tmp_path / "dump" / "06_choose_dataflow.txt").read_text()
+    assert "cpu1: 2 node(s)" in (tmp_path / "dump" / "04_group_cpu_regions.txt").read_text()
 
 
 def test_compare_finds_the_first_divergent_layer(tmp_path):

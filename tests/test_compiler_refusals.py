@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
-from qdq_graphs import QdqBuilder, random_input
+from qdq_graphs import QdqBuilder, random_input, run_onnxruntime
 
 from shiftpu.compiler.artifact import ArtifactError, read_folder
 from shiftpu.compiler.driver import compile_model
@@ -77,11 +77,16 @@ def test_weight_not_a_shift_is_refused():
         compile_model(m, "pynq-z2")
 
 
-def test_unsupported_cpu_operator_is_refused():
+def test_operator_outside_the_onnx_operator_sets_is_refused():
     b = QdqBuilder((4, 4, 4))
-    b.output(b.x, float_op="Softplus")
-    with pytest.raises(CompileError, match=r"node 'Softplus_\d+' \(Softplus\) cannot run on the fabric .* no CPU operator"):
-        compile_model(b.model(), "pynq-z2")
+    b.nodes.append(helper.make_node("Swish2", [b.dq(b.x)], ["z"], domain="com.example", name="Swish2_0"))
+    b.outputs.append(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 4, 4, 4]))
+    m = helper.make_model(helper.make_graph(b.nodes, "g", [b.input], b.outputs, b.inits),
+                          opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("com.example", 1)])
+    with pytest.raises(CompileError, match=r"^node 'Swish2_0' \(Swish2\) cannot run on the fabric \(no fabric "
+                       r"implementation of this operator: Swish2\) and onnxruntime cannot run it on the CPU: .*"
+                       r"com.example:Swish2\(-1\) is not a registered function/op"):
+        compile_model(m, "pynq-z2")
 
 
 def test_unknown_board_is_refused(tmp_path):
@@ -195,12 +200,17 @@ def test_empty_graph_is_refused():
         compile_model(m, "pynq-z2")
 
 
-def test_clip_inside_the_output_range_is_refused():
+def test_clip_inside_the_output_range_runs_on_the_cpu(tmp_path):
     b = QdqBuilder((4, 6, 6), seed=0)
     y = b.conv(b.x, 8, 3, act="clip")
     b.output(y)
     m = b.model()
     hi = next(i for i in m.graph.initializer if i.name.startswith("hi"))
     hi.CopyFrom(onnx.numpy_helper.from_array(np.float32(2.0 ** y.exp * 10), hi.name))
-    with pytest.raises(CompileError, match=r"\(Conv\) cannot run on the fabric .*Clip max .* inside the output range"):
-        compile_model(m, "pynq-z2")
+    r = compile_model(m, "pynq-z2", tmp_path / "out")
+    conv = next(n for n in r.graph.cpu_nodes() if n.node.op_type == "Conv")
+    assert conv.why.startswith("attributes outside what the fabric implements: Clip max ")
+    assert conv.why.endswith(" is inside the output range")
+    assert not r.graph.fabric_ops()
+    x = random_input(m, 3)
+    np.testing.assert_array_equal(Executor(tmp_path / "out").run(x)[0], run_onnxruntime(m, x)[0])

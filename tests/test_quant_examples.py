@@ -15,10 +15,10 @@ sys.path.insert(0, str(ROOT))  # the examples live next to the package, not in i
 
 from examples.digits import train as digits  # noqa: E402
 from examples.shapes import train as shapes  # noqa: E402
-from examples.shapes.dataset import CLASSES, make_image, make_split  # noqa: E402
 from shiftpu.compiler.quant.check import check_model  # noqa: E402
 from shiftpu.compiler.quant.export import export_qdq  # noqa: E402
 from shiftpu.compiler.quant.prepare import QatOptions, prepare_qat  # noqa: E402
+from shiftpu.shapes_dataset import CLASSES, make_image, make_split  # noqa: E402
 
 MODELS = ROOT / "shiftpu" / "models"
 torch.set_num_threads(1)

@@ -73,7 +73,8 @@ def test_ptq_produces_the_quantized_form(tmp_path):
     assert [(f.op_type, f.problem) for f in findings] == [("Sigmoid", Problem.CPU_OP)]
     assert [r.op_type for r in report.layers] == ["Conv", "Conv", "Conv", "Gemm"]
     assert [r.activation for r in report.layers] == ["relu", "leaky", "none", "none"]
-    assert all(r.weight_sqnr_db > 10 and r.output_sqnr_db > 10 for r in report.layers), report.lines()
+    # the rounding chosen by the output error gives up some weight SQNR for output SQNR
+    assert all(r.weight_sqnr_db > 6 and r.output_sqnr_db > 15 for r in report.layers), report.lines()
     assert "Sigmoid" in "\n".join(report.lines())
 
 

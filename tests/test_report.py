@@ -21,6 +21,7 @@ from test_report_support import (
 )
 
 from shiftpu.boards import load_board
+from shiftpu.boards.clock import fps_clock
 from shiftpu.compiler.artifact import read_folder
 from shiftpu.compiler.estimate import estimate
 from shiftpu.report import ReportError, write_report
@@ -95,7 +96,10 @@ def test_page_without_optional_inputs_says_what_is_missing(bare_page):
     roof = page.sections["roofline"]
     assert "Roofline" in roof and "estimated" in roof
     cfg = load_board(BOARD).accel
-    assert f"peak {cfg.pe_oc * cfg.pe_px * cfg.clock_mhz * 1e6 / 1e9:.1f} GMAC/s" in roof
+    clock = fps_clock(BOARD)
+    assert f"peak {cfg.pe_oc * cfg.pe_px * clock.clock_mhz * 1e6 / 1e9:.1f} GMAC/s" in roof
+    summary = " ".join(page.sections["summary"].split())
+    assert f"fps (fabric only, rtl schedule) at {clock.clock_mhz:g} MHz ({clock.label})" in summary
     assert f"{load_board(BOARD).ddr_bandwidth_gbps:.2f} GB/s" in roof
     assert "No resource estimate given" in page.sections["resources"]
     assert "--resources FILE" in page.sections["resources"]

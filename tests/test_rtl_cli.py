@@ -33,7 +33,7 @@ def test_rtl_check_with_a_ddr_latency_runs_bit_exact(tmp_path):
     args = ["rtl-check", "--config", str(cfg), "--seeds", "1", "--first-seed", "6", "--layers", "3",
             "--memory", "compiled"]
     fast = CliRunner().invoke(app, args)
-    slow = CliRunner().invoke(app, [*args, "--extra-read-latency", "40"])
+    slow = CliRunner().invoke(app, [*args, "--ddr-latency-cycles", "41"])
     print(fast.output, slow.output)
     assert fast.exit_code == 0 and slow.exit_code == 0, fast.output + slow.output
 
@@ -44,7 +44,7 @@ def test_rtl_check_with_a_ddr_latency_runs_bit_exact(tmp_path):
 
 
 def test_rtl_check_refuses_a_latency_without_the_compiled_ram():
-    result = CliRunner().invoke(app, ["rtl-check", "--extra-read-latency", "10"])
+    result = CliRunner().invoke(app, ["rtl-check", "--memory", "axiram", "--ddr-latency-cycles", "10"])
     assert result.exit_code != 0
     assert "needs --memory compiled" in str(result.exception)
 

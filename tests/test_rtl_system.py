@@ -1,7 +1,7 @@
 """System tests: programs in an AXI RAM model, started over AXI4-Lite, compared with the golden model.
 
-One small config is built (cached under build/rtl/<config hash>/); every test runs whole programs
-through the cocotb testbench in the Verilator executable.
+One small config is built (cached in the user's cache directory, see shiftpu.sim.rtl.build); every test runs
+whole programs through the cocotb testbench in the Verilator executable.
 """
 
 from __future__ import annotations
@@ -136,3 +136,24 @@ def test_axi_error_responses(rtl, field, code):
 
     const = _program_with([_move(), replace(_move(), **{field: RAM_BYTES})])
     _expect_error(RtlAccelerator(SMALL, memory=SimMemory.COMPILED), const, code, 1)
+
+
+def test_a_run_past_its_wall_clock_limit_stops_with_the_registers():
+    """`run --timeout` on the rtl backend: the testbench stops the simulation at the limit (looking at the clock
+    every 20,000 cycles) and the run fails with the registers read then; the same program finishes without it."""
+    from rtl_support import square_conv
+
+    from shiftpu.sim.rtl import RtlTimeout, cases
+
+    conv = square_conv(3, 1, 1, in_c=16, in_h=32, in_w=32, out_c=16, strip_w=16, ic_tile=16, oc_tile=16)
+    b = cases.ProgramBuilder(SMALL)
+    cases.add_conv(b, np.random.default_rng(21), conv)  # about 150,000 cycles on the 4x4 array
+    image = b.image()
+    print("seed 21")
+    with pytest.raises(RtlTimeout) as e:
+        RtlAccelerator(SMALL, memory=SimMemory.COMPILED, wall_timeout_s=1e-3).run_program(image.const,
+                                                                                          image.act.copy())
+    assert str(e.value).startswith("the RTL simulation did not finish within 0.001 s (wall clock) and was stopped "
+                                   "(STATUS=0x1, ERROR_CODE=0x0, PC=0x0, CYCLES_LO=0x")
+    assert e.value.registers["CYCLES_LO"] >= 20_000 and e.value.registers["STATUS"] == 1 << Status.BUSY
+    assert_bit_exact(RtlAccelerator(SMALL, memory=SimMemory.COMPILED, wall_timeout_s=3600), image)

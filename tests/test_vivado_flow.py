@@ -15,7 +15,16 @@ import pytest
 from test_boards_standin import standin_verilog
 
 from shiftpu.boards import load_board
-from shiftpu.boards.vivado import LogEvent, Progress, render_tcl, run_vivado, write_flow
+from shiftpu.boards.vivado import (
+    LogEvent,
+    Progress,
+    TimingNotMetError,
+    VivadoError,
+    flow_error,
+    render_tcl,
+    run_vivado,
+    write_flow,
+)
 
 tkinter = pytest.importorskip("tkinter", reason="running the Tcl scripts needs Python's Tcl interpreter (tkinter)")
 
@@ -45,11 +54,13 @@ def _flow(tmp_path: Path, board: str = "ultra96v2") -> Path:
 
 def _run_tcl(hw_dir: Path, *, board_parts: str = "", wns: float = 0.318, whs: float = 0.010,
              util: str = "ultra96v2_utilization.rpt", timing: str = "ultra96v2_timing_summary.rpt",
-             make_hwh: bool = True) -> tuple[list[list[str]], list[str], str | None]:
+             worst: str = "pynq-z2_worst_path.rpt", make_hwh: bool = True, clock_period: float = 5.0,
+             accel_clocks: str = "clk_pl_0") -> tuple[list[list[str]], list[str], str | None]:
     interp = tkinter.Tcl()
     for name, value in (("argv", "2"), ("board_parts", board_parts), ("wns", str(wns)), ("whs", str(whs)),
                         ("sample_util", str(DATA / util)), ("sample_timing", str(DATA / timing)),
-                        ("make_hwh", "1" if make_hwh else "0"), ("echo", "0")):
+                        ("sample_worst", str(DATA / worst)), ("clock_period", str(clock_period)),
+                        ("accel_clocks", accel_clocks), ("make_hwh", "1" if make_hwh else "0"), ("echo", "0")):
         interp.setvar(name, value)
     interp.eval(f"source {{{MOCK}}}")
     error = None
@@ -101,14 +112,53 @@ def test_flow_stops_on_failed_timing(tmp_path):
     assert error == "exit 2"
     assert messages[-1] == ("SHIFTPU-ERROR timing not met at 200 MHz: WNS -0.412 ns, WHS 0.01 ns "
                             "(see reports/timing_summary.rpt)")
+    assert messages[-2] == ("SHIFTPU-INFO worst setup path: setup_start_reg/C -> setup_end_reg/D "
+                            "(reports/worst_path.rpt)")
+    assert messages[-3] == (DATA / "pynq-z2_worst_path.rpt").read_text()  # the worst path, printed to the log
+    worst_file = str(hw / "reports" / "worst_path.rpt")
+    assert ["report_timing", "-max_paths", "1", "-nworst", "1", "-delay_type", "max", "-file", worst_file] in calls
+    assert (hw / "reports" / "worst_path.rpt").read_text() == (DATA / "pynq-z2_worst_path.rpt").read_text()
     assert not (hw / "shiftpu.bit").exists()
     assert (hw / "reports" / "timing_summary.rpt").exists()
 
 
 def test_flow_stops_on_failed_hold(tmp_path):
-    _calls, messages, error = _run_tcl(_flow(tmp_path), whs=-0.05)
+    hw = _flow(tmp_path)
+    calls, messages, error = _run_tcl(hw, whs=-0.05)
     assert error == "exit 2"
     assert "WHS -0.05 ns" in messages[-1]
+    assert messages[-2].startswith("SHIFTPU-INFO worst hold path: hold_start_reg/C -> hold_end_reg/D")
+    assert ["report_timing", "-max_paths", "1", "-nworst", "1", "-delay_type", "min", "-file",
+            str(hw / "reports" / "worst_path.rpt")] in calls
+
+
+def test_flow_stops_when_vivado_says_timing_is_not_met(tmp_path):
+    # setup and hold slack positive, but the summary's verdict fails (a pulse-width check, say)
+    hw = _flow(tmp_path)
+    _calls, messages, error = _run_tcl(hw, timing="pynq-z2_timing_failed.rpt")
+    assert error == "exit 2"
+    assert messages[-1] == ("SHIFTPU-ERROR timing not met at 200 MHz: WNS 0.318 ns and WHS 0.01 ns, but Vivado "
+                            "reports the timing constraints not met (pulse width or another check; see "
+                            "reports/timing_summary.rpt)")
+    assert not (hw / "shiftpu.bit").exists() and not (hw / "reports" / "worst_path.rpt").exists()
+
+
+def test_flow_checks_the_clock_that_times_the_accelerator(tmp_path):
+    calls, messages, error = _run_tcl(_flow(tmp_path))
+    assert error is None
+    assert "SHIFTPU-INFO accelerator clock clk_pl_0: period 5.0 ns (200 MHz, 200 MHz asked for)" in messages
+    assert ["get_pins", "-quiet", "-hierarchical", "-filter", "NAME =~ */shiftpu_accel_0/clk"] in calls
+    # the PS cannot make the clock asked for: timed (and reported) at the one it makes
+    _calls, messages, error = _run_tcl(_flow(tmp_path / "slow"), clock_period=5.333, wns=-0.1)
+    assert error == "exit 2"
+    assert ("SHIFTPU-WARNING the PS makes 187.512 MHz (clock clk_pl_0, period 5.333 ns) for the 200 MHz asked for: "
+            "timing is checked at 187.512 MHz") in messages
+    assert messages[-1].startswith("SHIFTPU-ERROR timing not met at 187.512 MHz: WNS -0.1 ns")
+    for clocks, count in (("", 0), ("clk_pl_0 clk_pl_1", 2)):
+        _calls, messages, error = _run_tcl(_flow(tmp_path / f"clocks{count}"), accel_clocks=clocks)
+        assert error == "exit 3"
+        assert messages[-1] == (f"SHIFTPU-ERROR the accelerator's clk pin is timed by {count} clocks, not one: "
+                                "fabric clock 0 (200 MHz) must constrain it")
 
 
 def test_flow_stops_without_hwh(tmp_path):
@@ -124,6 +174,7 @@ assert args[:2] == ["-mode", "batch"], args
 interp = tkinter.Tcl()
 for name, value in (("argv", args[args.index("-tclargs") + 1]), ("board_parts", ""), ("wns", os.environ["FAKE_WNS"]),
                     ("whs", "0.01"), ("sample_util", os.environ["FAKE_UTIL"]), ("sample_timing", os.environ["FAKE_TIMING"]),
+                    ("sample_worst", os.environ["FAKE_WORST"]), ("clock_period", os.environ["FAKE_PERIOD"]),
                     ("make_hwh", "1"), ("echo", "1")):
     interp.setvar(name, value)
 interp.eval("source {{{mock}}}")
@@ -147,6 +198,8 @@ def fake_vivado(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_WNS", "0.318")
     monkeypatch.setenv("FAKE_UTIL", str(DATA / "ultra96v2_utilization.rpt"))
     monkeypatch.setenv("FAKE_TIMING", str(DATA / "ultra96v2_timing_summary.rpt"))
+    monkeypatch.setenv("FAKE_WORST", str(DATA / "pynq-z2_worst_path.rpt"))
+    monkeypatch.setenv("FAKE_PERIOD", "5.0")
     return exe
 
 
@@ -186,15 +239,40 @@ def test_cli_build_hw_timing_failure_is_one_clear_error(tmp_path, fake_vivado, m
     monkeypatch.setenv("FAKE_WNS", "-0.412")
     monkeypatch.setenv("FAKE_TIMING", str(DATA / "pynq-z2_timing_failed.rpt"))
     monkeypatch.setenv("FAKE_UTIL", str(DATA / "pynq-z2_utilization.rpt"))
+    monkeypatch.setenv("FAKE_PERIOD", "8.0")
     out = tmp_path / "hw_out"
     res = _cli("build-hw", "--board", "pynq-z2", "-o", str(out), "--verilog", str(_standin_file(tmp_path, "pynq-z2")),
                env=dict(os.environ))
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == (
-        "error: timing not met at 125 MHz: WNS -0.412 ns, WHS 0.01 ns (see reports/timing_summary.rpt) "
-        f"(log: {out}/build/vivado.log)")
+        "error: timing not met at 125 MHz: WNS -0.412 ns, WHS 0.01 ns (see reports/timing_summary.rpt); worst path "
+        "shiftpu_i/shiftpu_accel_0/inst/pe_array/row_7/acc_reg[29]/C -> shiftpu_i/shiftpu_accel_0/inst/requant/"
+        "sat_reg[6]/D (setup, slack -0.412 ns, data path 8.203 ns for 8 ns, logic levels 14: CARRY4=8 LUT3=2 LUT5=2 "
+        f"LUT6=2) (reports/worst_path.rpt) (log: {out}/build/vivado.log)")
+    assert (out / "reports" / "worst_path.rpt").read_text() == (DATA / "pynq-z2_worst_path.rpt").read_text()
     report = json.loads((out / "reports" / "report.json").read_text())
     assert report["timing"]["met"] is False
+
+
+def test_flow_error_names_the_worst_path_or_says_why_not(tmp_path):
+    (tmp_path / "reports").mkdir()
+    log = f"(log: {tmp_path}/build/vivado.log)"
+    cause = "timing not met at 125 MHz: WNS 0.1 ns and WHS 0.01 ns, but Vivado reports ..."
+    other = flow_error(tmp_path, 4, "the block design's hardware handoff (shiftpu.hwh) was not generated")
+    assert type(other) is VivadoError and str(other) == (
+        f"the block design's hardware handoff (shiftpu.hwh) was not generated {log}")
+    assert str(flow_error(tmp_path, 1, None)) == f"vivado exited with status 1 {log}"
+    no_path = flow_error(tmp_path, 2, cause)  # setup and hold met: no worst path report is written
+    assert isinstance(no_path, TimingNotMetError) and str(no_path) == f"{cause} {log}"
+    (tmp_path / "reports" / "worst_path.rpt").write_text("Timing Report\n\nNo timing paths found.\n")
+    unreadable = flow_error(tmp_path, 2, "timing not met at 125 MHz: WNS -1 ns, WHS 0.01 ns")
+    assert str(unreadable) == (f"timing not met at 125 MHz: WNS -1 ns, WHS 0.01 ns; the worst path cannot be named: "
+                               f"{tmp_path / 'reports' / 'worst_path.rpt'}: no 'Slack' line: not a Vivado report_timing "
+                               f"report with a path {log}")
+    (tmp_path / "reports" / "worst_path.rpt").write_text((DATA / "pynq-z2_worst_path.rpt").read_text())
+    named = flow_error(tmp_path, 2, None)
+    assert isinstance(named, TimingNotMetError) and str(named).startswith(
+        "vivado exited with status 2; worst path shiftpu_i/shiftpu_accel_0/inst/pe_array/row_7/acc_reg[29]/C -> ")
 
 
 
@@ -204,7 +282,11 @@ def test_run_vivado_removes_outputs_of_an_earlier_run(tmp_path, fake_vivado, mon
     (hw / "reports").mkdir()
     (hw / "reports" / "report.json").write_text("{}")
     (hw / "shiftpu.bit").write_text("old")
+    (hw / "reports" / "worst_path.rpt").write_text("old")
+    assert run_vivado(hw, lambda event: None) == 0
+    assert not (hw / "reports" / "worst_path.rpt").exists()  # timing met: no worst path of this run
     monkeypatch.setenv("FAKE_WNS", "-1.0")
+    (hw / "reports" / "report.json").write_text("{}")
     assert run_vivado(hw, lambda event: None) == 2
     assert not (hw / "shiftpu.bit").exists()
     assert not (hw / "reports" / "report.json").exists()

@@ -1,5 +1,6 @@
-"""Parsers of Vivado's report_utilization and report_timing_summary, on stored reports in Vivado's text format
-(tests/data/vivado/: Zynq-7000 without and UltraScale+ with the "Prohibited" column, timing met and failed)."""
+"""Parsers of Vivado's report_utilization, report_timing_summary and report_timing, on stored reports in Vivado's
+text format (tests/data/vivado/: Zynq-7000 without and UltraScale+ with the "Prohibited" column, timing met and
+failed, the worst failing path)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 from shiftpu.boards.reports import (
     ReportError,
     SiteUse,
+    WorstPath,
     parse_timing_summary,
     parse_utilization,
+    parse_worst_path,
     reports_json,
 )
 
@@ -125,3 +128,32 @@ def test_utilization_without_lut_row(tmp_path):
                     "+-----------+------+\n")
     with pytest.raises(ReportError, match=r"no row for LUT \(looked for CLB LUTs, Slice LUTs\)"):
         parse_utilization(path)
+
+
+def test_worst_path_of_report_timing():
+    path = parse_worst_path(DATA / "pynq-z2_worst_path.rpt")
+    assert path == WorstPath(slack_ns=-0.412, source="shiftpu_i/shiftpu_accel_0/inst/pe_array/row_7/acc_reg[29]/C",
+                             destination="shiftpu_i/shiftpu_accel_0/inst/requant/sat_reg[6]/D",
+                             path_type="Setup (Max at Slow Process Corner)", requirement_ns=8.0,
+                             data_path_delay_ns=8.203, logic_levels="14  (CARRY4=8 LUT3=2 LUT5=2 LUT6=2)")
+    assert path.describe() == ("shiftpu_i/shiftpu_accel_0/inst/pe_array/row_7/acc_reg[29]/C -> "
+                               "shiftpu_i/shiftpu_accel_0/inst/requant/sat_reg[6]/D (setup, slack -0.412 ns, data path "
+                               "8.203 ns for 8 ns, logic levels 14: CARRY4=8 LUT3=2 LUT5=2 LUT6=2)")
+    # the first path of a timing summary's details is its worst
+    assert parse_worst_path(DATA / "pynq-z2_timing_failed.rpt") == path
+
+
+def test_worst_hold_path_and_missing_fields(tmp_path):
+    hold = tmp_path / "hold.rpt"
+    hold.write_text("Timing Report\n\nSlack (VIOLATED) :        -0.051ns  (arrival time - required time)\n"
+                    "  Source:                 a_reg/C\n  Destination:            b_reg/D\n"
+                    "  Path Group:             clk_pl_0\n  Path Type:              Hold (Min at Fast Process Corner)\n"
+                    "  Requirement:            0.000ns  (clk_pl_0 rise@0.000ns - clk_pl_0 rise@0.000ns)\n"
+                    "  Data Path Delay:        0.112ns  (logic 0.040ns (35.714%)  route 0.072ns (64.286%))\n"
+                    "  Logic Levels:           0  \n")
+    assert parse_worst_path(hold).describe() == ("a_reg/C -> b_reg/D (hold, slack -0.051 ns, data path 0.112 ns for "
+                                                 "0 ns, logic levels 0)")
+    broken = tmp_path / "broken.rpt"
+    broken.write_text("Slack (VIOLATED) :        -0.051ns\n  Source:                 a_reg/C\n")
+    with pytest.raises(ReportError, match="the path has no 'Destination' line"):
+        parse_worst_path(broken)

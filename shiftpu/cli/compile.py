@@ -12,6 +12,7 @@ from shiftpu.cli.paths import atomic_file, atomic_folder, check_output_file, che
 from shiftpu.cli.quantize import INPUT_SHAPE_HELP
 from shiftpu.compiler.perf import Schedule
 from shiftpu.errors import ShiftpuError
+from shiftpu.sw.cpu_regions import CpuRuntime
 from shiftpu.sw.device_backends import RuntimeBackend
 
 #: Backends of `run` that load a bitstream (on the board, or on PYNQ's simulated device).
@@ -92,16 +93,43 @@ def _npy_path(path: Path) -> Path:
 
 
 def _check_run_options(backend: RuntimeBackend, images: bool, bitstream: Path | None, compare: bool,
-                       ddr_latency: bool) -> None:
-    """Refuse options that this backend or kind of input would ignore."""
+                       ddr_latency: bool, ddr_latency_cycles: int | None = None, build_dir: Path | None = None,
+                       timeout_s: float | None = None) -> None:
+    """Refuse options that this backend or kind of input would ignore, and impossible values."""
     if bitstream is not None and backend not in BITSTREAM_BACKENDS:
         raise CliInputError(f"--bitstream applies to the {' and '.join(b.value for b in BITSTREAM_BACKENDS)} "
                             f"backends only: the {backend.value} backend loads no bitstream")
-    if ddr_latency and backend is not RuntimeBackend.RTL:
-        raise CliInputError("--ddr-latency applies to the rtl backend only")
-    for flag, given in (("--compare", compare), ("--ddr-latency", ddr_latency)):
+    check_latency_options(ddr_latency, ddr_latency_cycles)
+    rtl_only = (("--ddr-latency", ddr_latency), ("--ddr-latency-cycles", ddr_latency_cycles is not None),
+                ("--build-dir", build_dir is not None))
+    for flag, given in rtl_only:
+        if given and backend is not RuntimeBackend.RTL:
+            raise CliInputError(f"{flag} applies to the rtl backend only")
+    if timeout_s is not None and not timeout_s > 0:
+        raise CliInputError(f"--timeout must be more than 0 seconds, got {timeout_s:g}")
+    for flag, given in (("--compare", compare), *rtl_only, ("--timeout", timeout_s is not None)):
         if given and images:
             raise CliInputError(f"{flag} applies to a .npy input only, not to a folder of images")
+
+
+def check_latency_options(ddr_latency: bool, ddr_latency_cycles: int | None) -> None:
+    """Refuse both ways of giving the simulated DDR's latency at once, and a negative latency."""
+    if ddr_latency and ddr_latency_cycles is not None:
+        raise CliInputError("give --ddr-latency (the board's) or --ddr-latency-cycles N, not both")
+    if ddr_latency_cycles is not None and ddr_latency_cycles < 0:
+        raise CliInputError(f"--ddr-latency-cycles must be >= 0, got {ddr_latency_cycles}")
+
+
+#: Help of the options that set the simulated DDR's latency (`run` and `rtl-check` alike).
+DDR_LATENCY_HELP = ("rtl backend: the simulated DDR answers every read as late as the board's (the board file's DDR "
+                    "latency, on the compiled RAM), so the cycles measured compare with the board estimate.")
+DDR_LATENCY_CYCLES_HELP = ("rtl backend: the simulated DDR (the compiled RAM) answers every read N cycles after its "
+                           "command, as the performance model counts a read latency (e.g. 200 ns = 50 cycles at "
+                           "250 MHz).")
+TIMEOUT_HELP = ("Seconds one run of the accelerator may take before it counts as hung; the run then stops with an "
+                "error (register dump; on the board and pynq-sim the device is reset). Default: no limit on golden "
+                "and rtl, 10 s on board and pynq-sim.")
+BUILD_DIR_HELP = "rtl backend: where Verilator builds are cached (default: the user's cache directory)."
 
 
 def _estimate_for(compiled, backend: RuntimeBackend, sim_latency: int | None) -> str:
@@ -118,9 +146,23 @@ def _estimate_for(compiled, backend: RuntimeBackend, sim_latency: int | None) ->
             f"({board_cycles} for the board, whose DDR bandwidth also bounds it)")
 
 
+def _clock_for(compiled, backend: RuntimeBackend) -> tuple[float, str]:
+    """The clock that turns the cycles measured on ``backend`` into time, and its description. On the board it is
+    the clock the bitstream runs at (the Vivado flow refuses to write a bitstream that misses it); elsewhere the
+    clock of every fps figure (:func:`shiftpu.boards.clock.fps_clock`)."""
+    if backend is RuntimeBackend.BOARD:
+        mhz = compiled.config.clock_mhz
+        return mhz, f"{mhz:g} MHz, the clock the bitstream was built and timed for"
+    from shiftpu.boards.clock import fps_clock
+
+    clock = fps_clock(compiled.board, compiled.config)
+    return clock.clock_mhz, clock.describe()
+
+
 @app.command()
 def run(
-    folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`)."),
+    folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`), or a bundle (from `shiftpu "
+                                "package`: its model; on the board backend also its overlay)."),
     input: Path = typer.Option(..., "--input", "-i", help="Model input as .npy (dtype and shape of the model input), "
                                "or a folder of images (detections JSON and drawn images go to --output, a folder)."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the first model output here (.npy, appended "
@@ -130,25 +172,34 @@ def run(
         RuntimeBackend.GOLDEN, "--backend", help="golden (bit-exact model), rtl (RTL simulation), pynq-sim (PYNQ's "
         "own Overlay/MMIO on a simulated device), board (a Zynq board)."),
     bitstream: Path = typer.Option(None, "--bitstream", help="board and pynq-sim backends: the .bit (its .hwh next "
-                                   "to it)."),
+                                   "to it; default for a bundle on the board: the bundle's overlay)."),
     compare: bool = typer.Option(False, "--compare",
                                  help="Also run onnxruntime and name the first tensor that differs, and by how much."),
-    ddr_latency: bool = typer.Option(False, "--ddr-latency",
-                                     help="rtl backend: the simulated DDR answers every read as late as the board's "
-                                     "(the board file's DDR latency, on the compiled RAM), so the cycles measured "
-                                     "compare with the board estimate."),
+    ddr_latency: bool = typer.Option(False, "--ddr-latency", help=DDR_LATENCY_HELP),
+    ddr_latency_cycles: int = typer.Option(None, "--ddr-latency-cycles", metavar="N", help=DDR_LATENCY_CYCLES_HELP),
+    timeout_s: float = typer.Option(None, "--timeout", metavar="SECONDS", help=TIMEOUT_HELP),
+    build_dir: Path = typer.Option(None, "--build-dir", help=BUILD_DIR_HELP),
+    cpu_runtime: CpuRuntime = typer.Option(
+        CpuRuntime.AUTO, "--cpu-runtime", help="What runs the model's CPU regions: auto (onnxruntime where it is "
+        "installed, else the numpy kernels), onnxruntime, or numpy (the fallback kernels, which cover the usual "
+        "boundary operators only)."),
 ) -> None:
     """Run a compiled model on a backend; optionally compare every layer with onnxruntime."""
     import numpy as np
 
-    _check_run_options(backend, input.is_dir(), bitstream, compare, ddr_latency)
+    from shiftpu.boards.bundle import resolve_run_folder
+
+    _check_run_options(backend, input.is_dir(), bitstream, compare, ddr_latency, ddr_latency_cycles, build_dir,
+                       timeout_s)
+    folder, bitstream = resolve_run_folder(folder, backend is RuntimeBackend.BOARD, bitstream)
     if input.is_dir():
         from shiftpu.sw.images import run_image_folder
 
         out_dir = output or Path("detections")
         check_output_folder(out_dir, "--output", marker="detections.json")
         with atomic_folder(out_dir) as tmp:
-            written = run_image_folder(folder, input, tmp, backend.value, bitstream=bitstream)
+            written = run_image_folder(folder, input, tmp, backend.value, bitstream=bitstream,
+                                       cpu_runtime=cpu_runtime.value)
         typer.echo(f"wrote {out_dir / written.name}")
         return
 
@@ -158,22 +209,27 @@ def run(
         output = _npy_path(output)
         check_output_file(output, "--output")
     x = _load_input(input)
-    probe = Executor(folder)
+    probe = Executor(folder, cpu_runtime=cpu_runtime)
     probe.check_inputs(x)  # before a backend that may take minutes to build
     compiled = probe.compiled
     accel = backend.value
     sim_latency = None  # read latency of the simulated memory, as the performance model counts it
-    if ddr_latency:
+    if backend is RuntimeBackend.RTL:
         from shiftpu.boards import load_board
         from shiftpu.sim.rtl import RtlAccelerator
 
-        accel = RtlAccelerator.with_read_latency(compiled.config, load_board(compiled.board).ddr_read_latency_cycles)
-        sim_latency = accel.read_latency
-    if backend in (RuntimeBackend.BOARD, RuntimeBackend.PYNQ_SIM):
+        latency = load_board(compiled.board).ddr_read_latency_cycles if ddr_latency else ddr_latency_cycles
+        rtl_options = {"build_root": build_dir, "wall_timeout_s": timeout_s}
+        accel = (RtlAccelerator(compiled.config, **rtl_options) if latency is None
+                 else RtlAccelerator.with_read_latency(compiled.config, latency, **rtl_options))
+        sim_latency = accel.read_latency if latency is not None else None
+    # with a timeout the golden model runs behind the driver, whose watchdog stops a run that takes too long
+    behind_driver = BITSTREAM_BACKENDS + ((RuntimeBackend.GOLDEN,) if timeout_s is not None else ())
+    if backend in behind_driver:
         from shiftpu.sw.device_backends import open_accelerator
 
-        accel = open_accelerator(backend, compiled.config, compiled.board, bitstream)
-    ex = Executor(compiled, accel, keep_intermediates=compare)
+        accel = open_accelerator(backend, compiled.config, compiled.board, bitstream, timeout_s=timeout_s)
+    ex = Executor(compiled, accel, keep_intermediates=compare, cpu_runtime=cpu_runtime)
     frame = ex.execute(ex.prepare(x))
     outs = ex.finish(frame)
     if output is not None:
@@ -185,12 +241,12 @@ def run(
     measured = [s for s in frame.stats if s.measured]
     if measured:
         cycles = sum(s.cycles for s in measured)
-        mhz = ex.compiled.config.clock_mhz
+        mhz, clock_text = _clock_for(ex.compiled, backend)
         how = ("measured, RTL simulation" if backend is RuntimeBackend.RTL
                else f"measured on the {backend.value} backend")
         if sim_latency is not None:
-            how += f", reads {sim_latency} cycles late as on the board"
-        typer.echo(f"fabric: {cycles} cycles ({how}; {cycles / mhz / 1e3:.3f} ms at {mhz} MHz), "
+            how += f", reads {sim_latency} cycles late" + (" as on the board" if ddr_latency else "")
+        typer.echo(f"fabric: {cycles} cycles ({how}; {cycles / mhz / 1e3:.3f} ms at {clock_text}), "
                    f"{sum(s.stall_cycles or 0 for s in measured)} of them stalled on memory; "
                    f"{_estimate_for(ex.compiled, backend, sim_latency)}")
     if compare:
@@ -205,14 +261,16 @@ def run(
 @app.command()
 def estimate(
     folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON object (fps, cycles, utilization, layers)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object (fps, cycles, utilization, layers, the clock: clock_mhz, clock_source)."),
     schedule: Schedule = typer.Option(
         None, "--schedule",
         help="rtl: the generated RTL, whose line-buffer loader and store overlap the PE array where the buffers "
              "allow (agrees with the RTL simulation); overlapped: a coarser model, every load and store hidden "
              "behind the computation, reads and writes sharing one AXI beat per cycle. Default: the schedule the folder was compiled for."),
 ) -> None:
-    """Estimated cycles, DDR traffic, PE utilisation per layer and fps at the board clock (performance model)."""
+    """Estimated cycles, DDR traffic, PE utilisation per layer and fps (performance model), at the board clock where
+    a stored timing estimate of the design clears it, else at the clock the estimate supports or, with none, at the
+    board clock labelled as assumed (docs/timing.md)."""
     from shiftpu.boards import load_board
     from shiftpu.compiler.artifact import read_folder
     from shiftpu.compiler.estimate import estimate as estimate_programs

@@ -58,7 +58,7 @@ app = ShiftpuApp(
 )
 
 #: Modules under shiftpu.cli that each add their subcommands to ``app``.
-COMMAND_MODULES = ("doctor", "info", "boards", "quantize", "compile", "bench", "rtl", "report")
+COMMAND_MODULES = ("doctor", "info", "boards", "quantize", "compile", "bench", "rtl", "report", "demo")
 
 
 def _version_callback(value: bool) -> None:

@@ -4,6 +4,8 @@ A command checks each output option with :func:`check_output_file` or :func:`che
 does anything slow, so a path that cannot be written fails at once with one line. It then writes through
 :func:`atomic_file` or :func:`atomic_folder`: the output goes to a hidden sibling that is renamed into place
 only when complete, so a failure (or Ctrl-C) leaves neither a half-written output nor folders made for it.
+An output that records its own location is written in place through :func:`folder_in_place`, which puts the
+earlier output back when the command fails.
 """
 
 from __future__ import annotations
@@ -143,3 +145,36 @@ def atomic_folder(path: Path) -> Iterator[Path]:
             if error is None:
                 raise
             raise error from None
+
+
+@contextmanager
+def folder_in_place(path: Path) -> Iterator[Path]:
+    """``path`` itself to fill, for an output that records its own location (the demo's report names the compiled
+    folder beside it), so it cannot be written under a temporary name. An earlier ``path`` is moved to a hidden
+    sibling first; if the block fails, what it wrote is removed and the earlier folder put back, otherwise the
+    earlier folder is deleted."""
+    with made_parents(path.parent):
+        old = None
+        try:
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent)) / path.name
+                os.replace(path, old)
+            path.mkdir()
+        except OSError as e:
+            if old is not None and not path.exists():
+                os.replace(old, path)
+                old.parent.rmdir()
+            raise OutputPathError(f"{path}: cannot write: {e.strerror or e}") from None
+        try:
+            yield path
+        except BaseException as e:
+            shutil.rmtree(path, ignore_errors=True)
+            if old is not None:
+                os.replace(old, path)
+                old.parent.rmdir()
+            error = _write_error(path, e, path)
+            if error is None:
+                raise
+            raise error from None
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)

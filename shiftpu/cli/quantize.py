@@ -39,8 +39,28 @@ def quantize(
     weight_code: WeightCodeOption = typer.Option(WeightCodeOption.shift4, "--weight-code",
                                                  help="shift4: weights 0 or +-2^e; two-term: +-2^e1 +- 2^e2."),
     act_bits: int = typer.Option(8, "--act-bits", help="Activation width in bits: 8 or 4."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration-driven methods (rows sampled, order of the "
+                             "rounding sweeps): the same seed and inputs give the same model."),
+    fast_ptq: bool = typer.Option(False, "--fast-ptq", help="No calibration-driven weight method: each weight "
+                                  "rounded to the nearest shift level, scales by the weight error, no bias "
+                                  "correction, equalisation or BatchNorm re-estimation (quickest, least accurate)."),
+    no_adaround: bool = typer.Option(False, "--no-adaround", help="Skip the rounding optimisation (the slow part): "
+                                     "weights rounded to the nearest level; the other methods still run."),
+    no_scale_search: bool = typer.Option(False, "--no-scale-search", help="Per-channel weight scales chosen by the "
+                                         "weight error instead of the layer output error."),
+    no_bias_correction: bool = typer.Option(False, "--no-bias-correction",
+                                            help="Keep the float bias (no removal of the mean output error)."),
+    no_equalize: bool = typer.Option(False, "--no-equalize", help="Skip cross-layer equalisation (power-of-two "
+                                     "factors between Conv/Gemm pairs, kept only where it helps)."),
+    no_bn_reestimate: bool = typer.Option(False, "--no-bn-reestimate", help="Keep the statistics of BatchNorm nodes "
+                                          "that stay float (not folded into a Conv)."),
 ) -> None:
-    """Post-training quantization: float ONNX -> shift-quantized QDQ ONNX, with a per-layer SQNR report."""
+    """Post-training quantization: float ONNX -> shift-quantized QDQ ONNX, with a per-layer SQNR report.
+
+    By default the weights, scales and biases are chosen by each layer's output error on the calibration data
+    (rounding optimisation, scale search, bias correction), layer pairs are equalised where it helps and float
+    BatchNorms re-estimated; the report gives the SQNR after each method.
+    """
     import onnx
 
     from shiftpu.compiler.quant.calibrate import load_calibration
@@ -52,7 +72,14 @@ def quantize(
     check_output_file(output, "--output")
     float_model = load_model(model)
     data = load_calibration(calib)
-    q, report = quantize_model(float_model, data, PtqOptions(_weight_code(weight_code), act_bits))
+    code = _weight_code(weight_code)
+    if fast_ptq:
+        options = PtqOptions.fast(code, act_bits)
+    else:
+        options = PtqOptions(code, act_bits, adaround=not no_adaround, scale_search=not no_scale_search,
+                             bias_correction=not no_bias_correction, equalize=not no_equalize,
+                             bn_reestimate=not no_bn_reestimate, seed=seed)
+    q, report = quantize_model(float_model, data, options)
     with atomic_file(output) as tmp:
         onnx.save(q, str(tmp))
     for line in report.lines():
@@ -66,23 +93,33 @@ def check(
     weight_code: WeightCodeOption = typer.Option(WeightCodeOption.shift4, "--weight-code",
                                                  help="Weight coding of the target accelerator."),
     input_shape: list[str] = typer.Option([], "--input-shape", help=INPUT_SHAPE_HELP),
+    board: str = typer.Option("ultra96v2", "--board", "-b", metavar="<board>",
+                              help="Board whose accelerator the partition is made for (as `shiftpu compile --board`)."),
 ) -> None:
-    """Name every node that keeps the model from running whole on the accelerator; exit 0 only if none does."""
+    """Name every node that keeps the model from running whole on the accelerator, then print the fabric/CPU
+    partition that `shiftpu compile` makes (where each operation runs and why); exit 0 only if no node keeps the
+    model from running whole and compile accepts it."""
     from dataclasses import replace
 
     from shiftpu.arch.config import AccelConfig
     from shiftpu.compiler.onnx_import import bind_input_shapes, parse_input_shapes, require_pow2_scales
+    from shiftpu.compiler.partition import partition_prediction
     from shiftpu.compiler.quant.check import check_model
     from shiftpu.compiler.quant.onnxio import load_model
 
-    onnx_model, bound = bind_input_shapes(load_model(model), parse_input_shapes(input_shape), str(model))
+    shapes = parse_input_shapes(input_shape)
+    onnx_model, bound = bind_input_shapes(load_model(model), shapes, str(model))
     require_pow2_scales(onnx_model, str(model))
     for line in bound:
         typer.echo(line)
     report = check_model(onnx_model, replace(AccelConfig(), weight_code=_weight_code(weight_code)))
     for line in report.lines():
         typer.echo(line)
-    raise typer.Exit(0 if report.ok else 1)
+    lines, accepted = partition_prediction(model, board, shapes)
+    typer.echo("")
+    for line in lines:
+        typer.echo(line)
+    raise typer.Exit(0 if report.ok and accepted else 1)
 
 
 @app.command("import-qonnx")

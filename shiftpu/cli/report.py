@@ -7,6 +7,12 @@ from pathlib import Path
 import typer
 
 from shiftpu.cli.main import app
+from shiftpu.cli.paths import atomic_file, check_output_file
+from shiftpu.errors import ShiftpuError
+
+
+class ReportExtraMissing(ShiftpuError):
+    """The report's figures need matplotlib (the "report" extra), which is not installed."""
 
 
 @app.command()
@@ -26,7 +32,17 @@ def report(
     """Write one self-contained HTML page of FOLDER: the per-layer table (operation, shapes, dataflow, tiles,
     cycles, utilisation, DDR bytes, fabric or CPU), a roofline for the board, the resource chart and the pipeline
     Gantt chart, each marked measured or estimated. Works offline: no external files or URLs."""
-    from shiftpu.report import write_report
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ReportExtraMissing("shiftpu report draws its figures with matplotlib, which is not installed: "
+                                 "pip install 'shiftpu[report]'") from None
+    from shiftpu.report import DEFAULT_NAME, ReportError, write_report
 
-    out = write_report(folder, output, resources=resources, trace=trace, bench=bench)
+    if not folder.is_dir():  # before the output, which by default goes into it
+        raise ReportError(f"{folder}: no such folder (expected the output of `shiftpu compile`)")
+    out = output if output is not None else folder / DEFAULT_NAME
+    check_output_file(out, "--output")
+    with atomic_file(out) as partial:
+        write_report(folder, partial, resources=resources, trace=trace, bench=bench)
     typer.echo(f"wrote {out}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from shiftpu.cli.compile import check_latency_options
 from shiftpu.cli.main import app
 from shiftpu.errors import ShiftpuError
 
@@ -18,17 +19,28 @@ class RtlCheckError(ShiftpuError):
 
 @app.command("rtl-check")
 def rtl_check(
-    board: str = typer.Option(None, "--board", "-b", help="Use this board's accelerator config (see `shiftpu boards`)."),
-    config: Path = typer.Option(None, "--config", help="Accelerator config as JSON (default: AccelConfig())."),
+    board: str = typer.Option(None, "--board", "-b",
+                              help="Use this board's accelerator config (see `shiftpu boards`; default: the default "
+                                   "board's, unless --config is given)."),
+    config: Path = typer.Option(None, "--config", help="Accelerator config as JSON, instead of a board's."),
     seeds: int = typer.Option(3, "--seeds", help="Number of random programs."),
     first_seed: int = typer.Option(0, "--first-seed", help="Seed of the first program (the next ones count up)."),
     layers: int = typer.Option(6, "--layers", help="Random layers per program."),
-    build_dir: Path = typer.Option(Path("build") / "rtl", "--build-dir", help="Where Verilator builds are cached."),
-    memory: str = typer.Option("axiram", "--memory",
-                               help="Simulated DDR: axiram (cocotbext-axi AxiRam) or compiled (Verilog RAM, faster)."),
-    extra_read_latency: int = typer.Option(0, "--extra-read-latency",
-                                           help="Cycles the compiled RAM adds to every read (and write response), "
-                                           "as a board's DDR does (e.g. 200 ns = 50 cycles at 250 MHz)."),
+    build_dir: Path = typer.Option(None, "--build-dir",
+                                   help="Where Verilator builds are cached (default: the user's cache directory)."),
+    memory: str = typer.Option(None, "--memory",
+                               help="Simulated DDR: axiram (cocotbext-axi AxiRam; the default) or compiled (Verilog "
+                                    "RAM, faster; the default with a DDR latency)."),
+    ddr_latency: bool = typer.Option(False, "--ddr-latency",
+                                     help="The simulated DDR answers every read as late as the board's (--board or "
+                                          "the default board; the board file's DDR latency, on the compiled RAM), as "
+                                          "`shiftpu run --ddr-latency` does."),
+    ddr_latency_cycles: int = typer.Option(None, "--ddr-latency-cycles", metavar="N",
+                                           help="The simulated DDR (the compiled RAM) answers every read N cycles "
+                                                "after its command, as the performance model counts a read latency "
+                                                "(e.g. 200 ns = 50 cycles at 250 MHz)."),
+    extra_read_latency: int = typer.Option(None, "--extra-read-latency", hidden=True,
+                                           help="Deprecated: --ddr-latency-cycles N+1 gives the same latency."),
 ) -> None:
     """Build the accelerator (cached), run random layers on its Verilator simulation and on the golden model,
     compare the whole activation arena; prints measured cycles and simulation speed per program."""
@@ -36,26 +48,41 @@ def rtl_check(
 
     from shiftpu.arch.config import AccelConfig
     from shiftpu.arch.isa import Dataflow, Opcode
+    from shiftpu.boards import DEFAULT_BOARD, load_board
     from shiftpu.sim.golden import GoldenAccelerator
     from shiftpu.sim.rtl import RtlAccelerator, SimMemory, cases
+    from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY
 
     if board and config:
         raise RtlCheckError("give --board or --config, not both")
-    if board:
-        from shiftpu.boards import load_board
-
-        cfg = load_board(board).accel
-    else:
-        cfg = AccelConfig.load(config) if config else AccelConfig()
+    if ddr_latency and config:
+        raise RtlCheckError("--ddr-latency takes the DDR latency from a board file: give --board, or "
+                            "--ddr-latency-cycles N with --config")
+    if extra_read_latency is not None:
+        if ddr_latency or ddr_latency_cycles is not None:
+            raise RtlCheckError("give one of --ddr-latency, --ddr-latency-cycles (--extra-read-latency is their "
+                                "deprecated form)")
+        if extra_read_latency < 0:
+            raise RtlCheckError(f"--extra-read-latency must be >= 0, got {extra_read_latency}")
+        ddr_latency_cycles = extra_read_latency + BASE_READ_LATENCY
+        typer.secho(f"warning: --extra-read-latency is deprecated: --ddr-latency-cycles {ddr_latency_cycles} gives "
+                    "the same latency", fg="yellow", err=True)
+    check_latency_options(ddr_latency, ddr_latency_cycles)
+    board_file = load_board(board or DEFAULT_BOARD) if not config else None
+    cfg = AccelConfig.load(config) if config else board_file.accel
+    latency = board_file.ddr_read_latency_cycles if ddr_latency else ddr_latency_cycles
     try:
-        sim_memory = SimMemory(memory)
+        sim_memory = SimMemory(memory or ("compiled" if latency is not None else "axiram"))
     except ValueError:
         raise RtlCheckError(f"--memory {memory!r}: choose axiram or compiled") from None
-    if extra_read_latency and sim_memory is not SimMemory.COMPILED:
-        raise RtlCheckError("--extra-read-latency needs --memory compiled")
-    if extra_read_latency < 0:
-        raise RtlCheckError(f"--extra-read-latency must be >= 0, got {extra_read_latency}")
-    rtl = RtlAccelerator(cfg, build_root=build_dir, memory=sim_memory, extra_read_latency=extra_read_latency)
+    if latency is not None and sim_memory is not SimMemory.COMPILED:
+        raise RtlCheckError("a DDR latency (--ddr-latency, --ddr-latency-cycles) needs --memory compiled")
+    options = {"build_root": build_dir}
+    rtl = (RtlAccelerator(cfg, memory=sim_memory, **options) if latency is None
+           else RtlAccelerator.with_read_latency(cfg, latency, **options))
+    source = f"--config {config}" if config else f"board {board_file.name}"
+    memory_text = sim_memory.value + (f", reads {rtl.read_latency} cycles late" if latency is not None else "")
+    typer.echo(f"accelerator 0x{cfg.config_hash():08x} ({source}; memory {memory_text})")
     build = rtl.build
     typer.echo(f"accelerator 0x{cfg.config_hash():08x}: Verilator build "
                + ("reused" if build.reused else f"took {build.build_seconds:.1f} s (measured)"))

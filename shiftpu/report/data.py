@@ -41,7 +41,7 @@ class LayerRow:
 class Roofline:
     """The board's roofline: compute peak and DDR bandwidth of the compiled accelerator."""
 
-    clock_hz: float  #: accelerator clock
+    clock_hz: float  #: accelerator clock of the estimate (``shiftpu.boards.clock.fps_clock``)
     macs_per_cycle: int  #: pe_oc x pe_px
     ddr_bytes_per_s: float  #: the board's usable DDR bandwidth
 
@@ -127,8 +127,9 @@ def layer_rows(compiled: CompiledFolder, est: dict[str, Any]) -> tuple[LayerRow,
 
 def gather(folder: str | Path, resources: ResourceEstimate | None = None, trace: PipelineTrace | None = None,
            bench: dict[str, Any] | None = None) -> ReportData:
-    """Read a compiled folder, apply the performance model at its board's clock and DDR bandwidth, and check that
-    the optional inputs belong to it."""
+    """Read a compiled folder, apply the performance model at the clock its board's timing estimate supports
+    (:func:`shiftpu.boards.clock.fps_clock`) and the board's DDR bandwidth, and check that the optional inputs
+    belong to it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ReportError(f"{folder}: no such folder (expected the output of `shiftpu compile`)")
@@ -157,7 +158,7 @@ def gather(folder: str | Path, resources: ResourceEstimate | None = None, trace:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ReportError(f"{folder}: damaged manifest (bad or missing entry {e}): recompile the model") from None
-    roof = Roofline(clock_hz=cfg.clock_mhz * 1e6, macs_per_cycle=cfg.macs_per_cycle,
+    roof = Roofline(clock_hz=est["clock_mhz"] * 1e6, macs_per_cycle=cfg.macs_per_cycle,
                     ddr_bytes_per_s=board.ddr_bandwidth_gbps * 1e9)
     return ReportData(folder=folder, source=compiled.manifest["source"], board=board, config=cfg, config_hash=cfg.config_hash(), estimate=est,
                       rows=rows, roofline=roof, resources=resources, trace=trace, bench=bench)

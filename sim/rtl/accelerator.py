@@ -21,7 +21,8 @@ from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.regmap import ErrorCode, Status
 from shiftpu.errors import ShiftpuError
 from shiftpu.sim.accelerator import AcceleratorError, RunStats
-from shiftpu.sim.rtl.build import DEFAULT_BUILD_ROOT, RtlBuild, ensure_built
+from shiftpu.sim.golden import GoldenAccelerator
+from shiftpu.sim.rtl.build import BuildProgress, RtlBuild, default_build_root, ensure_built
 from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY, RAM_BYTES, read_image, write_image
 from shiftpu.toolchain import verilator_env
 
@@ -38,6 +39,16 @@ class SimMemory(Enum):
 
 class RtlSimError(ShiftpuError):
     """The RTL simulation did not complete (timeout or simulator failure)."""
+
+
+class RtlTimeout(RtlSimError):
+    """A run took longer than its wall-clock limit; the simulation stopped itself. Carries the registers read then."""
+
+    def __init__(self, seconds: float, registers: dict[str, int]):
+        self.registers = registers
+        dump = ", ".join(f"{k}=0x{registers[k]:x}" for k in ("STATUS", "ERROR_CODE", "PC", "CYCLES_LO"))
+        super().__init__(f"the RTL simulation did not finish within {seconds:g} s (wall clock) and was stopped "
+                         f"({dump})")
 
 
 @dataclass
@@ -61,10 +72,18 @@ class RtlAccelerator:
 
     name = "rtl"
 
-    def __init__(self, config: AccelConfig, build_root: Path = DEFAULT_BUILD_ROOT, max_cycles: int = 50_000_000,
-                 memory: SimMemory = SimMemory.AXI_RAM, extra_read_latency: int = 0):
-        """``extra_read_latency``: cycles the compiled RAM adds to every read burst (a board's DDR latency; it
-        then accepts several read addresses ahead, see shiftpu.sim.rtl.sim_ram). Only with ``SimMemory.COMPILED``."""
+    def __init__(self, config: AccelConfig, build_root: Path | None = None, max_cycles: int = 50_000_000,
+                 memory: SimMemory = SimMemory.AXI_RAM, extra_read_latency: int = 0,
+                 build_progress: BuildProgress | None = None, wall_timeout_s: float | None = None):
+        """``build_root``: the folder where Verilator builds are cached (default: the user's cache directory, see
+        shiftpu.sim.rtl.build). ``extra_read_latency``: cycles the compiled RAM adds to every read burst (a board's
+        DDR latency; it then accepts several read addresses ahead, see shiftpu.sim.rtl.sim_ram). Only with
+        ``SimMemory.COMPILED``. ``build_progress``: told when a build starts and ends (default: printed on stderr).
+        ``wall_timeout_s``: seconds of wall-clock time one run may take (the build not counted); the simulation then
+        stops itself and the run raises :class:`RtlTimeout` (default: no limit but ``max_cycles``)."""
+        if wall_timeout_s is not None and not wall_timeout_s > 0:
+            raise ValueError(f"wall_timeout_s must be more than 0 seconds, got {wall_timeout_s}")
+        self.wall_timeout_s = wall_timeout_s
         self.config = config
         self.memory = SimMemory(memory)
         if extra_read_latency < 0 or int(extra_read_latency) != extra_read_latency:
@@ -72,7 +91,8 @@ class RtlAccelerator:
         if extra_read_latency and self.memory is not SimMemory.COMPILED:
             raise ValueError("extra_read_latency needs the compiled RAM (memory=SimMemory.COMPILED)")
         self.extra_read_latency = int(extra_read_latency)
-        self.build_root = Path(build_root)
+        self.build_root = default_build_root() if build_root is None else Path(build_root)
+        self.build_progress = build_progress
         self.max_cycles = max_cycles
         self.last_run: RtlRun | None = None
         self._build: RtlBuild | None = None
@@ -92,16 +112,19 @@ class RtlAccelerator:
     @property
     def build(self) -> RtlBuild:
         if self._build is None:
-            self._build = ensure_built(self.config, self.build_root)
+            self._build = ensure_built(self.config, self.build_root, self.build_progress)
         return self._build
 
     def run_program(self, const: np.ndarray, act: np.ndarray) -> RunStats:
         const = np.ascontiguousarray(const, dtype=np.uint8)
         if act.dtype != np.uint8 or act.ndim != 1:
             raise TypeError("the activation arena must be a 1-D uint8 array")
+        GoldenAccelerator(self.config).check_weight_codes(const)  # the RTL would read an illegal code as a weight
         result = self.run_raw(const, act)
         cycles = result["CYCLES_LO"] | result["CYCLES_HI"] << 32
         self.last_run = RtlRun(cycles, result["wall_seconds"])
+        if result.get("wall_timeout"):
+            raise RtlTimeout(self.wall_timeout_s or 0.0, {k: v for k, v in result.items() if k.isupper()})
         if result["timeout"]:
             raise RtlSimError(f"the accelerator did not finish within {self.max_cycles} cycles")
         if result["axi_protocol_errors"]:
@@ -136,6 +159,7 @@ class RtlAccelerator:
                 "const": str(work / "const.bin"), "act": str(work / "act.bin"), "act_out": str(work / "act_out.bin"),
                 "result": str(work / "result.json"), "const_base": 0, "act_base": act_base, "act_bytes": act.size,
                 "mem_size": _align(act_base + act.size) + SEGMENT_ALIGN, "max_cycles": self.max_cycles,
+                "wall_timeout_s": self.wall_timeout_s,
                 "memory": memory.value,
             }
             plusargs = []

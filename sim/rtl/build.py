@@ -1,8 +1,11 @@
-"""Verilator builds of the generated accelerator, cached per config hash under a build folder.
+"""Verilator builds of the generated accelerator, cached per config and generator sources under a build folder.
 
 The simulated top is the harness of shiftpu.sim.rtl.harness (accelerator, protocol checker, fast RAM).
-A build is reused while the config and the generator sources are unchanged (their fingerprint is
-stored next to the executable). Concurrent processes building the same config wait on a file lock.
+The default folder is the user's cache directory (:func:`default_build_root`, from platformdirs), never the
+current folder; callers may give another. Each build lives in ``<config hash>-<fingerprint>/``, the fingerprint
+hashing the config and every generator source, so checkouts with different sources never overwrite each
+other's executable. Concurrent processes building the same one wait on a file lock. A build takes minutes, so
+it says when it starts and how long it took (on stderr, through rich, unless given another ``progress``).
 """
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ import fcntl
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.toolchain import ToolchainError, verilator_env
 
-#: Default root of the RTL builds.
-DEFAULT_BUILD_ROOT = Path("build") / "rtl"
+#: Told what a build is doing: a line when it starts, one when it is done.
+BuildProgress = Callable[[str], None]
 #: Verilator options: Amaranth's output trips width lint warnings that are not errors.
 VERILATOR_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-CMPCONST")
 
@@ -53,37 +57,62 @@ def generator_fingerprint(cfg: AccelConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def build_directory(cfg: AccelConfig, root: Path = DEFAULT_BUILD_ROOT) -> Path:
-    return Path(root).resolve() / f"{cfg.config_hash():08x}"
+def default_build_root() -> Path:
+    """Where RTL builds are cached unless a caller says otherwise: ``rtl/`` in the user's cache directory
+    (``~/.cache/shiftpu/rtl`` on Linux)."""
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("shiftpu")) / "rtl"
 
 
-def ensure_built(cfg: AccelConfig, root: Path = DEFAULT_BUILD_ROOT) -> RtlBuild:
-    """Generate the Verilog of ``cfg`` and build it with Verilator, unless an up-to-date build exists."""
+def build_directory(cfg: AccelConfig, root: Path | None = None, fingerprint: str | None = None) -> Path:
+    """The folder of the build of ``cfg`` from the generator sources as they are now (their ``fingerprint``, when
+    the caller has it already)."""
+    root = default_build_root() if root is None else Path(root)
+    return root.resolve() / f"{cfg.config_hash():08x}-{fingerprint or generator_fingerprint(cfg)}"
+
+
+def _print_progress(line: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(line, markup=False, soft_wrap=True)
+
+
+def ensure_built(cfg: AccelConfig, root: Path | None = None, progress: BuildProgress | None = None) -> RtlBuild:
+    """Generate the Verilog of ``cfg`` and build it with Verilator, unless an up-to-date build exists.
+
+    ``root``: the cache folder (default :func:`default_build_root`); ``progress``: told when a build starts and
+    when it is done (default: printed on stderr). A reused build says nothing."""
     from shiftpu.hw.emit import write_verilog
     from shiftpu.hw.top import TOP_NAME
     from shiftpu.sim.rtl.harness import TB_TOP, harness_verilog
 
-    directory = build_directory(cfg, root)
+    say = _print_progress if progress is None else progress
+    fingerprint = generator_fingerprint(cfg)
+    directory = build_directory(cfg, root, fingerprint)
     directory.mkdir(parents=True, exist_ok=True)
     stamp = directory / "build.json"
     verilog_path = directory / f"{TOP_NAME}.v"
     tb_path = directory / f"{TB_TOP}.sv"
-    fingerprint = generator_fingerprint(cfg)
     with open(directory / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if stamp.exists():
             info = json.loads(stamp.read_text())
             if info.get("fingerprint") == fingerprint and (directory / TB_TOP).exists():
                 return RtlBuild(cfg, directory, verilog_path, 0.0, True)
+        say(f"building the RTL simulation of accelerator 0x{cfg.config_hash():08x} ({cfg.pe_oc}x{cfg.pe_px} PEs) "
+            f"with Verilator in {directory}: generating Verilog, then compiling (1-4 min; cached afterwards)")
         t0 = time.perf_counter()
         write_verilog(cfg, verilog_path)
         tb_path.write_text(harness_verilog(cfg))
         t_gen = time.perf_counter() - t0
+        say(f"Verilog generated in {t_gen:.1f} s; compiling it with Verilator (log: {directory / 'build.log'})")
         _verilate([verilog_path, tb_path], directory, TB_TOP)
         seconds = time.perf_counter() - t0
         stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": cfg.to_dict(),
                                      "generate_seconds": round(t_gen, 2), "build_seconds": round(seconds, 2)},
                                     indent=2))
+        say(f"RTL simulation built in {seconds:.0f} s (measured)")
         return RtlBuild(cfg, directory, verilog_path, seconds, False)
 
 

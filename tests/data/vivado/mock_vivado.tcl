@@ -1,7 +1,12 @@
 # A stand-in for Vivado's Tcl commands, for running the generated flow in a plain Tcl interpreter.
 # Every Vivado command is recorded in ::calls; reports, bitstream and hwh are written as files.
 # Settings (set before sourcing a script): ::board_parts, ::wns, ::whs, ::sample_util, ::sample_timing,
-# ::make_hwh, ::echo (print messages to stdout).
+# ::make_hwh, ::echo (print messages to stdout); optional: ::clock_period (ns, default 5.0), ::accel_clocks (the
+# clocks on the accelerator's clk pin, default clk_pl_0), ::sample_worst (what report_timing writes, default
+# ::sample_timing).
+if {![info exists ::clock_period]} { set ::clock_period 5.0 }
+if {![info exists ::accel_clocks]} { set ::accel_clocks clk_pl_0 }
+if {![info exists ::sample_worst]} { set ::sample_worst $::sample_timing }
 set ::calls {}
 set ::busifs [dict create]
 set ::messages {}
@@ -43,10 +48,22 @@ proc get_property {name obj} {
     switch -- $name {
         interface_mode { return [dict get $::busifs [string range $obj 6 end]] }
         SLACK { return [expr {$obj eq "path:setup" ? $::wns : $::whs}] }
+        PERIOD { return $::clock_period }
+        STARTPOINT_PIN { return "[string range $obj 5 end]_start_reg/C" }
+        ENDPOINT_PIN { return "[string range $obj 5 end]_end_reg/D" }
         default { return "" }
     }
 }
 proc get_timing_paths {args} { return [expr {"-setup" in $args ? "path:setup" : "path:hold"}] }
+proc get_pins {args} { record get_pins {*}$args; return pins:[lindex $args end] }
+proc get_clocks {args} { record get_clocks {*}$args; return $::accel_clocks }
+proc report_timing {args} {
+    record report_timing {*}$args
+    set f [open $::sample_worst]; set text [read $f]; close $f
+    if {"-file" in $args} { file copy -force $::sample_worst [lindex $args [expr {[lsearch $args -file] + 1}]] }
+    if {"-return_string" in $args} { return $text }
+    return ""
+}
 proc ipx::get_bus_parameters {name args} { return "" }
 proc ipx::add_bus_parameter {name busif} { record ipx::add_bus_parameter $name $busif; return param:$busif:$name }
 proc set_property {args} { record set_property {*}$args }

@@ -1,4 +1,7 @@
-"""A generated detection data set: 1-3 circles, squares and triangles on a noisy background.
+"""The shapes data set of the shipped demo detector: 1-3 circles, squares and triangles on a noisy background.
+
+It ships in the package because `shiftpu demo` generates its test images from it (examples/shapes/train.py
+trains the detector on its train split).
 
 Every image is a deterministic function of its split seed and index, so the train and test splits are
 the same on every machine. Images are float32 RGB in [0, 1], NCHW; boxes are x0, y0, x1, y1 in pixels
