@@ -65,6 +65,8 @@ from shiftpu.arch.latency import (
     ELT_ISSUE_LATENCY,
     ELT_OUT_LATENCY,
     ELT_SETTLE,
+    ENGINE_START,
+    READ_ADDRESS_LATENCY,
     pool_tree_stages,
 )
 from shiftpu.arch.layout import QPARAM_BYTES, ceil_div
@@ -76,11 +78,12 @@ FILL = 8
 #: AXI read latency in cycles (command accepted to first beat) of the RTL simulation's memory model, the
 #: default; a board's estimate uses the board file's DDR read latency instead.
 READ_LATENCY = 2
-#: Cycles from the last write beat until its response is back (FINISH of the CONV engine).
-WRITE_LATENCY = 4
+#: Cycles from the last write beat until the writer reports it idle: its response, and the registered idle flag
+#: (FINISH of the CONV engine).
+WRITE_LATENCY = 5
 #: Cycles from the last segment of a POOL/ADD/MOVE to its retirement: its last beat's way through the output
 #: pipeline and queue, and the write response (measured on the RTL simulation besides ELT_OUT_LATENCY).
-STREAM_FINISH = ELT_OUT_LATENCY + 4
+STREAM_FINISH = ELT_OUT_LATENCY + 5
 
 
 class Schedule(Enum):
@@ -217,6 +220,11 @@ def _row_wait(i: Instruction, x0: int, cols: int, lr: int) -> int | None:
     if hi <= lo:
         return None
     return max(0, lr - (lo - ix0))
+
+
+def _memory_extra(lr: int) -> int:
+    """Cycles the memory answers later than the RTL simulation's default (its write responses as much later)."""
+    return lr - (READ_LATENCY + READ_ADDRESS_LATENCY - 1)
 
 
 def _fetch_cycles(cfg: AccelConfig, beat: float, lr: int) -> float:
@@ -360,7 +368,8 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> 
     group = min(po, cb)
     padded = ceil_div(i.out_c, cb) * cb
     # SETUP; FINISH: the last row's beats leave the store's pipeline and their write responses come back
-    cycles = _fetch_cycles(cfg, beat, lr) + CONV_SETUP + 1 + CONV_STORE_LATENCY + WRITE_LATENCY + lr - READ_LATENCY
+    cycles = (_fetch_cycles(cfg, beat, lr) + ENGINE_START + CONV_SETUP + 1 + CONV_STORE_LATENCY + WRITE_LATENCY
+              + _memory_extra(lr))
     compute = read = write = 0
     in_tiles = {o0: [(o0, min(i.oc_tile, i.out_c - o0))] if i.depthwise else
                 [(i0, min(i.ic_tile, i.in_c - i0)) for i0 in range(0, i.in_c, i.ic_tile)]
@@ -422,7 +431,7 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
     memory (``L_r`` less the cycles the engine spends before it takes that read's data)."""
     cb = cfg.channel_block
     nblk = ceil_div(i.out_c, cb)
-    cycles = _fetch_cycles(cfg, beat, lr) + STREAM_FINISH + lr - READ_LATENCY
+    cycles = _fetch_cycles(cfg, beat, lr) + ENGINE_START + STREAM_FINISH + _memory_extra(lr)
     read = write = 0
     pool_valid = _valid_rows(i) if i.opcode is Opcode.POOL else 0
     first_wait = None
@@ -464,7 +473,7 @@ def instruction_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: floa
                      schedule: Schedule = Schedule.RTL, read_latency: int = READ_LATENCY) -> InstrCost:
     """Estimated cost of one instruction on an accelerator with DDR bandwidth ``ddr_bytes_per_cycle`` and
     ``read_latency`` cycles from a read command to its first beat (writes answered as much later)."""
-    lr = read_latency
+    lr = read_latency + READ_ADDRESS_LATENCY - 1  # the reader's address stage beyond the one READ_LATENCY counts
     bpc = bytes_per_cycle(cfg, ddr_bytes_per_cycle)
     beat = max(1.0, cfg.axi_bytes / bpc)
     if i.opcode is Opcode.END:
@@ -488,7 +497,7 @@ def program_overhead(cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Sch
     if schedule is not Schedule.RTL:
         return INSTR_OVERHEAD
     beat = max(1.0, cfg.axi_bytes / bytes_per_cycle(cfg, ddr_bytes_per_cycle))
-    return int(round(1 + read_latency + 64 / cfg.axi_bytes * beat + 1))
+    return int(round(1 + read_latency + READ_ADDRESS_LATENCY - 1 + 64 / cfg.axi_bytes * beat + 1))
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """AXI4 master burst engines: a reader (AR/R) and a writer (AW/W/B) for the Zynq HP port.
 
-Each engine takes one command (beat-aligned address, number of beats) and splits it into INCR bursts
-of at most ``max_burst_beats`` that never cross a 4 KiB boundary. Addresses are issued as fast as
-the slave accepts them (several bursts may be outstanding); data moves through valid/ready streams.
-A SLVERR/DECERR response sets a sticky error flag, cleared by ``clear``.
+Each engine takes one command (beat-aligned address, number of beats, at least 1) and splits it into INCR
+bursts of at most ``max_burst_beats`` that never cross a 4 KiB boundary (:class:`BurstSplitter`). Each burst's
+length is computed into a register before it is offered, so the first address goes out two cycles after the
+command is taken and a command's later bursts every other cycle; several bursts may be outstanding, and data
+moves through valid/ready streams. A SLVERR/DECERR response sets a sticky error flag, cleared by ``clear``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from shiftpu.arch.latency import READ_ADDRESS_LATENCY
 from shiftpu.hw.params import BEATS_BITS, HwParams
 
 #: AXI4 burst type INCR.
 BURST_INCR = 0b01
 #: AXI4 boundary no burst may cross, bytes.
 BOUNDARY_4K = 4096
-#: Write commands the writer holds for its data side (the one being sent included).
-WRITE_QUEUE_DEPTH = 2
+#: Bursts the writer's address side may run ahead of its data side.
+WRITE_BURST_QUEUE = 4
 
 
 def transfer_layout(p: HwParams) -> data.StructLayout:
@@ -31,12 +33,9 @@ def write_beat_layout(p: HwParams) -> data.StructLayout:
     return data.StructLayout({"data": unsigned(p.beat_bits), "strb": unsigned(p.beat_bytes)})
 
 
-def burst_beats(p: HwParams, addr, remaining):
-    """Beats of the next burst: min(remaining, max_burst_beats, beats to the next 4 KiB boundary)."""
-    shift = (p.beat_bytes - 1).bit_length()
-    to_boundary = (BOUNDARY_4K - addr[:12]) >> shift
-    lim = Mux(to_boundary < p.cfg.max_burst_beats, to_boundary, p.cfg.max_burst_beats)
-    return Mux(remaining < lim, remaining, lim)[:9]
+def burst_layout(p: HwParams) -> data.StructLayout:
+    """One burst: byte address and beats (1 .. max_burst_beats)."""
+    return data.StructLayout({"addr": unsigned(p.addr_bits), "beats": unsigned(9)})
 
 
 def _size_code(p: HwParams) -> int:
@@ -62,13 +61,69 @@ def write_port_members(p: HwParams) -> dict[str, wiring.Member]:
     }
 
 
+class BurstSplitter(wiring.Component):
+    """Splits transfer commands into INCR bursts: min(beats left, max_burst_beats, beats to the next 4 KiB
+    boundary) each.
+
+    A command is taken when the previous one's last burst has gone. The next burst's length and whether it is
+    the command's last are computed into registers in the cycle after the address or the beats left change, and
+    the burst is offered the cycle after that (READ_ADDRESS_LATENCY after the command for the first burst).
+    """
+
+    def __init__(self, p: HwParams):
+        self.p = p
+        super().__init__({
+            "cmd": In(stream.Signature(transfer_layout(p))),
+            "burst": Out(stream.Signature(burst_layout(p))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        p = self.p
+        m = Module()
+        addr = Signal(p.addr_bits)
+        left = Signal(BEATS_BITS)
+        busy = Signal()  # a command is being split
+        settled = Signal()  # beats and last hold the next burst's values
+        beats = Signal(9)
+        last = Signal()
+        shift = _size_code(p)
+        to_boundary = (BOUNDARY_4K - addr[:12]) >> shift
+        limit = Mux(to_boundary < p.cfg.max_burst_beats, to_boundary, p.cfg.max_burst_beats)
+        m.d.comb += [
+            self.cmd.ready.eq(~busy), self.busy.eq(busy),
+            self.burst.valid.eq(busy & settled), self.burst.payload.addr.eq(addr), self.burst.payload.beats.eq(beats),
+        ]
+        with m.If(self.cmd.valid & ~busy):
+            m.d.sync += [addr.eq(self.cmd.payload.addr), left.eq(self.cmd.payload.beats), busy.eq(1), settled.eq(0)]
+        with m.Elif(busy & ~settled):
+            m.d.sync += [beats.eq(Mux(left < limit, left, limit)), last.eq(left <= limit), settled.eq(1)]
+        with m.Elif(self.burst.valid & self.burst.ready):
+            m.d.sync += [addr.eq(addr + (beats << shift)), left.eq(left - beats), settled.eq(0)]
+            with m.If(last):
+                m.d.sync += busy.eq(0)
+        assert READ_ADDRESS_LATENCY == 2, "take, settle: the latency the cycle model counts"
+        return m
+
+
+def _address_channel(m: Module, burst, prefix: str, port, ready_gate=1) -> None:
+    """Drive an AR or AW channel from a burst stream."""
+    p_valid = getattr(port, f"{prefix}valid")
+    m.d.comb += [
+        getattr(port, f"{prefix}addr").eq(burst.payload.addr), getattr(port, f"{prefix}len").eq(burst.payload.beats - 1),
+        getattr(port, f"{prefix}size").eq(_size_code(port.p)), getattr(port, f"{prefix}burst").eq(BURST_INCR),
+        getattr(port, f"{prefix}cache").eq(0b0011),
+        p_valid.eq(burst.valid & ready_gate), burst.ready.eq(getattr(port, f"{prefix}ready") & ready_gate),
+    ]
+
+
 class BurstReader(wiring.Component):
     """Reads ``beats`` beats from ``addr`` as AXI4 INCR bursts and streams them out in order.
 
     A new command is taken as soon as every address of the previous one is issued, while its data may still
     be on the way: a client can queue the reads of several rows and hide the memory's latency behind the
-    data of the earlier ones (AXI4 returns the bursts of one ID in order). ``idle``: no address left to issue
-    and no beat outstanding.
+    data of the earlier ones (AXI4 returns the bursts of one ID in order). The R channel is the data stream
+    itself (R beats come only for the addresses issued).
     """
 
     def __init__(self, p: HwParams):
@@ -76,44 +131,21 @@ class BurstReader(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(transfer_layout(p))),
             "data": Out(stream.Signature(unsigned(p.beat_bits))),
-            "idle": Out(1),
             "error": Out(1),
             "clear": In(1),
             **read_port_members(p),
         })
 
     def elaborate(self, platform):
-        p = self.p
         m = Module()
-        ar_addr = Signal(p.addr_bits)
-        ar_left = Signal(BEATS_BITS)
-        r_left = Signal(BEATS_BITS)
-        r_any = Signal()  # r_left != 0, registered with it (so the data handshake is one gate deep)
-        blen = burst_beats(p, ar_addr, ar_left)
-
-        cmd_fire = self.cmd.valid & self.cmd.ready
-        r_fire = self.rvalid & self.rready
-        m.d.comb += [
-            self.idle.eq((ar_left == 0) & ~r_any),
-            self.cmd.ready.eq(ar_left == 0),
-            self.araddr.eq(ar_addr), self.arlen.eq(blen - 1), self.arsize.eq(_size_code(p)),
-            self.arburst.eq(BURST_INCR), self.arcache.eq(0b0011), self.arvalid.eq(ar_left != 0),
-            self.data.valid.eq(self.rvalid & r_any),
-            self.data.payload.eq(self.rdata),
-            self.rready.eq(self.data.ready & r_any),
-        ]
-        with m.If(cmd_fire):
-            m.d.sync += [ar_addr.eq(self.cmd.payload.addr), ar_left.eq(self.cmd.payload.beats)]
-        with m.If(self.arvalid & self.arready):
-            m.d.sync += [ar_addr.eq(ar_addr + (blen << _size_code(p))), ar_left.eq(ar_left - blen)]
-        # beats still to come, of every command taken
-        r_left_next = Signal(BEATS_BITS)
-        m.d.comb += r_left_next.eq(r_left + Mux(cmd_fire, self.cmd.payload.beats, 0) - r_fire)
-        m.d.sync += [r_left.eq(r_left_next), r_any.eq(r_left_next != 0)]
+        m.submodules.splitter = splitter = BurstSplitter(self.p)
+        wiring.connect(m, wiring.flipped(self.cmd), splitter.cmd)
+        _address_channel(m, splitter.burst, "ar", self)
+        m.d.comb += [self.data.valid.eq(self.rvalid), self.data.payload.eq(self.rdata), self.rready.eq(self.data.ready)]
         error = Signal()
         with m.If(self.clear):
             m.d.sync += error.eq(0)
-        with m.Elif(r_fire & (self.rresp != 0)):
+        with m.Elif(self.rvalid & self.rready & (self.rresp != 0)):
             m.d.sync += error.eq(1)
         m.d.comb += self.error.eq(error)
         return m
@@ -122,11 +154,11 @@ class BurstReader(wiring.Component):
 class BurstWriter(wiring.Component):
     """Writes ``beats`` beats (data with byte strobes) from a stream to ``addr`` as AXI4 INCR bursts.
 
-    The address side takes a command once every address of the previous one is issued; the command also
-    enters a queue of WRITE_QUEUE_DEPTH for the data side, which starts on it when the earlier commands' data is
-    sent (one cycle after the queue hands it over). A client whose data trails its command through a pipeline
-    can thus queue its next command early. ``idle`` also waits for every write response, so that a later read
-    sees the data.
+    The address side takes a command once every address of the previous one is issued; each burst's length
+    enters a queue (WRITE_BURST_QUEUE deep) for the data side when its address is taken, so write data never
+    runs ahead of its address, and a client whose data trails its command through a pipeline can queue its next
+    command early. ``idle`` also waits for every write response, so that a later read sees the data; it is
+    registered, so it rises a cycle after the last response and falls a cycle after a command is taken.
     """
 
     def __init__(self, p: HwParams):
@@ -143,48 +175,36 @@ class BurstWriter(wiring.Component):
     def elaborate(self, platform):
         p = self.p
         m = Module()
-        aw_addr = Signal(p.addr_bits)
-        aw_left = Signal(BEATS_BITS)
-        w_addr = Signal(p.addr_bits)
-        w_left = Signal(BEATS_BITS)
-        w_in_burst = Signal(9)  # beats left in the current W burst after this one (0: at a burst start)
-        outstanding = Signal(16)
-        aw_len = burst_beats(p, aw_addr, aw_left)
-        w_len = burst_beats(p, w_addr, w_left)
-        cur_left = Mux(w_in_burst != 0, w_in_burst, w_len)
-        m.submodules.queue = queue = fifo.SyncFIFO(width=len(self.cmd.payload.as_value()), depth=WRITE_QUEUE_DEPTH)
-        queued = data.View(transfer_layout(p), queue.r_data)
-
+        m.submodules.splitter = splitter = BurstSplitter(p)
+        m.submodules.bursts = bursts = fifo.SyncFIFO(width=9, depth=WRITE_BURST_QUEUE)
+        wiring.connect(m, wiring.flipped(self.cmd), splitter.cmd)
+        _address_channel(m, splitter.burst, "aw", self, ready_gate=bursts.w_rdy)
         aw_fire = self.awvalid & self.awready
+        m.d.comb += [bursts.w_en.eq(aw_fire), bursts.w_data.eq(splitter.burst.payload.beats)]
+
+        # data side: one burst at a time, its length from the queue; WLAST from a register
+        w_left = Signal(9)  # beats of the burst still to send
+        w_active = Signal()
+        w_last = Signal()  # w_left == 1
         w_fire = self.wvalid & self.wready
-        b_fire = self.bvalid & self.bready
-        cmd_fire = self.cmd.valid & self.cmd.ready
+        take = ~w_active | (w_fire & w_last)
         m.d.comb += [
-            self.cmd.ready.eq((aw_left == 0) & queue.w_rdy),
-            queue.w_en.eq(cmd_fire), queue.w_data.eq(self.cmd.payload),
-            queue.r_en.eq(w_left == 0),
-            self.idle.eq((aw_left == 0) & ~queue.r_rdy & (w_left == 0) & (outstanding == 0)),
-            self.awaddr.eq(aw_addr), self.awlen.eq(aw_len - 1), self.awsize.eq(_size_code(p)),
-            self.awburst.eq(BURST_INCR), self.awcache.eq(0b0011), self.awvalid.eq(aw_left != 0),
-            self.wdata.eq(self.data.payload.data), self.wstrb.eq(self.data.payload.strb),
-            self.wlast.eq(cur_left == 1),
-            self.wvalid.eq(self.data.valid & (w_left != 0)),
-            self.data.ready.eq(self.wready & (w_left != 0)),
-            self.bready.eq(1),
+            self.wdata.eq(self.data.payload.data), self.wstrb.eq(self.data.payload.strb), self.wlast.eq(w_last),
+            self.wvalid.eq(self.data.valid & w_active), self.data.ready.eq(self.wready & w_active),
+            bursts.r_en.eq(take), self.bready.eq(1),
         ]
-        with m.If(cmd_fire):
-            m.d.sync += [aw_addr.eq(self.cmd.payload.addr), aw_left.eq(self.cmd.payload.beats)]
-        with m.If(aw_fire):
-            m.d.sync += [aw_addr.eq(aw_addr + (aw_len << _size_code(p))), aw_left.eq(aw_left - aw_len)]
-        with m.If((w_left == 0) & queue.r_rdy):
-            m.d.sync += [w_addr.eq(queued.addr), w_left.eq(queued.beats)]
-        with m.If(w_fire):
-            m.d.sync += w_left.eq(w_left - 1)
-            with m.If(w_in_burst == 0):
-                m.d.sync += [w_addr.eq(w_addr + (w_len << _size_code(p))), w_in_burst.eq(w_len - 1)]
-            with m.Else():
-                m.d.sync += w_in_burst.eq(w_in_burst - 1)
+        with m.If(take):
+            m.d.sync += [w_active.eq(bursts.r_rdy), w_left.eq(bursts.r_data), w_last.eq(bursts.r_data == 1)]
+        with m.Elif(w_fire):
+            m.d.sync += [w_left.eq(w_left - 1), w_last.eq(w_left == 2)]
+
+        b_fire = self.bvalid & self.bready
+        outstanding = Signal(16)  # bursts whose response has not come
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
+        cmd_fire = self.cmd.valid & self.cmd.ready
+        idle = Signal()
+        m.d.sync += idle.eq(~splitter.busy & ~bursts.r_rdy & ~w_active & (outstanding == 0) & ~cmd_fire)
+        m.d.comb += self.idle.eq(idle)
         error = Signal()
         with m.If(self.clear):
             m.d.sync += error.eq(0)

@@ -80,8 +80,11 @@ class ConvCompute(wiring.Component):
         i = self.instr
         P, PO, CB = cfg.pe_px, cfg.pe_oc, p.cb
         lp, lcb = log2(P), log2(CB)
-        dw = i.depthwise
-        ic_mode = i.dataflow == Dataflow.INPUT_CHANNEL
+        # the instruction's mapping, registered (the instruction holds from long before start)
+        dw, ic_mode = Signal(), Signal()
+        ch_inc = Signal(range(max(PO, P, 1) + 1))  # channels a step advances: pe_oc (DEPTHWISE), pe_px (IC) or 1
+        m.d.sync += [dw.eq(i.depthwise), ic_mode.eq(i.dataflow == Dataflow.INPUT_CHANNEL),
+                     ch_inc.eq(Mux(dw, PO, Mux(ic_mode, P, 1)))]
         s = i.stride
 
         m.submodules.pe = pe = PEArray(p)
@@ -93,16 +96,25 @@ class ConvCompute(wiring.Component):
         slot = Signal(range(P + 1))
         ob, pg = Signal(16), Signal(16)
         ai = Signal.like(self.acc_base)
-        kx_last = kx == i.kw - 1
-        ky_last = ky == i.kh - 1
-        ii_last = ii == self.it_w_m1
+        kw_m1, kh_m1 = Signal(3), Signal(3)
+        m.d.sync += [kw_m1.eq(i.kw - 1), kh_m1.eq(i.kh - 1)]
+        kx_last = kx == kw_m1
+        ky_last = ky == kh_m1
+        px = Signal(16)  # output column of this step: (pg << lp) + slot
+        px_next_pg = Signal(16)  # first output column of the next pixel group: (pg + 1) << lp
+        # whether ii, slot (INPUT_CHANNEL: or the strip's last column), ob and pg are at their last value:
+        # registers, set as the counters step (the next value compared with the limit), so that the loop's
+        # wide comparisons are off the path into the counters
+        ii_last, slot_last, ob_last, pg_last = Signal(), Signal(), Signal(), Signal()
+        it_w_m2, sw_m2, obs_m2, pgs_m2 = Signal(17), Signal(16), Signal(16), Signal(16)
+        one_step, one_col, one_block, one_group = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [it_w_m2.eq(self.it_w_m1 - 1), sw_m2.eq(self.sw_m1 - 1), obs_m2.eq(self.obs_m1 - 1),
+                     pgs_m2.eq(self.pgs_m1 - 1), one_step.eq(self.it_w_m1 == 0), one_col.eq(self.sw_m1 == 0),
+                     one_block.eq(self.obs_m1 == 0), one_group.eq(self.pgs_m1 == 0)]
         window_end = kx_last & ky_last  # the last term of input step ii
         pixel_end = window_end & ii_last
-        px = Signal(16)  # output column of this step: (pg << lp) + slot
-        last_slot = ~ic_mode | (slot == P - 1) | (px == self.sw_m1)
+        last_slot = ~ic_mode | slot_last
         block_end = pixel_end & last_slot
-        ob_last = ob == self.obs_m1
-        pg_last = pg == self.pgs_m1
 
         # -- address registers, stepped with the counters --
         rslot = Signal(4)  # row slot of kernel row ky
@@ -112,7 +124,6 @@ class ConvCompute(wiring.Component):
         col_slot = Signal(16)  # slot * stride (INPUT_CHANNEL)
         wstep = Signal(16)  # weight step of the block: (ii * kh + ky) * kw + kx
         wb_base = Signal(WB_ADDR_BITS)
-        ch_inc = Mux(dw, PO, Mux(ic_mode, P, 1))
         chl_start = Mux(dw, self.o0[:lcb], self.i0[:lcb]) if lcb else 0
         chl_next = Signal(lcb + 1)
         m.d.comb += chl_next.eq(chl[:lcb] + ch_inc)
@@ -127,27 +138,33 @@ class ConvCompute(wiring.Component):
 
         with m.If(self.start):
             m.d.sync += [running.eq(1), kx.eq(0), ky.eq(0), ii.eq(0), slot.eq(0), ob.eq(0), pg.eq(0), px.eq(0),
-                         ai.eq(self.acc_base), rslot.eq(self.rslot_base), chl.eq(chl_start), blk_off.eq(0),
-                         col_pg.eq(0), col_slot.eq(0), wstep.eq(0), wb_base.eq(0)]
+                         px_next_pg.eq(P), ai.eq(self.acc_base), rslot.eq(self.rslot_base), chl.eq(chl_start),
+                         blk_off.eq(0), col_pg.eq(0), col_slot.eq(0), wstep.eq(0), wb_base.eq(0),
+                         ii_last.eq(one_step), slot_last.eq((P == 1) | one_col), ob_last.eq(one_block),
+                         pg_last.eq(one_group)]
         with m.Elif(running):
             m.d.sync += [kx.eq(kx + 1), wstep.eq(wstep + 1)]
             with m.If(kx_last):
                 m.d.sync += [kx.eq(0), ky.eq(ky + 1),
                              rslot.eq(Mux(rslot + 1 == self.n_slots, 0, rslot + 1))]
                 with m.If(ky_last):
-                    m.d.sync += [ky.eq(0), ii.eq(ii + 1), rslot.eq(self.rslot_base)]
+                    m.d.sync += [ky.eq(0), ii.eq(ii + 1), rslot.eq(self.rslot_base), ii_last.eq(ii == it_w_m2)]
             with m.If(~dw & window_end):
                 step_channel(ii_last)
             with m.If(pixel_end):
-                m.d.sync += [ii.eq(0), slot.eq(slot + 1), px.eq(px + 1), col_slot.eq(col_slot + s), wstep.eq(0)]
+                m.d.sync += [ii.eq(0), slot.eq(slot + 1), px.eq(px + 1), col_slot.eq(col_slot + s), wstep.eq(0),
+                             ii_last.eq(one_step), slot_last.eq(((slot == P - 2) if P > 1 else 1) | (px == sw_m2))]
             with m.If(block_end):
                 m.d.sync += [ai.eq(ai + 1), slot.eq(0), px.eq(pg << lp), col_slot.eq(0), ob.eq(ob + 1),
-                             wb_base.eq(wb_base + self.n_steps)]
+                             wb_base.eq(wb_base + self.n_steps), ob_last.eq(ob == obs_m2),
+                             slot_last.eq((P == 1) | ((pg << lp) == self.sw_m1))]
                 with m.If(dw):
                     step_channel(ob_last)
                 with m.If(ob_last):
-                    m.d.sync += [ob.eq(0), wb_base.eq(0), pg.eq(pg + 1), px.eq((pg + 1) << lp),
-                                 col_pg.eq(col_pg + Mux(s[1], 2 * P, P))]
+                    m.d.sync += [ob.eq(0), wb_base.eq(0), pg.eq(pg + 1), px.eq(px_next_pg),
+                                 px_next_pg.eq(px_next_pg + P), col_pg.eq(col_pg + Mux(s[1], 2 * P, P)),
+                                 ob_last.eq(one_block), pg_last.eq(pg == pgs_m2),
+                                 slot_last.eq((P == 1) | (px_next_pg == self.sw_m1))]
                     with m.If(pg_last):
                         m.d.sync += running.eq(0)
 

@@ -124,6 +124,10 @@ class ConvEngine(wiring.Component):
             single_tile.eq(dw | (i.ic_tile >= i.in_c)),
         ]
         ky_later = i.kh - r_new  # first kernel row an output row after the first loads (one input tile)
+        # loop conditions of the main FSM, registered ahead of the states that test them
+        out_h_m1 = Signal(16)
+        y_more, later_row, last_it, last_strip = Signal(), Signal(), Signal(), Signal()
+        qp_end = Signal(17)  # the last bias/shift record of the tile
 
         # -- per (strip x0, output tile o0) (settled in TILE_SETUP) --
         x0, o0, y, i0 = (Signal(16, name=n) for n in ("x0", "o0", "y", "i0"))
@@ -141,7 +145,7 @@ class ConvEngine(wiring.Component):
         qp_skip, qp_addr, qp_beats = Signal(16), Signal(32), Signal(24)
         m.d.sync += [
             obs.eq((ot + PO - 1) >> lpo), pgs.eq((sw + P - 1) >> lp),
-            in_cols.eq((sw - 1) * s + i.kw), ix0.eq((x0 * s).as_signed() - i.pad_l),
+            in_cols.eq(Mux(s == 2, (sw - 1) << 1, sw - 1) + i.kw), ix0.eq(Mux(s == 2, x0 << 1, x0).as_signed() - i.pad_l),
             vlo.eq(Mux(ix0 < 0, 0, ix0)), vhi.eq(Mux(ix0 + in_cols > i.in_w, i.in_w, ix0 + in_cols)),
             col_lo.eq(Mux(vhi > vlo, vlo - ix0, 0)), col_hi.eq(Mux(vhi > vlo, vhi - ix0, 0)),
             n_beats.eq(Mux(vhi > vlo, vhi - vlo, 0)), in_base_x.eq(in_base + (vlo << lcb)),
@@ -155,6 +159,12 @@ class ConvEngine(wiring.Component):
             qp_skip.eq((qp_byte[:lbb] >> 3) if p.beat_bytes > 8 else 0),
             qp_addr.eq(self.const_base + ((qp_byte >> lbb) << lbb)),
             qp_beats.eq(((qp_skip << 3) + (obs << (lpo + 3)) + p.beat_bytes - 1) >> lbb),
+        ]
+
+        m.d.sync += [
+            out_h_m1.eq(i.out_h - 1), y_more.eq(y != out_h_m1), later_row.eq((y != 0) & single_tile),
+            last_it.eq(dw | (i0 + i.ic_tile >= i.in_c)), last_strip.eq(x0 + i.strip_w >= i.out_w),
+            qp_end.eq((obs << lpo) - 1),
         ]
 
         # -- per input tile (settled in IC_SETUP) --
@@ -299,7 +309,7 @@ class ConvEngine(wiring.Component):
                 with m.If(qp_gear.words.valid):
                     m.d.comb += qp_wr.en.eq(1 << qp_n[:lpo] if PO > 1 else 1)
                     m.d.sync += qp_n.eq(qp_n + 1)
-                    with m.If(qp_n == (obs << lpo) - 1):
+                    with m.If(qp_n == qp_end):
                         m.d.sync += [y.eq(0), rslot_base.eq(0), c_half.eq(0), pf_pending.eq(0)]
                         m.next = "ROW"
             with m.State("ROW"):
@@ -310,7 +320,7 @@ class ConvEngine(wiring.Component):
                 m.next = "IC_SETUP"
             with m.State("IC_SETUP"):
                 # the per-input-tile values are recomputed for a new tile; later rows of one input tile reuse them
-                with m.If(wait_cycles(m, Mux((y != 0) & single_tile, 1, CONV_IC_SETUP), "ic_setup")):
+                with m.If(wait_cycles(m, Mux(later_row, 1, CONV_IC_SETUP), "ic_setup")):
                     with m.If(lb_bad):
                         m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
                         m.next = "FINISH"
@@ -374,7 +384,7 @@ class ConvEngine(wiring.Component):
                     m.d.comb += blocked.eq(1)
                 with m.Else():
                     m.d.comb += compute.start.eq(1)
-                    with m.If(prefetch & (y + 1 < i.out_h)):
+                    with m.If(prefetch & y_more):
                         m.d.comb += [loader.kick.eq(1), loader.y.eq(y + 1), loader.base.eq(base_next),
                                      loader.ky0.eq(ky_later)]
                         m.d.sync += pf_pending.eq(1)
@@ -383,7 +393,7 @@ class ConvEngine(wiring.Component):
                 with m.If(compute.done):
                     m.next = "STORE"
             with m.State("STORE"):  # its accumulators go to the buffer (in this state's first cycle)
-                with m.If(dw | (i0 + i.ic_tile >= i.in_c)):
+                with m.If(last_it):
                     with m.If(store.busy):
                         m.d.comb += blocked.eq(1)
                     with m.Else():
@@ -394,7 +404,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += i0.eq(i0 + i.ic_tile)
                     m.next = "IC"
             with m.State("NEXT_ROW"):
-                with m.If(y != i.out_h - 1):
+                with m.If(y_more):
                     m.d.sync += [y.eq(y + 1), rslot_base.eq(base_next)]
                     m.next = "ROW"
                 with m.Elif(store.busy):  # the tile's last row is written before the tile changes
@@ -404,7 +414,7 @@ class ConvEngine(wiring.Component):
                     m.next = "TILE"
                     with m.If(last_tile):
                         m.d.sync += [o0.eq(0), x0.eq(x0 + i.strip_w)]
-                        with m.If(x0 + i.strip_w >= i.out_w):
+                        with m.If(last_strip):
                             m.next = "FINISH"
             with m.State("FINISH"):
                 with m.If(self.wr_idle & ~store.busy & loader.idle):

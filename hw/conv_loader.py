@@ -63,8 +63,12 @@ class LineLoader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i = self.instr
-        s = i.stride
+        s2 = i.stride == 2
         has_cols = self.n_beats != 0
+        # the last block, kernel row, column and slot, registered from the inputs (they hold while busy)
+        nblk_m1, kh_m1, in_cols_m1, n_slots_m1 = Signal(16), Signal(3), Signal(16), Signal(4)
+        m.d.sync += [nblk_m1.eq(self.nblk - 1), kh_m1.eq(i.kh - 1), in_cols_m1.eq(self.in_cols - 1),
+                     n_slots_m1.eq(self.n_slots - 1)]
 
         def wrap_slot(value):
             return Mux(value >= self.n_slots, value - self.n_slots, value)
@@ -77,7 +81,7 @@ class LineLoader(wiring.Component):
         a_ok, a_ok2 = Signal(), Signal()
         a_addr = Signal(32)
         m.d.sync += [
-            a_iy.eq((a_y * s).as_signed() - i.pad_t + a_ky), a_blk.eq(self.blk_lo + a_b),
+            a_iy.eq(Mux(s2, a_y << 1, a_y).as_signed() - i.pad_t + a_ky), a_blk.eq(self.blk_lo + a_b),
             plane_off.eq(a_blk * self.in_plane), row_off.eq(a_iy * self.in_row),
             a_ok.eq((a_iy >= 0) & (a_iy < i.in_h) & has_cols), a_ok2.eq(a_ok),
             a_addr.eq(self.in_base + plane_off + row_off),
@@ -99,9 +103,9 @@ class LineLoader(wiring.Component):
                     m.d.comb += a_next.eq(1)
                 with m.If(a_next):
                     m.next = "A_CALC"
-                    with m.If(a_b == self.nblk - 1):
+                    with m.If(a_b == nblk_m1):
                         m.d.sync += [a_b.eq(0), a_ky.eq(a_ky + 1)]
-                        with m.If(a_ky == i.kh - 1):
+                        with m.If(a_ky == kh_m1):
                             m.next = "A_IDLE"
                     with m.Else():
                         m.d.sync += a_b.eq(a_b + 1)
@@ -111,39 +115,43 @@ class LineLoader(wiring.Component):
         l_slot = Signal(4)
         l_iy = Signal(signed(18))
         b_off = Signal(16)  # b * in_cols
-        row_base = Signal.like(self.slot_base[0])
-        col, col_lo, col_hi = Signal(16), Signal(16), Signal(16)
+        wr_addr = Signal.like(self.lb_wr_addr)  # line buffer address of column col
+        col = Signal(16)
+        in_range = Signal()  # column col is inside the tensor (registered, stepped by equality tests)
+        col_lo_m1, col_hi_m1 = Signal(16), Signal(16)
         with m.FSM(name="loader") as lfsm:
             with m.State("L_IDLE"):
                 with m.If(self.kick):
                     m.d.sync += [l_y.eq(self.y), l_base.eq(self.base), l_ky.eq(self.ky0), b.eq(0), b_off.eq(0)]
                     m.next = "L_START"
             with m.State("L_START"):
-                m.d.sync += [l_slot.eq(wrap_slot(l_base + l_ky)), l_iy.eq((l_y * s).as_signed() - i.pad_t + l_ky)]
+                m.d.sync += [l_slot.eq(wrap_slot(l_base + l_ky)),
+                             l_iy.eq(Mux(s2, l_y << 1, l_y).as_signed() - i.pad_t + l_ky)]
                 m.next = "L_ROW"
             with m.State("L_ROW"):  # the row's read (if any) was queued by the issuer
-                row_ok = (l_iy >= 0) & (l_iy < i.in_h)
-                m.d.sync += [col.eq(0), col_lo.eq(Mux(row_ok, self.col_lo, 0)), col_hi.eq(Mux(row_ok, self.col_hi, 0)),
-                             row_base.eq(self.slot_base[l_slot] + b_off)]
+                cols_ok = (l_iy >= 0) & (l_iy < i.in_h) & (self.col_hi > self.col_lo)
+                m.d.sync += [col.eq(0), in_range.eq(cols_ok & (self.col_lo == 0)),
+                             col_lo_m1.eq(Mux(cols_ok, self.col_lo - 1, 0xFFFF)), col_hi_m1.eq(self.col_hi - 1),
+                             wr_addr.eq(self.slot_base[l_slot] + b_off)]
                 m.next = "L_COLS"
             with m.State("L_COLS"):
-                in_range = (col >= col_lo) & (col < col_hi)
                 advance = Signal()
                 m.d.comb += [
-                    self.lb_wr_addr.eq(row_base + col),
+                    self.lb_wr_addr.eq(wr_addr),
                     self.lb_wr_data.eq(Mux(in_range, self.rd_data.payload, 0)),
                     self.rd_data.ready.eq(in_range),
                     advance.eq(~in_range | self.rd_data.valid),
                     self.lb_wr_en.eq(advance),
                 ]
                 with m.If(advance):
-                    m.d.sync += col.eq(col + 1)
-                    with m.If(col == self.in_cols - 1):
+                    m.d.sync += [col.eq(col + 1), wr_addr.eq(wr_addr + 1),
+                                 in_range.eq(Mux(in_range, col != col_hi_m1, col == col_lo_m1))]
+                    with m.If(col == in_cols_m1):
                         m.next = "L_ROW"
-                        with m.If(b == self.nblk - 1):
+                        with m.If(b == nblk_m1):
                             m.d.sync += [b.eq(0), b_off.eq(0), l_ky.eq(l_ky + 1), l_iy.eq(l_iy + 1),
-                                         l_slot.eq(Mux(l_slot + 1 == self.n_slots, 0, l_slot + 1))]
-                            with m.If(l_ky == i.kh - 1):
+                                         l_slot.eq(Mux(l_slot == n_slots_m1, 0, l_slot + 1))]
+                            with m.If(l_ky == kh_m1):
                                 m.next = "L_IDLE"
                         with m.Else():
                             m.d.sync += [b.eq(b + 1), b_off.eq(b_off + self.in_cols)]

@@ -77,6 +77,8 @@ class ConvStore(wiring.Component):
 
         g = Signal(16)  # channel group of the row
         x = Signal(16)  # beat (output column) of the group
+        sw_m1, groups_m1 = Signal(16), Signal(16)  # the last beat and group, registered from the tile inputs
+        m.d.sync += [sw_m1.eq(self.sw - 1), groups_m1.eq(self.n_groups - 1)]
         y = Signal(16)
         half = Signal()
         with m.If(self.kick):
@@ -132,9 +134,9 @@ class ConvStore(wiring.Component):
                             m.d.sync += acc_addr.eq(acc_addr + self.obs)
                     else:
                         m.d.sync += acc_addr.eq(acc_addr + self.obs)
-                    with m.If(x == self.sw - 1):
+                    with m.If(x == sw_m1):
                         m.d.sync += g.eq(g + 1)
-                        with m.If(g == self.n_groups - 1):
+                        with m.If(g == groups_m1):
                             m.next = "S_IDLE"
                         with m.Else():
                             m.next = "S_ADDR"

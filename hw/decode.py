@@ -51,7 +51,7 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
     is_pool = i.opcode == Opcode.POOL
     is_move = i.opcode == Opcode.MOVE
     windowed = is_conv | is_pool
-    up = Mux(is_move, i.upsample, 1)
+    up2 = is_move & (i.upsample == 2)  # MOVE's upsampling by 2 (any other factor but 1 is refused)
 
     exp_h = Signal(signed(18))
     exp_w = Signal(signed(18))
@@ -69,7 +69,7 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
     lb_need, wb_need = Signal(48), Signal(48)
     over = Signal()
     m.d.sync += [
-        cols.eq((i.strip_w - 1) * i.stride + i.kw),
+        cols.eq(Mux(i.stride == 2, (i.strip_w - 1) << 1, i.strip_w - 1) + i.kw),
         ch_r.eq(((channels + p.cb - 1) >> cb_shift) << cb_shift),
         khkw.eq(i.kh * i.kw),
         oc_ic.eq(i.oc_tile * Mux(dw, 1, i.ic_tile)),
@@ -93,7 +93,8 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
         is_conv & ((i.strip_w == 0) | (i.ic_tile == 0) | (i.oc_tile == 0)),
         (is_pool | is_move | (i.opcode == Opcode.ADD)) & (i.in_c != i.out_c),
         is_move & (i.upsample != 1) & (i.upsample != 2),
-        (is_move | (i.opcode == Opcode.ADD)) & ((i.out_h != i.in_h * up) | (i.out_w != i.in_w * up)),
+        (is_move | (i.opcode == Opcode.ADD)) & ((i.out_h != Mux(up2, i.in_h << 1, i.in_h))
+                                                | (i.out_w != Mux(up2, i.in_w << 1, i.in_w))),
         # shiftpu.arch.limits.violation
         ~is_end & (i.out_bits > cfg.act_bits),
         windowed & ((i.kh > cfg.max_kernel) | (i.kw > cfg.max_kernel)),

@@ -6,28 +6,38 @@ Implements ``shiftpu.arch.numerics.requantize`` exactly: ``y = sat(rhe(v * 2^-sh
 as one byte (4-bit values sign- or zero-extended).
 
 The requantiser is a pipeline of :data:`REQUANT_LATENCY` register stages with no stall: a value given in
-cycle ``t`` leaves in cycle ``t + REQUANT_LATENCY``. Each stage is one adder or one barrel shifter, so the
-path between two registers stays a few LUT levels deep at any width. Built with ``pipelined=False`` the
-same stages are combinational (the POOL/ADD/MOVE engine's output path, not yet pipelined).
+cycle ``t`` leaves in cycle ``t + REQUANT_LATENCY``. Only the first stage has a wide adder (the bias); the
+rounding decision and the saturation are AND-OR trees and bit selections, not comparators, and the +1 of
+rounding up is added to the output byte alone, so every stage stays a few LUT levels deep at any width:
+
+1. ``v = value + bias``; both candidate shifts (plain, and LeakyReLU's for negative values) clamped into
+   right and left amounts;
+2. the shift chosen by the sign of ``v``, and the mask of the bits below its guard bit (a thermometer code);
+3. the shifted value (or the left-shifted one), and the rounding decision from its guard and sticky bits;
+4. the reductions of the shifted value's high and low bits that saturation needs, for each output format;
+5. saturation, the rounding increment of the output byte, ReLU.
 """
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.latency import REQUANT_LATENCY
 from shiftpu.arch.numerics import MAX_LEFT_SHIFT, Activation
 
+#: The bit above the largest magnitude of each output format (out_bits, out_signed): qmax = 2^k - 1, and
+#: qmin = -2^k (signed) or 0 (unsigned).
+_FORMAT_BITS = {(4, True): 3, (8, True): 7, (4, False): 4, (8, False): 8}
+
 
 class Requantizer(wiring.Component):
-    """Requantiser for one lane: ``value + bias`` -> output byte, REQUANT_LATENCY cycles later (or at once)."""
+    """Requantiser for one lane: ``value + bias`` -> output byte, REQUANT_LATENCY cycles later."""
 
-    def __init__(self, value_width: int, pipelined: bool = True):
+    def __init__(self, value_width: int):
         self.value_width = value_width
-        self.pipelined = pipelined
-        self.latency = REQUANT_LATENCY if pipelined else 0
+        self.latency = REQUANT_LATENCY
         super().__init__({
             "value": In(signed(value_width)),
             "bias": In(signed(32)),
@@ -41,74 +51,94 @@ class Requantizer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        stage = m.d.sync if self.pipelined else m.d.comb
+        stage = m.d.sync
         # v = value + bias needs vw bits, |v| <= 2^(vw-1): a right shift by vw + 1 or more rounds to 0, so shifts
-        # are clamped to that; one more bit lets the remainder of the largest shift see the sign extension
+        # are clamped to that; one more bit keeps the sign of the largest shift's guard bit
         vw = max(self.value_width, 32) + 1
         max_right = vw + 1
         width = vw + 2
+        wide = width + MAX_LEFT_SHIFT  # the left-shifted value
 
-        # stage 1: the sum, and the format fields carried along
+        def clamped(sh):
+            right = Mux(sh > max_right, max_right, Mux(sh > 0, sh, 0))
+            left = Mux(-sh > MAX_LEFT_SHIFT, MAX_LEFT_SHIFT, Mux(sh < 0, -sh, 0))
+            return right, left
+
+        # stage 1: the sum; the right/left amounts of the plain shift and of LeakyReLU's negative-side shift
         v1 = Signal(signed(width))
-        shift1 = Signal(signed(8))
-        act1 = Signal(2)
-        leaky1 = Signal(4)
-        bits1 = Signal(4)
-        signed1 = Signal()
-        stage += [v1.eq(self.value + self.bias), shift1.eq(self.shift), act1.eq(self.act),
-                     leaky1.eq(self.leaky_shift), bits1.eq(self.out_bits), signed1.eq(self.out_signed)]
+        right_p1, right_n1 = Signal(range(max_right + 1)), Signal(range(max_right + 1))
+        left_p1, left_n1 = Signal(range(MAX_LEFT_SHIFT + 1)), Signal(range(MAX_LEFT_SHIFT + 1))
+        sh_n = Signal(signed(10))
+        m.d.comb += sh_n.eq(self.shift + self.leaky_shift)
+        leaky1, relu1 = Signal(), Signal()
+        bits1, signed1 = Signal(4), Signal()
+        (rp, lp), (rn, ln) = clamped(self.shift), clamped(sh_n)
+        stage += [v1.eq(self.value + self.bias), right_p1.eq(rp), left_p1.eq(lp), right_n1.eq(rn), left_n1.eq(ln),
+                  leaky1.eq(self.act == Activation.LEAKY), relu1.eq(self.act == Activation.RELU),
+                  bits1.eq(self.out_bits), signed1.eq(self.out_signed)]
 
-        # stage 2: the shift (LeakyReLU's extra shift for negative values), clamped into right / left amounts
-        neg = v1 < 0
-        sh = Signal(signed(10))
-        m.d.comb += sh.eq(shift1 + Mux((act1 == Activation.LEAKY) & neg, leaky1, 0))
+        # stage 2: the amounts for this value's sign, and the mask of the bits below its guard bit
+        neg1 = v1[-1]
+        use_n = leaky1 & neg1
+        right = Signal(range(max_right + 1))
+        m.d.comb += right.eq(Mux(use_n, right_n1, right_p1))
         v2 = Signal(signed(width))
         right2 = Signal(range(max_right + 1))
         left2 = Signal(range(MAX_LEFT_SHIFT + 1))
-        relu2 = Signal()
-        bits2 = Signal(4)
-        signed2 = Signal()
+        sticky_mask2 = Signal(max_right)  # bit k: v's bit k is below the guard bit (k < right - 1)
+        zero2, bits2, signed2 = Signal(), Signal(4), Signal()
         stage += [
-            v2.eq(v1),
-            right2.eq(Mux(sh > max_right, max_right, Mux(sh > 0, sh, 0))),
-            left2.eq(Mux(-sh > MAX_LEFT_SHIFT, MAX_LEFT_SHIFT, Mux(sh < 0, -sh, 0))),
-            relu2.eq(act1 == Activation.RELU), bits2.eq(bits1), signed2.eq(signed1),
+            v2.eq(v1), right2.eq(right), left2.eq(Mux(use_n, left_n1, left_p1)),
+            sticky_mask2.eq(Cat(*(right > k + 1 for k in range(max_right)))),
+            zero2.eq(relu1 & neg1), bits2.eq(bits1), signed2.eq(signed1),
         ]
 
-        # stage 3: the shifted value and its rounding decision (half to even), or the left shift
+        # stage 3: the shifted value and whether it rounds up (half to even: the first bit shifted out is set and
+        # any bit below it, or the result's lowest bit, is); a left shift never rounds
         q = Signal(signed(width))
-        rem = Signal(unsigned(max_right))
-        half = Signal(unsigned(max_right))
-        m.d.comb += [
-            q.eq(v2 >> right2),
-            rem.eq(v2.as_unsigned() & ((1 << right2) - 1)),
-            half.eq((Const(1, 1) << right2) >> 1),
-        ]
-        q3 = Signal(signed(width))
-        up3 = Signal()
-        left_val3 = Signal(signed(width + MAX_LEFT_SHIFT + 1))
-        is_right3 = Signal()
-        relu3 = Signal()
-        bits3 = Signal(4)
-        signed3 = Signal()
+        m.d.comb += q.eq(v2 >> right2)
+        guard = Cat(0, v2).bit_select(right2, 1)  # v's bit right - 1
+        sticky = (v2[:max_right] & sticky_mask2).any()  # any of v's bits 0 .. right - 2
+        t3 = Signal(signed(wide))
+        up3, zero3, bits3, signed3 = Signal(), Signal(), Signal(4), Signal()
         stage += [
-            q3.eq(q), up3.eq((right2 > 0) & ((rem > half) | ((rem == half) & q[0]))),
-            left_val3.eq(v2 << left2), is_right3.eq(right2 > 0),
-            relu3.eq(relu2), bits3.eq(bits2), signed3.eq(signed2),
+            t3.eq(Mux(left2 != 0, v2 << left2, q)), up3.eq((left2 == 0) & guard & (sticky | q[0])),
+            zero3.eq(zero2), bits3.eq(bits2), signed3.eq(signed2),
         ]
 
-        # stage 4: round, activation, saturation into the output format
-        shifted = Signal(signed(width + MAX_LEFT_SHIFT + 1))
-        m.d.comb += shifted.eq(Mux(is_right3, q3 + up3, left_val3))
-        y = Mux(relu3 & (shifted < 0), 0, shifted)
-        qmin = Signal(signed(10))
-        qmax = Signal(signed(10))
-        with m.If(signed3):
-            m.d.comb += [qmin.eq(Mux(bits3 == 4, -8, -128)), qmax.eq(Mux(bits3 == 4, 7, 127))]
-        with m.Else():
-            m.d.comb += [qmin.eq(0), qmax.eq(Mux(bits3 == 4, 15, 255))]
+        # stage 4: per output format (k: the bit above its magnitude), the reductions saturation needs
+        ks = sorted(set(_FORMAT_BITS.values()))
+        any_hi = {k: Signal(name=f"any_hi{k}") for k in ks}  # a bit at or above k is set
+        all_hi = {k: Signal(name=f"all_hi{k}") for k in ks + [k + 1 for k in ks]}  # all bits from k on are set
+        all_lo = {k: Signal(name=f"all_lo{k}") for k in ks}  # bits 0 .. k-1 are all set
+        all4 = Signal()  # all bits set (-1)
+        low4 = Signal(8)
+        bit4 = {k: Signal(name=f"bit{k}") for k in ks}  # bit k itself
+        neg4, up4, zero4, bits4, signed4 = Signal(), Signal(), Signal(), Signal(4), Signal()
+        stage += [
+            *(any_hi[k].eq(t3[k:].any()) for k in ks), *(all_hi[k].eq(t3[k:].all()) for k in all_hi),
+            *(all_lo[k].eq(t3[:k].all()) for k in ks), all4.eq(t3.all()),
+            *(bit4[k].eq(t3[k]) for k in ks), low4.eq(t3[:8]), neg4.eq(t3[-1]), up4.eq(up3), zero4.eq(zero3), bits4.eq(bits3),
+            signed4.eq(signed3),
+        ]
+
+        # stage 5: saturation of t + up into the format, the byte rounded up, ReLU
+        over, under = Signal(), Signal()
+        qmin, qmax = Signal(8), Signal(8)
+        with m.Switch(Cat(bits4, signed4)):
+            for (b, sg), k in _FORMAT_BITS.items():
+                with m.Case(b | (sg << 4)):
+                    # above: t > qmax, or t == qmax and it rounds up
+                    m.d.comb += [over.eq(~neg4 & (any_hi[k] | (all_lo[k] & up4))), qmax.eq((1 << k) - 1)]
+                    if sg:  # below: t < -2^k, unless t == -2^k - 1 and it rounds up
+                        m.d.comb += [under.eq(neg4 & ~all_hi[k] & ~(up4 & all_hi[k + 1] & ~bit4[k] & all_lo[k])),
+                                     qmin.eq(-(1 << k) & 0xFF)]
+                    else:  # below: t < 0, unless t == -1 and it rounds up
+                        m.d.comb += [under.eq(neg4 & ~(up4 & all4)), qmin.eq(0)]
+            with m.Default():  # out_bits other than 4 and 8 are refused by the decoder
+                m.d.comb += [over.eq(0), under.eq(0), qmin.eq(0), qmax.eq(0)]
         out = Signal(8)
-        stage += out.eq(Mux(y < qmin, qmin, Mux(y > qmax, qmax, y))[:8])
+        stage += out.eq(Mux(zero4, 0, Mux(over, qmax, Mux(under, qmin, low4 + up4))))
         m.d.comb += self.out.eq(out)
-        assert REQUANT_LATENCY == 4, "the stages above are the latency the cycle model counts"
+        assert REQUANT_LATENCY == 5, "the stages above are the latency the cycle model counts"
         return m

@@ -61,7 +61,10 @@ class Sequencer(wiring.Component):
         word = Signal(INSTR_BITS)
         header = data.View(HEADER, word)
         instr = Signal(INSTRUCTION)
-        n_instr = Signal(32)
+        # the next instruction's address and whether the program has run out of instructions, stepped at retire
+        fetch_addr = Signal(32)
+        n_left = Signal(32)  # instructions of the program not yet retired
+        at_end = Signal()  # n_left == 0
         use_conv = Signal()
         code = Signal(8)
         illegal, bad = instruction_checks(m, instr, p)
@@ -69,7 +72,10 @@ class Sequencer(wiring.Component):
         for e in (conv, elt):
             m.d.comb += [e.instr.eq(instr), e.const_base.eq(self.const_base), e.act_base.eq(self.act_base),
                          e.wr_idle.eq(self.wr_idle)]
-        m.d.comb += [conv.start.eq(0), elt.start.eq(0), gear.beats.payload.eq(self.rd_data.payload)]
+        # the engines start from registered pulses, in RUN's first cycle (ENGINE_START after DECODE)
+        start_conv, start_elt = Signal(), Signal()
+        m.d.sync += [start_conv.eq(0), start_elt.eq(0)]
+        m.d.comb += [conv.start.eq(start_conv), elt.start.eq(start_elt), gear.beats.payload.eq(self.rd_data.payload)]
         # the active engine owns the AXI engines while it runs
         for src, dst in ((conv, self), (elt, self)):
             with m.If(use_conv == (src is conv)):
@@ -117,7 +123,8 @@ class Sequencer(wiring.Component):
                 receive("HDR_CHECK")
             with m.State("HDR_CHECK"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += n_instr.eq(header.n_instr)
+                m.d.sync += [n_left.eq(header.n_instr), at_end.eq(header.n_instr == 0),
+                             fetch_addr.eq(self.const_base + INSTR_BYTES)]
                 with m.If(self.rd_error):
                     fail(ErrorCode.AXI_READ)
                 with m.Elif(header.magic != PROGRAM_MAGIC):
@@ -130,10 +137,10 @@ class Sequencer(wiring.Component):
                     m.next = "FETCH_CMD"
             with m.State("FETCH_CMD"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(self.pc == n_instr):
+                with m.If(at_end):
                     fail(ErrorCode.NO_END)
                 with m.Else():
-                    fetch(self.const_base + ((self.pc + 1) * INSTR_BYTES), "FETCH_DATA")
+                    fetch(fetch_addr, "FETCH_DATA")
             with m.State("FETCH_DATA"):
                 m.d.comb += self.busy.eq(1)
                 receive("LATCH")
@@ -157,12 +164,10 @@ class Sequencer(wiring.Component):
                     m.d.comb += self.retire.eq(1)
                     m.next = "STOP"
                 with m.Elif(instr.opcode == Opcode.CONV):
-                    m.d.comb += conv.start.eq(1)
-                    m.d.sync += use_conv.eq(1)
+                    m.d.sync += [start_conv.eq(1), use_conv.eq(1)]
                     m.next = "RUN"
                 with m.Else():
-                    m.d.comb += elt.start.eq(1)
-                    m.d.sync += use_conv.eq(0)
+                    m.d.sync += [start_elt.eq(1), use_conv.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -177,7 +182,8 @@ class Sequencer(wiring.Component):
                         fail(ErrorCode.AXI_WRITE)
                     with m.Else():
                         m.d.comb += self.retire.eq(1)
-                        m.d.sync += self.pc.eq(self.pc + 1)
+                        m.d.sync += [self.pc.eq(self.pc + 1), fetch_addr.eq(fetch_addr + INSTR_BYTES),
+                                     n_left.eq(n_left - 1), at_end.eq(n_left == 1)]
                         m.next = "FETCH_CMD"
             with m.State("STOP"):
                 m.d.comb += [self.busy.eq(1), self.finish.eq(1), self.failed.eq(code != 0)]

@@ -25,37 +25,38 @@ def _conv(dataflow=Dataflow.PIXEL):
 def test_rtl_conv_cost_by_hand():
     # Derived by hand from the RTL's cycle model (docs/rtl.md) with the pipeline depths of arch/latency.py:
     # SETUP 3, TILE_SETUP 3, IC_SETUP 5 (1 for later rows of one input tile), W_SETUP 4, issuer 3 + 1 per row,
-    # compute pipeline 6, store setup 3 per group and store pipeline 6.
-    # fetch 1 + L_r 2 + 8 beats + latch 1, CHECK 4, decode 1, retire 1; SETUP 3; FINISH: start 1, store
-    # pipeline 6, write drain 4                                                                  = 32
-    # strip/tile: TILE 1, TILE_SETUP 3, QP_CMD 1 + L_r 2 + 8 table words                          = 15
+    # compute pipeline 6, store setup 3 per group and store pipeline 7.
+    # L_r: 3 cycles from a read command to its first beat (the reader's address stage 2, the memory model's 1).
+    # fetch 1 + L_r 3 + 8 beats + latch 1, CHECK 4, decode 1, retire 1; engine start 1; SETUP 3; FINISH: start 1,
+    # store pipeline 7, write drain 4 + the writer's registered idle 1                          = 36
+    # strip/tile: TILE 1, TILE_SETUP 3, QP_CMD 1 + L_r 3 + 8 table words                          = 16
     # 2 blocks x 10 input columns; 4 row slots fit the line buffer (prefetch), a row's 1 accumulator entry
     # fits half the buffer (double-buffered store). Loader: L_START 1, (1 + 10) per row and block; a row
     # inside the tensor streams no earlier than its read, issued after 4 cycles per row up to it, plus
-    # max(0, L_r 2 - 1 leading pad column) = 1. Row 0 kernel rows 0-2 (row 0 outside: the first inside row
-    # would start at 24, its data at 3 x 4 + 1 = 13) = 67; rows 1-6 kernel row 2: data at 4 + 1 = 5 instead of
-    # 2, so 26; row 7 (input row 8 outside) = 23. Store: 1 group x (3 + 1 + 8 beats) = 12.
+    # max(0, L_r 3 - 1 leading pad column) = 2. Row 0 kernel rows 0-2 (row 0 outside: the first inside row
+    # would start at 24, its data at 3 x 4 + 2 = 14) = 67; rows 1-6 kernel row 2: data at 4 + 2 = 6 instead of
+    # 2, so 27; row 7 (input row 8 outside) = 23. Store: 1 group x (3 + 1 + 8 beats) = 12.
     # row 0: ROW, IC, IC_SETUP 5 (loader started) at 7, LB_WAIT until the loader is done (7 + 67 + 1),
-    #        W_CHECK, weights W_SETUP 4 + W_CMD 1 + L_r 2 + 144 steps x 32 bits / 64-bit beats 72 = 79,
-    #        COMPUTE_INIT (starts row 1's load) at 155, compute 144 + pipeline 6, STORE at 306 (store busy
-    #        until 319), NEXT_ROW: 308
+    #        W_CHECK, weights W_SETUP 4 + W_CMD 1 + L_r 3 + 144 steps x 32 bits / 64-bit beats 72 = 80,
+    #        COMPUTE_INIT (starts row 1's load) at 156, compute 144 + pipeline 6, STORE at 307 (store busy
+    #        until 320), NEXT_ROW: 309
     # rows 1-6: ROW, IC, IC_SETUP 1, LB_WAIT 1 (loaded ahead), W_CHECK, COMPUTE_INIT, 144 + 6, STORE,
-    #        NEXT_ROW: 158 each (loads of 26 and the store of 12 hidden)
-    # row 7: STORE at 6 x 158 + 308 + 156 = 1412, NEXT_ROW waits for the store (1412 + 1 + 12), exit = 1426
+    #        NEXT_ROW: 158 each (loads of 27 and the store of 12 hidden)
+    # row 7: STORE at 6 x 158 + 309 + 156 = 1413, NEXT_ROW waits for the store (1413 + 1 + 12), exit = 1427
     c = instruction_cost(_conv(), CFG, 8.0)
-    assert c == InstrCost(cycles=32 + 15 + 1426, compute_cycles=1152, stall_cycles=321,
+    assert c == InstrCost(cycles=36 + 16 + 1427, compute_cycles=1152, stall_cycles=327,
                           read_bytes=10 * 2 * 10 * 8 + 64 + 72 * 8, write_bytes=512, macs=73728)
 
 
 def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
     # the same layer on 512 bytes of line buffer (3 row slots: no prefetch) and one accumulator entry
     # (the PE array waits for the store): every later row loads its kernel row after IC_SETUP (LB_WAIT
-    # 26 + 1, row 7 23 + 1) and COMPUTE_INIT waits for the store of the previous row (done by then):
-    # rows 1-6: 158 + 26 = 184 each; row 7 starts at 308 + 6 x 184 = 1412, STORE at 1412 + 3 + 24 + 2 + 151,
-    # NEXT_ROW waits for the store: + 1 + 12 + 1                                                   = 1605
+    # 27 + 1, row 7 23 + 1) and COMPUTE_INIT waits for the store of the previous row (done by then):
+    # rows 1-6: 158 + 27 = 185 each; row 7 starts at 309 + 6 x 185 = 1419, STORE at 1419 + 3 + 24 + 2 + 151,
+    # NEXT_ROW waits for the store: + 1 + 12 + 1                                                   = 1612
     cfg = AccelConfig(strip_width=8, line_buffer_bytes=512, acc_buffer_words=64)
     c = instruction_cost(_conv(), cfg, 8.0)
-    assert c.cycles == 32 + 15 + 1605
+    assert c.cycles == 36 + 16 + 1612
 
 
 def test_several_input_tiles_reload_every_kernel_row():
@@ -68,21 +69,22 @@ def test_several_input_tiles_reload_every_kernel_row():
 
 def test_rtl_add_cost_by_hand():
     add = Instruction(Opcode.ADD, in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=16)
-    # fetch 18 + finish 10 (the last beat's 6 pipeline stages, the queue and the write response); 16 segments
+    # fetch 19 + engine start 1 + finish 12 (the last beat's 7 pipeline stages, the queue, the write response and
+    # the writer's registered idle); 16 segments
     # (8 rows x 2 blocks) of SEG 1, SETTLE 3, LOAD 1 + 8, OUT_CMD 1 + 8 beats issued (B taken with each), NEXT 1;
-    # every read is queued ahead, so only the first waits: L_r 2, its issuer's Q_CALC 4 against SEG 1 and
+    # every read is queued ahead, so only the first waits: L_r 3, its issuer's Q_CALC 4 against SEG 1 and
     # SETTLE 3; on a DDR that moves a read and a write beat per cycle (16 bytes)
-    assert instruction_cost(add, CFG, 16.0) == InstrCost(28 + 16 * 23 + 2, 128, 270, 2048, 1024, 0)
+    assert instruction_cost(add, CFG, 16.0) == InstrCost(32 + 16 * 23 + 3, 128, 275, 2048, 1024, 0)
     # with 8 bytes per cycle in all, the 3072 bytes read and written take 384 cycles: still under the engine's
-    # 398; with 4 bytes per cycle the DDR bounds it (768)
-    assert instruction_cost(add, CFG, 8.0).cycles == 398
+    # 403; with 4 bytes per cycle the DDR bounds it (768)
+    assert instruction_cost(add, CFG, 8.0).cycles == 403
     assert instruction_cost(add, CFG, 4.0) == InstrCost(768, 128, 640, 2048, 1024, 0)
 
 
 def test_rtl_program_overhead_by_hand():
-    # header: command 1 + L_r 2 + 8 beats + check 1; END: fetch 18 + 2
-    assert program_overhead(CFG, 8.0) == 12
-    assert instruction_cost(Instruction(Opcode.END), CFG, 8.0).cycles == 20
+    # header: command 1 + L_r 3 + 8 beats + check 1; END: fetch 19 + 2
+    assert program_overhead(CFG, 8.0) == 13
+    assert instruction_cost(Instruction(Opcode.END), CFG, 8.0).cycles == 21
 
 
 def test_left_padding_hides_the_read_latency():
@@ -144,10 +146,11 @@ def test_dataflow_choice_follows_the_shape():
 
 
 def test_board_read_latency_by_hand():
-    # 40 instead of 2 cycles from read command to first beat, 38 more for: the instruction fetch, the bias table,
-    # the one weight run and the write response at FINISH; row 0's first read inside the tensor (its third row,
-    # issued at 3 x 4) brings data at 12 + 40 - 1 leading pad column = 51, where the loader would be at 24
-    # (27 more than with L_r 2): on the critical path; the later rows' loads (4 + 39 + 2 x 11 - 1 = 64 cycles)
-    # still hide behind 151 of compute and pipeline
+    # a memory 40 instead of 2 cycles from read command to first beat (L_r 41 instead of 3 with the reader's
+    # address stage), 38 more for: the instruction fetch, the bias table, the one weight run and the write response
+    # at FINISH; row 0's first read inside the tensor (its third row, issued at 3 x 4) brings data at
+    # 12 + 41 - 1 leading pad column = 52, where the loader would be at 24 (28 more than with L_r 3): on the
+    # critical path; the later rows' loads (4 + 40 + 2 x 11 - 1 = 65 cycles) still hide behind 151 of compute
+    # and pipeline
     slow = instruction_cost(_conv(), CFG, 8.0, read_latency=40)
-    assert slow.cycles - instruction_cost(_conv(), CFG, 8.0).cycles == 38 * 4 + 27
+    assert slow.cycles - instruction_cost(_conv(), CFG, 8.0).cycles == 38 * 4 + 28

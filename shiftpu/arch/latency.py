@@ -11,8 +11,15 @@ from __future__ import annotations
 #: (buffer needs: products of several fields) settle.
 DECODE_CHECK = 4
 
+#: AXI burst engines: cycles from a transfer command being taken to its first burst's address (the burst
+#: length settles in a register first).
+READ_ADDRESS_LATENCY = 2
+
+#: Sequencer: cycles from DECODE to the engine's start (a registered pulse, in RUN's first cycle).
+ENGINE_START = 1
+
 #: Register stages of a requantiser (sum; shift amounts; shift and rounding; round, activation, saturation).
-REQUANT_LATENCY = 4
+REQUANT_LATENCY = 5
 
 #: CONV engine: cycles after the engine starts in which the per-instruction products (row and plane sizes,
 #: weight strides, base addresses) settle in their registers.
