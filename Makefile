@@ -32,8 +32,9 @@ demo: $(STAMP) ## compile the shipped detector and run it on the golden model an
 wheel: $(STAMP) ## build the shiftpu wheel (dist/shiftpu-<version>-py3-none-any.whl), e.g. to install on a board
 	$(PY) -m pip wheel --no-deps --wheel-dir dist .
 
-bench: $(STAMP) ## benchmarks (results in bench/results/)
+bench: $(STAMP) ## benchmarks (results in bench/results/, and the README's result tables regenerated from them)
 	$(PY) -m bench.run
+	$(PY) -m bench.readme --write
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

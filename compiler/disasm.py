@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 from shiftpu.arch.isa import Instruction, Opcode, ProgramHeader
-from shiftpu.compiler.artifact import CompiledFolder
+from shiftpu.compiled.folder import CompiledFolder
+from shiftpu.ops import OPS
 
+#: Fields every instruction prints first; each opcode's own follow (shiftpu.ops), then its formats.
 _ALWAYS = ("layer_id", "in_addr", "out_addr", "in_c", "in_h", "in_w", "out_c", "out_h", "out_w")
-_BY_OP = {
-    Opcode.CONV: ("dataflow", "depthwise", "kh", "kw", "stride", "pad_t", "pad_l", "pad_b", "pad_r", "strip_w",
-                  "ic_tile", "oc_tile", "w_addr", "qp_addr", "act", "leaky_shift"),
-    Opcode.POOL: ("kh", "kw", "stride", "pad_t", "pad_l", "pad_b", "pad_r", "out_shift", "act"),
-    Opcode.ADD: ("in2_addr", "shift_a", "shift_b", "out_shift", "in2_signed", "act"),
-    Opcode.MOVE: ("upsample", "out_shift", "act"),
-}
 
 
 def format_instruction(i: Instruction) -> str:
-    if i.opcode is Opcode.END:
-        return "END"
+    own = OPS[i.opcode].disasm_fields
+    if own is None:
+        return i.opcode.name
     fields = []
-    for name in _ALWAYS + _BY_OP[i.opcode] + ("in_signed", "out_signed", "out_bits"):
+    for name in _ALWAYS + own + ("in_signed", "out_signed", "out_bits"):
         v = getattr(i, name)
         if name.endswith("_addr"):
             fields.append(f"{name}=0x{v:x}")

@@ -13,7 +13,8 @@ import onnx
 from shiftpu import __version__
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import ISA_VERSION, Dataflow, Instruction, Opcode
-from shiftpu.compiler.artifact import FORMAT_NAME, FORMAT_VERSION, MODEL_FILE, region_file, write_folder
+from shiftpu.compiled.cpu_ops import has_kernel
+from shiftpu.compiled.folder import FORMAT_NAME, FORMAT_VERSION, MODEL_FILE, region_file, write_folder
 from shiftpu.compiler.codegen import SegmentImage, generate, layer_ids
 from shiftpu.compiler.estimate import estimate, format_table, simulation_estimate
 from shiftpu.compiler.ir import ConcatOp, ConvOp, CpuNode, FabricOp, Graph, QTensor
@@ -29,7 +30,6 @@ from shiftpu.compiler.partition import (
 from shiftpu.compiler.passes import BACKEND_PASSES, CompileOptions, run_pipeline
 from shiftpu.compiler.perf import READ_LATENCY, Schedule
 from shiftpu.compiler.regions import region_model
-from shiftpu.sw.cpu_ops import has_kernel
 
 
 @dataclass

@@ -1,9 +1,14 @@
-"""Lowering of fabric operations to instructions (the one place that fills instruction fields)."""
+"""Lowering of fabric operations to instructions.
+
+The fields every instruction has (shapes, formats, addresses, activation, layer id) are filled here; the rest by
+the lowering of the instruction's module in shiftpu.ops, chosen by the operation's ``kind`` (the opcode's name).
+"""
 
 from __future__ import annotations
 
 from shiftpu.arch.isa import Dataflow, Instruction, Opcode
-from shiftpu.compiler.ir import AddOp, ConcatOp, ConvOp, ConvTiling, FabricOp, MoveOp, Placement, PoolOp, QTensor
+from shiftpu.compiler.ir import ConcatOp, ConvOp, ConvTiling, FabricOp, Placement, QTensor
+from shiftpu.ops import OPS, LowerContext, conv
 
 _NOWHERE = Placement(0, 0)
 
@@ -18,35 +23,25 @@ def _common(op: FabricOp, x: QTensor, y: QTensor, layer_id: int, place: dict[str
     )
 
 
+def _context(op: FabricOp, x: QTensor, y: QTensor, tensors: dict[str, QTensor], layer_id: int,
+             place: dict[str, Placement], w_addr: int, qp_addr: int) -> LowerContext:
+    return LowerContext(_common(op, x, y, layer_id, place), tensors, lambda name: place.get(name, _NOWHERE).offset,
+                        w_addr, qp_addr)
+
+
 def conv_instruction(op: ConvOp, x: QTensor, y: QTensor, tiling: ConvTiling, dataflow: Dataflow, layer_id: int = 0,
                      place: dict[str, Placement] | None = None, w_addr: int = 0, qp_addr: int = 0) -> Instruction:
     """The CONV instruction of ``op`` with the given tiling and dataflow."""
-    pt, pl, pb, pr = op.pads
-    return Instruction(
-        Opcode.CONV, dataflow=dataflow, depthwise=op.depthwise, kh=op.kh, kw=op.kw, stride=op.stride,
-        pad_t=pt, pad_l=pl, pad_b=pb, pad_r=pr, strip_w=tiling.strip_w, ic_tile=tiling.ic_tile,
-        oc_tile=tiling.oc_tile, w_addr=w_addr, qp_addr=qp_addr, **_common(op, x, y, layer_id, place or {}),
-    )
+    ctx = _context(op, x, y, {x.name: x, y.name: y}, layer_id, place or {}, w_addr, qp_addr)
+    return conv.instruction(op, tiling, dataflow, ctx)
 
 
 def instruction(op: FabricOp, tensors: dict[str, QTensor], layer_id: int, place: dict[str, Placement],
                 w_addr: int = 0, qp_addr: int = 0) -> Instruction | None:
     """The instruction of a tiled fabric operation (None for an in-place concatenation)."""
-    x, y = tensors[op.inputs[0]], tensors[op.output]
-    if isinstance(op, ConvOp):
-        assert op.tiling is not None and op.dataflow is not None, f"{op.name} was not tiled"
-        return conv_instruction(op, x, y, op.tiling, op.dataflow, layer_id, place, w_addr, qp_addr)
-    if isinstance(op, PoolOp):
-        pt, pl, pb, pr = op.pads
-        return Instruction(Opcode.POOL, kh=op.kernel, kw=op.kernel, stride=op.stride, pad_t=pt, pad_l=pl, pad_b=pb,
-                           pad_r=pr, out_shift=op.out_shift, **_common(op, x, y, layer_id, place))
-    if isinstance(op, AddOp):
-        b = tensors[op.inputs[1]]
-        return Instruction(Opcode.ADD, in2_signed=b.fmt.signed, in2_addr=place.get(b.name, _NOWHERE).offset,
-                           shift_a=op.shift_a, shift_b=op.shift_b, out_shift=op.out_shift,
-                           **_common(op, x, y, layer_id, place))
-    if isinstance(op, MoveOp):
-        return Instruction(Opcode.MOVE, upsample=op.upsample, out_shift=op.out_shift,
-                           **_common(op, x, y, layer_id, place))
-    assert isinstance(op, ConcatOp)
-    return None
+    if isinstance(op, ConcatOp):
+        return None
+    lower = OPS[Opcode[op.kind]].lower
+    assert lower is not None, f"{op.kind} has no lowering"
+    ctx = _context(op, tensors[op.inputs[0]], tensors[op.output], tensors, layer_id, place, w_addr, qp_addr)
+    return lower(op, ctx)

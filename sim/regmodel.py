@@ -36,6 +36,8 @@ class RegisterModel:
 
     ``hang_next_run`` makes the next START set BUSY and never finish (a hung accelerator, for
     testing timeouts); only :meth:`reset` (re-downloading the bitstream) recovers from it, as on hardware.
+    The backend works on a copy of the activation segment, written back when the run ends unless the model was
+    reset meanwhile: as on hardware, a run cut off by a reset never writes memory afterwards.
     """
 
     def __init__(self, backend: Accelerator, memory: PhysicalMemory,
@@ -104,26 +106,31 @@ class RegisterModel:
     def _run(self, const_base: int, act_base: int, generation: int) -> None:
         stats: RunStats | None = None
         code, pc = ErrorCode.NONE, 0
+        work: np.ndarray | None = None  #: the backend's copy of the activation segment
         try:
             const = self.memory.segment(const_base)
             act = self.memory.segment(act_base)
         except KeyError as e:
             code, detail = ErrorCode.AXI_READ, f"address 0x{e.args[0]:x} is not mapped"
         else:
+            work = act.copy()
             try:
-                stats = self.backend.run_program(const, act)
+                stats = self.backend.run_program(const, work)
                 detail = ""
             except AcceleratorError as e:
                 code, pc, detail = e.code, e.pc, e.detail
             except Exception as e:  # noqa: BLE001 - handed to the next register read
                 with self._lock:
-                    self.failure = e
+                    if generation == self._generation:
+                        self.failure = e
                 if self.on_finish is not None:
                     self.on_finish()
                 return
         with self._lock:
             if generation != self._generation:
                 return  # the device was reset while this run was in flight
+            if work is not None:
+                act[:] = work  # what the run wrote, errors included (a run stops where it failed)
             self.last_detail = detail
             regs = self._regs
             if stats is not None:

@@ -40,6 +40,9 @@ class Device(Protocol):
     """What the driver needs from a device: registers, buffers, the interrupt, a reset."""
 
     name: str  #: backend name: "board", "pynq-sim", "sim"
+    #: the accelerator's clock where the device runs it in real time (the board), for the watchdog; None for a
+    #: simulation, which has no time per cycle
+    clock_hz: float | None
 
     def read_register(self, offset: int) -> int: ...
 
@@ -52,8 +55,9 @@ class Device(Protocol):
         interrupt line poll STATUS instead."""
         ...
 
-    def reset(self) -> None:
-        """Bring a hung accelerator back to its power-on state (on a board: download the bitstream again)."""
+    def reset(self) -> str:
+        """Bring a hung accelerator back to its power-on state; returns how, in words. The register map has no
+        soft-reset bit, so on a board this downloads the bitstream again."""
         ...
 
 
@@ -114,6 +118,7 @@ class SimDevice:
     """The register model of the accelerator on host memory: the driver's code path without PYNQ."""
 
     name = "sim"
+    clock_hz = None
 
     def __init__(self, backend: Accelerator):
         self.config: AccelConfig = backend.config
@@ -140,5 +145,6 @@ class SimDevice:
             self._done.clear()
         return True
 
-    def reset(self) -> None:
+    def reset(self) -> str:
         self.model.reset()
+        return "register model back to its power-on state"

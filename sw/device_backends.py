@@ -1,7 +1,8 @@
-"""Accelerator backends behind the one driver, by name: the runtime's view of "golden", "pynq-sim", "rtl", "board".
+"""The one registry of accelerator backends, by name: "golden", "pynq-sim", "rtl", "board".
 
-Every one is a :class:`~shiftpu.sw.driver.DriverAccelerator`, so the same register-level code path
-runs whatever the device:
+:func:`open_accelerator` opens each as a :class:`~shiftpu.sw.driver.DriverAccelerator`, so the same
+register-level code path runs whatever the device (:func:`open_model` gives the executor the golden model and
+the RTL simulation without the driver):
 
 * ``golden``: the register model on host memory, golden model behind it (no PYNQ needed);
 * ``pynq-sim``: PYNQ's unmodified Overlay/MMIO/allocate on the simulated PYNQ device, golden model behind it;
@@ -18,9 +19,11 @@ from pathlib import Path
 from shiftpu.arch.config import AccelConfig
 from shiftpu.boards import load_board
 from shiftpu.errors import ShiftpuError
+from shiftpu.sim.accelerator import Accelerator
 from shiftpu.sim.golden import GoldenAccelerator
 from shiftpu.sw.device import SimDevice
 from shiftpu.sw.driver import DEFAULT_TIMEOUT_S, Driver, DriverAccelerator
+from shiftpu.sw.watchdog import Watchdog
 
 
 class RuntimeBackend(str, Enum):
@@ -53,17 +56,19 @@ def open_accelerator(backend: RuntimeBackend, config: AccelConfig, board: str, b
                      timeout_s: float | None = None, workdir: Path | None = None) -> DriverAccelerator:
     """The driver on the named device, checked against ``config`` (refuses a bitstream for another config).
 
-    ``timeout_s`` None: the backend's default from :data:`DEFAULT_TIMEOUTS_S`."""
-    timeout_s = DEFAULT_TIMEOUTS_S[backend] if timeout_s is None else timeout_s
+    ``timeout_s``: a fixed limit for every run; None: the driver's watchdog, which on the board follows each
+    program's estimated cycles and elsewhere is the backend's default from :data:`DEFAULT_TIMEOUTS_S`."""
+    watchdog = Watchdog(fixed_s=timeout_s, default_s=DEFAULT_TIMEOUTS_S[backend])
+    figures = load_board(board)  # its DDR figures feed the watchdog's estimate of each program
     if backend is RuntimeBackend.GOLDEN:
-        return DriverAccelerator(Driver(SimDevice(GoldenAccelerator(config)), timeout_s), config)
+        return DriverAccelerator(Driver(SimDevice(GoldenAccelerator(config)), watchdog=watchdog), config, figures)
     from shiftpu.sw.device_pynq import PynqDevice
 
     if backend is RuntimeBackend.BOARD:
         if bitstream is None:
             raise BackendError("the board backend needs the bitstream: pass --bitstream path/to/shiftpu.bit "
                                "(the .hwh must lie next to it)")
-        return DriverAccelerator(Driver(PynqDevice(bitstream, name="board"), timeout_s), config)
+        return DriverAccelerator(Driver(PynqDevice(bitstream, name="board"), watchdog=watchdog), config, figures)
     from shiftpu.sw.device_pynq import import_pynq
 
     import_pynq()
@@ -73,7 +78,7 @@ def open_accelerator(backend: RuntimeBackend, config: AccelConfig, board: str, b
     bit = bitstream or write_sim_overlay(folder, load_board(board), config)
     factory = _rtl_factory if backend is RuntimeBackend.RTL else GoldenAccelerator
     device = PynqDevice(bit, pynq_device=simulated_device(factory), name=backend.value)
-    return DriverAccelerator(Driver(device, timeout_s), config)
+    return DriverAccelerator(Driver(device, watchdog=watchdog), config, figures)
 
 
 def open_backend(name: str, config: AccelConfig, board: str, bitstream: Path | None = None,
@@ -87,9 +92,17 @@ def open_backend(name: str, config: AccelConfig, board: str, bitstream: Path | N
     return open_accelerator(backend, config, board, bitstream, timeout_s, workdir)
 
 
-def pynq_sim_accelerator(config: AccelConfig) -> DriverAccelerator:
-    """The "pynq-sim" backend from a config alone (for backend registries that construct ``cls(config)``);
-    the simulated overlay describes the default board's processing system."""
-    from shiftpu.boards import DEFAULT_BOARD
-
-    return open_accelerator(RuntimeBackend.PYNQ_SIM, config, DEFAULT_BOARD)
+def open_model(name: str, config: AccelConfig, board: str) -> Accelerator:
+    """The accelerator the executor runs on for a backend name: the golden model and the RTL simulation bare
+    (no driver, so their :class:`~shiftpu.sim.accelerator.RunStats` keep per-layer cycles), the others through
+    :func:`open_backend` on ``board``."""
+    try:
+        backend = RuntimeBackend(name)
+    except ValueError:
+        raise BackendError(f"unknown backend '{name}': choose one of "
+                           f"{', '.join(b.value for b in RuntimeBackend)}") from None
+    if backend is RuntimeBackend.GOLDEN:
+        return GoldenAccelerator(config)
+    if backend is RuntimeBackend.RTL:
+        return _rtl_factory(config)
+    return open_accelerator(backend, config, board)

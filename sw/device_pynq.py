@@ -98,6 +98,9 @@ class PynqDevice:
             raise OverlayError(f"PYNQ cannot load {bitstream}: {e}") from None
         self.ip_name = self._find_ip()
         self.config = self._config()
+        #: a board runs the accelerator at the clock it was built for; the simulated PYNQ device has no clock
+        self.clock_hz: float | None = None if getattr(self.overlay.device, "simulated", False) or \
+            self.config is None else self.config.clock_mhz * 1e6
         self.use_interrupt = use_interrupt
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bind()
@@ -155,7 +158,9 @@ class PynqDevice:
             sleep = min(sleep * 2, self.POLL_MAX_S)
         return True
 
-    def reset(self) -> None:
-        """Download the bitstream again: the only reset of a hung accelerator the register map offers."""
+    def reset(self) -> str:
+        """Download the bitstream again: the register map has no soft-reset bit, and a new configuration is the
+        only reset of a hung accelerator the hardware offers."""
         self.overlay.download()
         self._bind()
+        return "bitstream downloaded again: the register map has no soft-reset bit"

@@ -3,52 +3,31 @@
 ``Executor(folder, backend="golden").run(x)`` checks the input, quantizes it with the model's own
 QuantizeLinear (a CPU node), packs quantized tensors into the activation arena (shiftpu.arch.layout),
 runs each fabric segment with one ``run_program`` on the backend and each CPU region (the CPU nodes between
-two segments) with one onnxruntime session call (shiftpu.sw.cpu_regions; the numpy kernels of
-shiftpu.sw.cpu_ops where onnxruntime is absent), and returns the model outputs. ``prepare`` / ``execute`` /
-``finish`` split a run for pipelining; backends are chosen by name from :data:`BACKENDS`.
+two segments) with one onnxruntime session call (shiftpu.compiled.cpu_regions; the numpy kernels of
+shiftpu.compiled.cpu_ops where onnxruntime is absent), and returns the model outputs. ``prepare`` / ``execute`` /
+``finish`` split a run for pipelining; a backend given by name comes from
+:func:`shiftpu.sw.device_backends.open_model`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
 
 import numpy as np
 from onnx import numpy_helper
 
-from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import encode_program
 from shiftpu.arch.layout import pack_activation, unpack_activation
-from shiftpu.compiler.artifact import CompiledFolder, read_folder
+from shiftpu.compiled.cpu_regions import CpuRuntime, CpuRuntimeError, load_regions
+from shiftpu.compiled.folder import CompiledFolder, read_folder
 from shiftpu.errors import ShiftpuError
 from shiftpu.sim.accelerator import Accelerator, RunStats
-from shiftpu.sw.cpu_regions import CpuRuntime, CpuRuntimeError, load_regions
-
-#: backend name -> "module:class" (None: reserved, not available here)
-BACKENDS: dict[str, str | None] = {
-    "golden": "shiftpu.sim.golden:GoldenAccelerator",
-    "rtl": "shiftpu.sim.rtl:RtlAccelerator",
-    "board": None,
-}
+from shiftpu.sw.device_backends import BackendError, open_model
 
 
 class ExecutorError(ShiftpuError):
     """Bad input for a compiled model, or a backend that cannot be used."""
-
-
-def make_backend(name: str, config: AccelConfig) -> Accelerator:
-    """An accelerator backend by name."""
-    if name not in BACKENDS:
-        raise ExecutorError(f"unknown backend '{name}': choose one of {', '.join(BACKENDS)}")
-    target = BACKENDS[name]
-    if target is None:
-        raise ExecutorError(f"backend '{name}' is not available on this machine (it runs on the board runtime)")
-    module, cls = target.split(":")
-    try:
-        return getattr(import_module(module), cls)(config)
-    except (ImportError, AttributeError) as e:
-        raise ExecutorError(f"backend '{name}' is not available: {e}") from None
 
 
 @dataclass
@@ -86,7 +65,12 @@ class Executor:
             raise ExecutorError(f"{self.compiled.path}: {e}") from None
         #: the frame's steps in order: ("region", k) runs CPU region k, ("segment", k) fabric segment k
         self.steps = self._steps(m)
-        self.accel = make_backend(backend, self.compiled.config) if isinstance(backend, str) else backend
+        if isinstance(backend, str):
+            try:
+                backend = open_model(backend, self.compiled.config, self.compiled.board)
+            except BackendError as e:
+                raise ExecutorError(str(e)) from None
+        self.accel = backend
         self.keep_intermediates = keep_intermediates
         self.tensors = m["tensors"]
         self.inputs = m["inputs"]

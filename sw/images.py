@@ -96,9 +96,9 @@ def run_image_folder(compiled_folder: str | Path, images: str | Path, out_dir: s
     """Detect objects in every image of a folder through the pipeline; writes detections.json and drawn PNGs.
 
     Returns the path of detections.json. Boxes are in pixels of each original image. ``cpu_runtime``: what runs
-    the model's CPU regions (see ``shiftpu.sw.cpu_regions.CpuRuntime``).
+    the model's CPU regions (see ``shiftpu.compiled.cpu_regions.CpuRuntime``).
     """
-    from shiftpu.compiler.artifact import read_folder
+    from shiftpu.compiled.folder import read_folder
     from shiftpu.sw.detection import DecodeParams
     from shiftpu.sw.device_backends import open_backend
     from shiftpu.sw.executor import Executor

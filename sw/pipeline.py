@@ -5,7 +5,9 @@ each stage in its own thread, connected by bounded queues, so while the fabric w
 CPU pre-processes frame n+1 and post-processes frame n-1 (numpy and the accelerator wait release the
 GIL). Every frame carries a sequence number; the consumer checks that results arrive complete and in
 order. An exception in any stage, or Ctrl-C in the consumer, stops every thread and is re-raised
-after they have ended: no thread is left hanging.
+after they have ended: no thread is left hanging. Exceptions of the types given as ``frame_errors`` (a
+faulty accelerator run the driver recovered from) fail only their frame: it comes out in its place as a
+:class:`FrameFailure`, the later stages pass it by, and the frames after it go on.
 """
 
 from __future__ import annotations
@@ -40,12 +42,22 @@ class Stage:
     fn: Callable[[Any], Any]
 
 
+@dataclass(frozen=True)
+class FrameFailure:
+    """What the pipeline yields for a frame whose stage raised one of its ``frame_errors``."""
+
+    seq: int
+    stage: str
+    error: BaseException
+
+
 @dataclass
 class PipelineStats:
     """Measured figures of one run (wall-clock, seconds)."""
 
     stages: list[str]
     frames: int = 0
+    failed: int = 0  #: frames that came out as a :class:`FrameFailure`
     wall_s: float = 0.0
     busy_s: dict[str, float] = field(default_factory=dict)  #: per stage, summed over frames
     latencies_s: array = field(default_factory=lambda: array("d"))  #: per frame, first stage start -> last end
@@ -87,13 +99,14 @@ class Pipeline:
     """Stages in threads with bounded queues of ``depth`` frames between them."""
 
     def __init__(self, stages: list[Stage], depth: int = 2, trace: Trace | None = None,
-                 on_stop: Callable[[], None] | None = None):
+                 on_stop: Callable[[], None] | None = None, frame_errors: tuple[type[BaseException], ...] = ()):
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         self.stages = stages
         self.depth = max(1, depth)
         self.trace = trace
         self.on_stop = on_stop  #: called when a run stops early, to wake stages blocked outside the queues
+        self.frame_errors = frame_errors  #: exceptions that fail one frame, not the run
         self.stats = PipelineStats([s.name for s in stages])
 
     def run(self, frames: Iterable[Any]) -> Iterator[tuple[int, Any]]:
@@ -145,8 +158,14 @@ class Pipeline:
                 t0 = time.perf_counter()
                 if first:
                     item.started = t0
+                if isinstance(item.payload, FrameFailure):  # failed in an earlier stage: passed on in its place
+                    if not put(queues[index + 1], item):
+                        return
+                    continue
                 try:
                     item.payload = stage.fn(item.payload)
+                except self.frame_errors as e:
+                    item.payload = FrameFailure(item.seq, stage.name, e)
                 except BaseException as e:  # noqa: BLE001 - handed to the consumer
                     fail(e)
                     return
@@ -186,6 +205,7 @@ class Pipeline:
                 expected += 1
                 stats.latencies_s.append(time.perf_counter() - item.started)
                 stats.frames = expected
+                stats.failed += isinstance(item.payload, FrameFailure)
                 stats.wall_s = time.perf_counter() - t_start
                 yield item.seq, item.payload
         except BaseException:  # Ctrl-C, an order error, or the consumer closing the generator: stop, re-raise

@@ -4,7 +4,10 @@ Estimate (watts) = board static power (fabric idle, from the board file)
                  + fabric dynamic power: ``DYNAMIC_W_PER_GOPS`` x achieved shift-add throughput (GOP/s)
                  x (pe_oc x pe_px) / (8 x 8), i.e. the activity the run achieved on the PE array scaled by its size.
 The coefficient is a planning figure for a shift-add array at 16 nm / 28 nm (not a measurement); the
-result is always labelled "estimated".
+result is always labelled "estimated". The throughput is MACs per frame x a frame rate
+(:func:`estimate_power_at_fps`), so two estimates of one model differ only by the frame rate they are taken at:
+the performance model's (the demo's board table, the report's power line) or the one a pipeline run reached
+(`shiftpu bench`, on whatever backend ran it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ class PowerReport:
     watts: float
     source: PowerSource
     detail: str
+    static_w: float | None = None  #: estimated only: the board with the fabric idle (board file)
+    dynamic_w: float | None = None  #: estimated only: the fabric's shift-add activity
 
 
 def estimate_power(board: Board, gops: float) -> PowerReport:
@@ -37,7 +42,13 @@ def estimate_power(board: Board, gops: float) -> PowerReport:
     dynamic = DYNAMIC_W_PER_GOPS * gops * scale
     return PowerReport(round(board.static_power_w + dynamic, 3), PowerSource.ESTIMATED,
                        f"static {board.static_power_w} W (board file) + dynamic {dynamic:.3f} W "
-                       f"({DYNAMIC_W_PER_GOPS} W per GOP/s x {gops:.2f} GOP/s x array scale {scale:g})")
+                       f"({DYNAMIC_W_PER_GOPS} W per GOP/s x {gops:.2f} GOP/s x array scale {scale:g})",
+                       static_w=board.static_power_w, dynamic_w=round(dynamic, 3))
+
+
+def estimate_power_at_fps(board: Board, macs_per_frame: float, fps: float) -> PowerReport:
+    """The estimate with the fabric running ``fps`` frames of ``macs_per_frame`` shift-adds each per second."""
+    return estimate_power(board, macs_per_frame * fps / 1e9)
 
 
 class RailSampler:

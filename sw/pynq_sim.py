@@ -80,6 +80,7 @@ class SimulatedPynqDevice(Device):
     """A PYNQ device whose fabric is the register model of the accelerator described by the loaded .hwh."""
 
     _probe_priority_ = 900  # after every real device: on a board, the board stays PYNQ's active device
+    simulated = True  #: no clock of its own: the driver's watchdog uses the backend's default limit
 
     @classmethod
     def _probe_(cls) -> list[SimulatedPynqDevice]:
@@ -111,7 +112,10 @@ class SimulatedPynqDevice(Device):
         return RuntimeMetadataParser(Metadata(input=hwh))
 
     def download(self, bitstream: Any, parser: Any = None) -> None:
-        """Configure the fabric: a fresh accelerator built from the config the .hwh records."""
+        """Configure the fabric: a fresh accelerator built from the config the .hwh records. As on the board, the
+        accelerator configured before is gone: a run still in flight in it never writes memory or registers."""
+        if self.model is not None:
+            self.model.reset()
         parser = parser or self.get_bitfile_metadata(bitstream.bitfile_name)
         name, ip = self._accelerator_ip(parser.ip_dict)
         config = AccelConfig.from_dict(json.loads(ip["parameters"][CONFIG_PARAMETER]),

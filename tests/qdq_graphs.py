@@ -103,8 +103,11 @@ class QdqBuilder:
 
     def conv(self, t: QT, c_out: int, k: int = 3, stride: int = 1, pad: int | tuple[int, int, int, int] | None = None,
              groups: int = 1, act: str = "relu", alpha_shift: int = 3, bias: bool = True,
-             kw: int | None = None, target_rms: float = 30.0) -> QT:
-        """Conv (+ bias) + activation + QuantizeLinear; ``act`` is none, relu, leaky or clip."""
+             kw: int | None = None, target_rms: float = 30.0, clip: tuple[float | None, float | None] | None = None,
+             ) -> QT:
+        """Conv (+ bias) + activation + QuantizeLinear; ``act`` is none, relu, leaky or clip. ``clip`` replaces
+        ``act`` by a Clip with these bounds in units of the output scale (None: that bound absent); the output is
+        unsigned when the lower bound is 0."""
         c_in, h, w = t.shape
         kh, kw = k, (k if kw is None else kw)
         pads = (kh // 2, kw // 2, kh // 2, kw // 2) if pad is None else (
@@ -121,13 +124,26 @@ class QdqBuilder:
         self.nodes.append(helper.make_node(
             "Conv", inputs, [y], kernel_shape=[kh, kw], strides=[stride, stride],
             pads=[pads[0], pads[1], pads[2], pads[3]], group=groups, name=self._uid("Conv_")))
-        y = self._act(y, act, alpha_shift)
         oh = (h + pads[0] + pads[2] - kh) // stride + 1
         ow = (w + pads[1] + pads[3] - kw) // stride + 1
         fan_in = icg * kh * kw * 0.7
         acc_rms = math.log2(max(t.rms * 4.0 * math.sqrt(fan_in), 1.0)) + float(np.mean(acc_scale_exp))
         exp = self._out_exp(acc_rms, target_rms)
+        if clip is not None:
+            return self.quantize(self.clip(y, clip, exp), (c_out, oh, ow), exp, clip[0] != 0)
+        y = self._act(y, act, alpha_shift)
         return self._quantize(y, (c_out, oh, ow), exp, act == "leaky" or act == "none", target_rms)
+
+    def clip(self, y: str, bounds: tuple[float | None, float | None], exp: int) -> str:
+        """Clip of a float value, with bounds in units of 2^exp (None: that bound absent)."""
+        inputs = [y] + [self._const("clip", np.float32(np.ldexp(v, exp))) if v is not None else "" for v in bounds]
+        out = self._uid("a")
+        self.nodes.append(helper.make_node("Clip", inputs, [out], name=self._uid("Clip_")))
+        return out
+
+    def quantize(self, value: str, shape: tuple[int, ...], exp: int, signed: bool, rms: float = 30.0) -> QT:
+        """QuantizeLinear of a float value (e.g. a :meth:`float_node`'s output) with scale 2^exp."""
+        return self._quantize(value, shape, exp, signed, rms)
 
     def _dq_weight(self, wq: np.ndarray, w_exp: np.ndarray, axis: int = 0) -> str:
         out = self._uid("w")
@@ -326,6 +342,66 @@ def cpu_tail_model(size: int = 12, seed: int = 3) -> onnx.ModelProto:
                         value=numpy_helper.from_array(np.array([0.5], np.float32)))
     b.output_value(b.float_node("Add", [gn, half]), TensorProto.FLOAT, (1, 8, size, size))
     return b.model(opset=21)
+
+
+def padded_model(pads: tuple[int, int, int, int], mode: str, consumer: str, signed: bool, value: float | None = None) -> onnx.ModelProto:
+    """DQ -> Pad (pads: top, left, bottom, right; ``value`` for mode constant) -> the Conv or MaxPool(2, stride 1)
+    ``consumer`` names, after a Conv with ReLU (unsigned) or none (``signed``)."""
+    b = QdqBuilder((8, 6, 6), seed=7)
+    t = b.conv(b.x, 8, 3, act="none" if signed else "relu")
+    inputs = [b.dq(t), b.constant("pads", np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64))]
+    if value is not None:
+        inputs.append(b.constant("value", np.float32(value)))
+    p = b.float_node("Pad", inputs, mode=mode)
+    c, h, w = t.shape
+    padded = b.quantize(p, (c, h + pads[0] + pads[2], w + pads[1] + pads[3]), t.exp, t.signed)
+    if consumer == "conv":
+        b.output(b.conv(padded, 8, 3, pad=0, act="relu"))
+    else:
+        b.output(b.maxpool(padded, 2, 1))
+    m = b.model()
+    # the Pad feeds the consumer directly: drop the Q/DQ pair between them
+    q = next(n for n in m.graph.node if n.output[0] == padded.name)
+    dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == padded.name)
+    user = next(n for n in m.graph.node if dq.output[0] in n.input)
+    user.input[0] = p
+    m.graph.node.remove(q)
+    m.graph.node.remove(dq)
+    return m
+
+
+def mean_model(size: int, op: str, keepdims: int = 1) -> onnx.ModelProto:
+    """A mean (GlobalAveragePool or ReduceMean over H and W) of a size x size map after a stride-2 Conv."""
+    b = QdqBuilder((8, 2 * size, 2 * size), seed=11)
+    t = b.conv(b.x, 16, 3, stride=2, act="relu")
+    if op == "GlobalAveragePool":
+        y = b.float_node(op, [b.dq(t)])
+    else:
+        y = b.float_node(op, [b.dq(t), b.constant("axes", np.array([2, 3], np.int64))], keepdims=keepdims)
+    shape = (16, 1, 1) if keepdims else (16,)
+    b.output(b.quantize(y, shape, t.exp - 1, False))
+    return b.model()
+
+
+def rearrangement_model(kind: str) -> onnx.ModelProto:
+    """DQ -> a rearrangement of an 8 x 8 x 8 map -> Q -> a 1x1 Conv: ``kind`` SpaceToDepth, DepthToSpace, or
+    reshape-transpose (pixel_unshuffle's order, as darknet's reorg is written in PyTorch)."""
+    b = QdqBuilder((8, 8, 8), seed=13)
+    t = b.conv(b.x, 8, 3, act="none")
+    x = b.dq(t)
+    if kind == "SpaceToDepth":
+        y = b.float_node("SpaceToDepth", [x], blocksize=2)
+        shape = (32, 4, 4)
+    elif kind == "DepthToSpace":
+        y = b.float_node("DepthToSpace", [x], blocksize=2)
+        shape = (2, 16, 16)
+    else:  # pixel_unshuffle / darknet reorg written as Reshape -> Transpose -> Reshape (channel c * 4 + offset)
+        r = b.float_node("Reshape", [x, b.constant("s6", np.array([1, 8, 4, 2, 4, 2], np.int64))])
+        r = b.float_node("Transpose", [r], perm=[0, 1, 3, 5, 2, 4])
+        y = b.float_node("Reshape", [r, b.constant("s4", np.array([1, 32, 4, 4], np.int64))])
+        shape = (32, 4, 4)
+    b.output(b.conv(b.quantize(y, shape, t.exp + 1, True), 8, 1, act="relu"))
+    return b.model()
 
 
 def golden_vs_onnxruntime(model: onnx.ModelProto, out_dir, board: str = "pynq-z2", seed: int = 0,

@@ -1,51 +1,47 @@
-"""A stand-in accelerator for the flow tests: the contract's top-level ports around a tiny register file.
+"""A stand-in accelerator for the flow tests: the real top's ports around a tiny register file.
 
-Used only where the hardware generator (shiftpu.hw.emit) is not installed; it is never shipped. It lets
-the Vivado flow and the Yosys estimate be tested on a module whose interface matches the contract.
+The Vivado flow and the Yosys estimate are tested on it because it synthesises in seconds; it is never shipped.
+Its ports are generated from the generator's own port members (``shiftpu.hw.top.top_members``: the AXI4 master
+of ``shiftpu.hw.axi_master``, the AXI4-Lite slave of ``shiftpu.hw.axil_regs``, ``irq``), so it cannot drift
+from the real top; outputs the register file does not use are tied to 0.
 """
 
 from __future__ import annotations
 
 import re
 
+import pytest
+
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.regmap import OFFSET, REGISTER_SPACE_BYTES
 
-#: AXI4 master signals (direction seen from the accelerator, width or a config field name).
-MASTER_PORTS = (
-    ("output", "awaddr", "addr"), ("output", "awlen", 8), ("output", "awsize", 3), ("output", "awburst", 2),
-    ("output", "awvalid", 1), ("input", "awready", 1),
-    ("output", "wdata", "data"), ("output", "wstrb", "strb"), ("output", "wlast", 1), ("output", "wvalid", 1),
-    ("input", "wready", 1), ("input", "bresp", 2), ("input", "bvalid", 1), ("output", "bready", 1),
-    ("output", "araddr", "addr"), ("output", "arlen", 8), ("output", "arsize", 3), ("output", "arburst", 2),
-    ("output", "arvalid", 1), ("input", "arready", 1),
-    ("input", "rdata", "data"), ("input", "rresp", 2), ("input", "rlast", 1), ("input", "rvalid", 1),
-    ("output", "rready", 1),
-)
-#: AXI4-Lite slave signals (32-bit data, 8-bit address).
-SLAVE_PORTS = (
-    ("input", "awaddr", 8), ("input", "awvalid", 1), ("output", "awready", 1),
-    ("input", "wdata", 32), ("input", "wstrb", 4), ("input", "wvalid", 1), ("output", "wready", 1),
-    ("output", "bresp", 2), ("output", "bvalid", 1), ("input", "bready", 1),
-    ("input", "araddr", 8), ("input", "arvalid", 1), ("output", "arready", 1),
-    ("output", "rdata", 32), ("output", "rresp", 2), ("output", "rvalid", 1), ("input", "rready", 1),
-)
+#: s_axi outputs the stand-in's register file drives from registers (the others are assigned).
+REG_OUTPUTS = ("s_axi_rdata", "s_axi_rvalid", "s_axi_bvalid")
 
 
-def _width(spec: int | str, cfg: AccelConfig) -> int:
-    return {"addr": cfg.axi_addr_bits, "data": cfg.axi_data_bits, "strb": cfg.axi_data_bits // 8}.get(spec, spec)  # type: ignore[arg-type]
+def _ports(cfg: AccelConfig) -> dict[str, tuple[str, int]]:
+    """name -> (Verilog direction, width) of the real top's ports (needs Amaranth, the hw extra)."""
+    pytest.importorskip("amaranth")
+    from amaranth import Shape
+    from amaranth.lib import wiring
+
+    from shiftpu.hw.params import HwParams
+    from shiftpu.hw.top import top_members
+
+    ports = {"clk": ("input", 1), "rst": ("input", 1)}
+    for name, member in top_members(HwParams(cfg)).items():
+        ports[name] = ("output" if member.flow == wiring.Out else "input", Shape.cast(member.shape).width)
+    return ports
 
 
 def standin_verilog(cfg: AccelConfig) -> str:
-    """Verilog of module shiftpu_accel with the contract's ports: a register file that answers CONFIG_HASH,
+    """Verilog of module shiftpu_accel with the real top's ports: a register file that answers CONFIG_HASH,
     a scratch memory the master reads into, and the interrupt."""
-    ports = ["input wire clk", "input wire rst", "output wire irq"]
-    for prefix, table in (("m_axi", MASTER_PORTS), ("s_axi", SLAVE_PORTS)):
-        for direction, name, spec in table:
-            w = _width(spec, cfg)
-            rng = f"[{w - 1}:0] " if w > 1 else ""
-            kind = "reg" if direction == "output" and prefix == "s_axi" and name in ("rdata", "rvalid", "bvalid") else "wire"
-            ports.append(f"{direction} {kind} {rng}{prefix}_{name}")
+    ports = _ports(cfg)
+    declared = []
+    for name, (direction, w) in ports.items():
+        rng = f"[{w - 1}:0] " if w > 1 else ""
+        declared.append(f"{direction} {'reg' if name in REG_OUTPUTS else 'wire'} {rng}{name}")
     d = cfg.axi_data_bits
     body = f"""
   localparam [31:0] CONFIG_HASH = 32'h{cfg.config_hash():08x};
@@ -53,13 +49,6 @@ def standin_verilog(cfg: AccelConfig) -> str:
   reg [{d - 1}:0] scratch [0:511];
   reg [8:0] wptr;
   reg [{d - 1}:0] mem_q;
-  reg [7:0] rd_addr;
-  assign irq = |(irq_status & irq_enable);
-  assign s_axi_awready = 1'b1;
-  assign s_axi_wready = 1'b1;
-  assign s_axi_arready = !s_axi_rvalid;
-  assign s_axi_bresp = 2'b00;
-  assign s_axi_rresp = 2'b00;
   always @(posedge clk) begin
     if (rst) begin
       ctrl <= 0; irq_enable <= 0; irq_status <= 0; s_axi_bvalid <= 0; s_axi_rvalid <= 0; wptr <= 0;
@@ -89,35 +78,38 @@ def standin_verilog(cfg: AccelConfig) -> str:
     end
     mem_q <= scratch[s_axi_araddr];
   end
-  assign m_axi_araddr = ctrl;
-  assign m_axi_arlen = {cfg.max_burst_beats - 1};
-  assign m_axi_arsize = {(cfg.axi_data_bits // 8).bit_length() - 1};
-  assign m_axi_arburst = 2'b01;
-  assign m_axi_arvalid = ctrl[0];
-  assign m_axi_rready = 1'b1;
-  assign m_axi_awaddr = 0;
-  assign m_axi_awlen = 0;
-  assign m_axi_awsize = 0;
-  assign m_axi_awburst = 2'b01;
-  assign m_axi_awvalid = 1'b0;
-  assign m_axi_wdata = 0;
-  assign m_axi_wstrb = 0;
-  assign m_axi_wlast = 1'b0;
-  assign m_axi_wvalid = 1'b0;
-  assign m_axi_bready = 1'b1;
 """
+    driven = {
+        "irq": "|(irq_status & irq_enable)", "s_axi_awready": "1'b1", "s_axi_wready": "1'b1",
+        "s_axi_arready": "!s_axi_rvalid", "m_axi_araddr": "ctrl", "m_axi_arlen": str(cfg.max_burst_beats - 1),
+        "m_axi_arsize": str((cfg.axi_data_bits // 8).bit_length() - 1), "m_axi_arburst": "2'b01",
+        "m_axi_arvalid": "ctrl[0]", "m_axi_rready": "1'b1", "m_axi_awburst": "2'b01", "m_axi_bready": "1'b1",
+    }
+    body += "".join(f"  assign {name} = {driven.get(name, 0)};\n" for name, (direction, _) in ports.items()
+                    if direction == "output" and name not in REG_OUTPUTS)
     assert REGISTER_SPACE_BYTES == 0x100  # the 8-bit s_axi address decodes the whole register space
-    return "module shiftpu_accel(\n  " + ",\n  ".join(ports) + "\n);\n" + body + "endmodule\n"
+    return "module shiftpu_accel(\n  " + ",\n  ".join(declared) + "\n);\n" + body + "endmodule\n"
 
 
-def test_standin_has_the_contract_ports():
-    cfg = AccelConfig(axi_data_bits=128, axi_addr_bits=40)
+@pytest.mark.parametrize("cfg", [AccelConfig(), AccelConfig(axi_data_bits=128, axi_addr_bits=40)])
+def test_standin_has_the_ports_of_the_generated_top(cfg):
+    pytest.importorskip("amaranth")
+    from amaranth import Shape
+    from amaranth.lib import wiring
+
+    from shiftpu.hw.top import Accelerator
+
     text = standin_verilog(cfg)
-    found = {name: rng for rng, name in re.findall(r"^\s*(?:input|output) (?:wire|reg) (\[\d+:0\] )?(\w+)", text, re.M)}
-    assert found["m_axi_wdata"] == "[127:0] "
-    assert found["m_axi_wstrb"] == "[15:0] "
-    assert found["m_axi_araddr"] == "[39:0] "
-    assert found["s_axi_araddr"] == "[7:0] "
-    assert found["s_axi_rdata"] == "[31:0] "
-    assert {"clk", "rst", "irq"} <= set(found)
-    assert len(found) == 3 + len(MASTER_PORTS) + len(SLAVE_PORTS)
+    found = {name: (direction, int(msb) + 1 if msb else 1) for direction, msb, name in
+             re.findall(r"^\s*(input|output) (?:wire|reg) (?:\[(\d+):0\] )?(\w+)", text, re.M)}
+    top = Accelerator(cfg).signature.members
+    assert found == {"clk": ("input", 1), "rst": ("input", 1)} | {
+        name: ("output" if m.flow == wiring.Out else "input", Shape.cast(m.shape).width) for name, m in top.items()}
+    assert found["m_axi_wdata"] == ("output", cfg.axi_data_bits)
+    assert found["m_axi_araddr"] == ("output", cfg.axi_addr_bits)
+    assert found["s_axi_araddr"] == ("input", 8)
+    assert {"m_axi_arid", "m_axi_awlock", "m_axi_arcache", "m_axi_awprot"} <= set(found)
+    # every output is driven exactly once
+    outputs = [n for n, (d, _) in found.items() if d == "output"]
+    driven = re.findall(r"^\s*assign (\w+) =", text, re.M) + list(REG_OUTPUTS)
+    assert sorted(driven) == sorted(outputs)

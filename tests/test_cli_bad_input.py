@@ -14,7 +14,7 @@ from qdq_graphs import QdqBuilder, random_input
 
 from shiftpu.cli.main import main
 from shiftpu.cli.paths import OutputPathError, atomic_file, atomic_folder
-from shiftpu.compiler.artifact import ArtifactError, read_folder
+from shiftpu.compiled.folder import ArtifactError, read_folder
 from shiftpu.compiler.driver import compile_model
 from shiftpu.sw.executor import Executor, ExecutorError
 

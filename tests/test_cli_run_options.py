@@ -49,8 +49,10 @@ def test_run_timeout_stops_a_hung_run_with_one_error(compiled, tmp_path, hung_go
     out, x = compiled
     rc, _, err = shiftpu(monkeypatch, capsys, "run", out, "-i", x, "--timeout", "0.2", "-o", tmp_path / "y.npy")
     line = one_error(rc, err)
-    assert line.startswith("error: accelerator did not finish within 0.2 s (STATUS=0x1, ERROR_CODE=0x0, PC=0x0, ")
-    assert line.endswith("the device was reset and the driver's buffers freed")
+    assert line.startswith("error: accelerator did not finish within 0.2 s (the limit given (--timeout)); registers "
+                           "STATUS=0x1, ERROR_CODE=0x0, PC=0x0, ")
+    assert line.endswith("the device was reset (register model back to its power-on state) and the driver's buffers "
+                         "freed")
     assert listing(tmp_path) == []
 
 

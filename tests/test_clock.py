@@ -34,7 +34,7 @@ from shiftpu.boards.clock import (
 )
 from shiftpu.boards.timing import CLOCK_MARGIN, TimingPath, TimingReport, delay_model
 from shiftpu.cli.main import app
-from shiftpu.compiler.artifact import read_folder
+from shiftpu.compiled.folder import read_folder
 from shiftpu.compiler.driver import compile_model
 from shiftpu.compiler.estimate import estimate, format_table, simulation_estimate
 

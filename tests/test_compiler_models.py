@@ -11,8 +11,8 @@ from qdq_graphs import QdqBuilder, detector, golden_vs_onnxruntime, random_input
 from shiftpu.arch.layout import align
 from shiftpu.boards import load_board
 from shiftpu.compiler.arena import allocate_arena, live_ranges
-from shiftpu.compiler.compare import first_divergence
 from shiftpu.compiler.driver import compile_model
+from shiftpu.sw.compare import first_divergence
 from shiftpu.sw.executor import Executor
 
 
@@ -25,7 +25,8 @@ def test_detector_is_exact_on_every_board(tmp_path, board):
 
 
 def _classifier():
-    b = QdqBuilder((3, 16, 16), seed=4)
+    """A classifier whose GlobalAveragePool (of a 3x3 map: 9 values, not a power of two) stays on the CPU."""
+    b = QdqBuilder((3, 12, 12), seed=4)
     t = b.conv(b.x, 16, 3, act="relu")
     t = b.maxpool(t, 2, 2)
     t = b.conv(t, 32, 3, stride=2, act="relu")
@@ -43,12 +44,12 @@ def test_cpu_nodes_run_and_are_reported(tmp_path):
     report = (tmp_path / "out" / "partition.txt").read_text()
     line = next(la for la in report.splitlines() if "GlobalAveragePool" in la)
     assert line.split()[:2] == ["cpu1", "GlobalAveragePool"]
-    assert line.endswith("onnxruntime, because: no fabric implementation of this operator: GlobalAveragePool is not "
-                         "a fabric operation")
+    assert line.endswith("onnxruntime, because: attributes outside what the fabric implements: mean of 3x3 = 9 "
+                         "values: the fabric divides by shifting, by powers of two only")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     reasons = {n["op_type"]: n["reason"] for n in manifest["cpu_nodes"]}
     assert reasons == {"QuantizeLinear": "QUANT_BOUNDARY", "DequantizeLinear": "QUANT_BOUNDARY",
-                       "GlobalAveragePool": "NO_FABRIC_OP", "Sigmoid": "NO_FABRIC_OP"}
+                       "GlobalAveragePool": "UNSUPPORTED_ATTRIBUTES", "Sigmoid": "NO_FABRIC_OP"}
     assert len(manifest["segments"]) == 2  # conv+pool+conv, then the Gemm after the CPU pooling
     assert [s for s in manifest["schedule"] if "segment" in s] == [{"segment": 0}, {"segment": 1}]
     # one onnxruntime region before, between and after the segments: Q | DQ, GAP, Q | DQ, Sigmoid

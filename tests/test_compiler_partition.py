@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from qdq_graphs import QdqBuilder, cpu_tail_model, detector
+from qdq_graphs import QdqBuilder, cpu_tail_model, detector, mean_model, padded_model, rearrangement_model
 from typer.testing import CliRunner
 
 from shiftpu.cli.main import app
@@ -96,6 +96,12 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "cpu_tail": cpu_tail_model,
     "softmax": _float_tail("Softmax", axis=1),
     "softplus": _float_tail("Softplus"),
+    "edge_pad_maxpool": lambda: padded_model((0, 0, 1, 1), "edge", "maxpool", True),
+    "zero_pad_signed_maxpool": lambda: padded_model((0, 0, 1, 1), "constant", "maxpool", True, 0.0),
+    "mean_4x4": lambda: mean_model(4, "GlobalAveragePool"),
+    "mean_3x3": lambda: mean_model(3, "ReduceMean"),
+    "space_to_depth": lambda: rearrangement_model("reshape-transpose"),
+    "depth_to_space": lambda: rearrangement_model("DepthToSpace"),
     **{f"brevitas_{name}_{kind}": _brevitas(name, kind)
        for name in ("conv_classifier", "residual_pool", "conv_linear", "conv_classifier_act4")
        for kind in ("qcdq", "qonnx")},

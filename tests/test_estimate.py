@@ -122,7 +122,7 @@ def _check_fits(board_name: str, out: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not generator_available(), reason="the hardware generator shiftpu.hw.emit is not installed")
+@pytest.mark.skipif(not generator_available(), reason="the hardware generator needs Amaranth (the hw extra)")
 @pytest.mark.parametrize("board", board_names())
 def test_default_config_fits(board):
     # the cache bench/resources.py uses: keyed by the Verilog and the family, so only an unchanged design is reused

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from qdq_graphs import QdqBuilder, random_input, run_onnxruntime
 
+from shiftpu.compiled.cpu_ops import run_node
 from shiftpu.compiler.driver import compile_model
-from shiftpu.sw.cpu_ops import run_node
 from shiftpu.sw.executor import Executor
 
 

@@ -22,7 +22,7 @@ from test_report_support import (
 
 from shiftpu.boards import load_board
 from shiftpu.boards.clock import fps_clock
-from shiftpu.compiler.artifact import read_folder
+from shiftpu.compiled.folder import read_folder
 from shiftpu.compiler.estimate import estimate
 from shiftpu.report import ReportError, write_report
 

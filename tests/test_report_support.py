@@ -57,12 +57,52 @@ def bench_file(path: Path, board: str = BOARD) -> Path:
     return path
 
 
+#: The RTL figures of :func:`demo_folder`: (frame, read latency or None, equal, measured, estimated) per whole frame,
+#: and (layer id, name, op, measured, estimated) per layer.
+DEMO_FRAMES = ((0, None, True, 84892, 84907), (0, 40, True, 87711, 87726))
+DEMO_LAYERS = ((0, "c1_0_Conv", "CONV", 16000, 16052), (1, "max_pool2d_MaxPool", "POOL", 5640, 5626))
+
+
+def demo_folder(path: Path, board: str = BOARD, config_hash: str | None = None) -> Path:
+    """An output folder of `shiftpu demo` with hand-chosen figures and two drawn 8x8 frames."""
+    from PIL import Image
+
+    path.mkdir(parents=True)
+    summary = {
+        "board": board, "model": "shapes_detector.onnx", "images": 64,
+        "config_hash": config_hash or f"0x{load_board(BOARD).accel.config_hash():08x}",
+        "golden_equals_onnxruntime": True, "map50_golden": 0.9558, "map50_onnxruntime": 0.9558,
+        "rtl": [{"frame": f, "equals_golden": eq, "cycles_measured": m, "cycles_estimated": e}
+                for f, lat, eq, m, e in DEMO_FRAMES if lat is None],
+        "rtl_board_latency": next({"read_latency_cycles": lat, "equals_golden": eq, "cycles_measured": m,
+                                   "cycles_estimated": e, "board_cycles_estimated": e}
+                                  for f, lat, eq, m, e in DEMO_FRAMES if lat is not None),
+        "rtl_layers": {"read_latency_cycles": 40, "equals_golden": True, "layers": [
+            {"layer_id": i, "name": n, "op": op, "cycles_measured": m, "cycles_estimated": e}
+            for i, n, op, m, e in DEMO_LAYERS]},
+        "report": None}
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "detections").mkdir()
+    (path / "test_images").mkdir()
+    for i, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+        Image.new("RGB", (8, 8), colour).save(path / "detections" / f"frame{i:03d}.png")
+    (path / "detections" / "detections.json").write_text(json.dumps({
+        "frame000.png": [{"box": [1, 1, 5, 5], "score": 0.9712, "label": 0, "class": "circle"}],
+        "frame001.png": []}))
+    (path / "test_images" / "ground_truth.json").write_text(json.dumps({
+        "frame000.png": [{"class": "circle", "box": [1, 1, 5, 5]}], "frame001.png": [{"class": "square"}]}))
+    return path
+
+
 class TableReader(HTMLParser):
-    """Cell texts of every row of the table with id ``layer-table``'s body, and ids of sections and figures."""
+    """Cell texts of the body rows of every table by id (``rows``: those of ``layer-table``), and the ids of
+    sections and figures."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[list[str]] = []
+        self.tables: dict[str, list[list[str]]] = {}  #: table id -> cell texts of its body rows
+        self.rows: list[list[str]] = self.tables.setdefault("layer-table", [])
+        self._table: list[list[str]] = []
         self.sections: dict[str, str] = {}  #: section id -> its text
         self.figures: list[str] = []  #: data-provenance of each figure
         self.svgs = 0
@@ -75,10 +115,12 @@ class TableReader(HTMLParser):
         if tag == "section":
             self._section = a.get("id")
             self.sections[self._section or ""] = ""
+        elif tag == "table":
+            self._table = self.tables.setdefault(a.get("id") or "", [])
         elif tag == "tbody":
             self._in_body = True
         elif tag == "tr" and self._in_body:
-            self.rows.append([])
+            self._table.append([])
         elif tag == "td" and self._in_body:
             self._cell = []
         elif tag == "figure":
@@ -90,7 +132,7 @@ class TableReader(HTMLParser):
         if tag == "tbody":
             self._in_body = False
         elif tag == "td" and self._cell is not None:
-            self.rows[-1].append("".join(self._cell).strip())
+            self._table[-1].append(" ".join("".join(self._cell).split()))
             self._cell = None
         elif tag == "section":
             self._section = None

@@ -16,10 +16,12 @@ pytest.importorskip("amaranth")  # the build fingerprint hashes the generator
 
 @pytest.fixture()
 def no_verilator(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Generation and Verilator replaced by stand-ins that write the files a build leaves; returns the folders
-    built."""
+    """Generation and Verilator replaced by stand-ins that write the files a build leaves (for either backend);
+    returns the folders built."""
     import shiftpu.hw.emit
+    import shiftpu.sim.rtl.bridge
     import shiftpu.sim.rtl.harness
+    from shiftpu.sim.rtl.native import LIBRARY
 
     built: list[Path] = []
 
@@ -27,9 +29,15 @@ def no_verilator(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         (directory / top).write_text("simulation executable\n")
         built.append(directory)
 
+    def build_native(sources: list[Path], directory: Path, top: str, options) -> None:
+        (directory / LIBRARY).write_text("simulation library\n")
+        built.append(directory)
+
     monkeypatch.setattr(shiftpu.hw.emit, "write_verilog", lambda cfg, path: Path(path).write_text("module m;\n"))
     monkeypatch.setattr(shiftpu.sim.rtl.harness, "harness_verilog", lambda cfg: "module tb;\n")
+    monkeypatch.setattr(shiftpu.sim.rtl.bridge, "native_verilog", lambda cfg: "module native;\n")
     monkeypatch.setattr(build, "_verilate", verilate)
+    monkeypatch.setattr(build, "_build_native", build_native)
     return built
 
 
@@ -69,3 +77,14 @@ def test_a_build_says_when_it_starts_and_how_long_it_took(tmp_path, no_verilator
     again = build.ensure_built(SMALL, tmp_path, progress=heard.append)
     assert again.reused and heard == [] and capsys.readouterr().err == ""
     assert no_verilator == [folder]
+
+
+def test_each_backend_has_its_own_build(tmp_path, no_verilator):
+    """The native library and the cocotb executable of one config live in two folders, each reused on its own."""
+    native = build.ensure_built(SMALL, tmp_path, progress=lambda line: None)
+    cocotb = build.ensure_built(SMALL, tmp_path, progress=lambda line: None, backend=build.SimBackend.COCOTB)
+    assert native.backend is build.SimBackend.NATIVE and cocotb.backend is build.SimBackend.COCOTB
+    assert native.directory != cocotb.directory and native.library.exists()
+    assert no_verilator == [native.directory, cocotb.directory]
+    assert build.ensure_built(SMALL, tmp_path, backend="cocotb").reused
+    assert build.ensure_built(SMALL, tmp_path).reused and len(no_verilator) == 2

@@ -13,7 +13,7 @@ pytest.importorskip("amaranth")
 from rtl_support import SMALL  # noqa: E402
 
 from shiftpu.sim.rtl.protocol import checker_module  # noqa: E402
-from shiftpu.toolchain import verilator_env  # noqa: E402
+from shiftpu.toolchain import apply_verilator_env  # noqa: E402
 
 pytestmark = pytest.mark.rtl
 
@@ -23,7 +23,7 @@ def test_checker_counts_violations(tmp_path):
 
     src = tmp_path / "axi_checker.sv"
     src.write_text(checker_module(SMALL))
-    os.environ.update(verilator_env())
+    apply_verilator_env()
     runner = get_runner("verilator")
     runner.build(sources=[src], hdl_toplevel="axi_checker", build_dir=tmp_path / "build",
                  build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL"],

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from shiftpu.cli.main import app
 from shiftpu.compiler.driver import compile_model
 from shiftpu.sw.device_backends import RuntimeBackend, open_accelerator
+from shiftpu.sw.driver import GUARD_BYTES
 from shiftpu.sw.executor import Executor
 
 
@@ -132,9 +133,11 @@ def test_pipeline_alternates_two_device_arenas_zero_copy_and_keeps_order(compile
     segments = len(reference.manifest["segments"])
     per_frame = device.act_bases[::segments]
     assert len(set(per_frame)) == 2 and per_frame == per_frame[:2] * 3  # ACT_BASE alternates A, B, A, B, ...
-    # device memory: the two arenas and the programs, no staging buffer (zero copy)
-    programs = sum(img.size for img in reference.compiled.images)
-    assert device.memory.allocated_bytes == 2 * reference.manifest["arena_bytes"] + programs
+    # device memory: the two arenas and the programs, each between its two guards, no staging buffer (zero copy)
+    images = reference.compiled.images
+    programs = sum(img.size for img in images)
+    guards = 2 * GUARD_BYTES * (2 + len(images))
+    assert device.memory.allocated_bytes == 2 * reference.manifest["arena_bytes"] + programs + guards
 
 
 def test_run_command_with_an_image_folder(compiled, tmp_path):

@@ -13,10 +13,10 @@ from qdq_graphs import QdqBuilder, cpu_tail_model, random_input, run_onnxruntime
 from typer.testing import CliRunner
 
 from shiftpu.cli.main import app
-from shiftpu.compiler.compare import CompareError, first_divergence
+from shiftpu.compiled.cpu_regions import CpuRuntime, NumpyRegion, OrtRegion, resolve
 from shiftpu.compiler.driver import compile_model
 from shiftpu.compiler.ir import CompileError
-from shiftpu.sw.cpu_regions import CpuRuntime, NumpyRegion, OrtRegion, resolve
+from shiftpu.sw.compare import CompareError, first_divergence
 from shiftpu.sw.executor import Executor, ExecutorError
 
 runner = CliRunner()

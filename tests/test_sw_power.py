@@ -5,21 +5,43 @@ from __future__ import annotations
 import sys
 import time
 import types
+from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shiftpu.boards import load_board
-from shiftpu.sw.power import DYNAMIC_W_PER_GOPS, PowerSource, RailSampler, estimate_power
+from shiftpu.sw.power import PowerReport, PowerSource, RailSampler, estimate_power, estimate_power_at_fps
+
+
+def _board(static_w: float, pe: int):
+    """The PYNQ-Z2 with a chosen static power and a pe x pe array (so the figures below do not follow its file)."""
+    b = load_board("pynq-z2")
+    return replace(b, static_power_w=static_w,
+                   accel=b.accel.with_(pe_oc=pe, pe_px=pe, strip_width=8 * pe, acc_buffer_words=64 * pe * pe))
 
 
 def test_estimate_is_static_plus_activity_scaled_by_array_size():
-    board = load_board("zcu104")  # 16 x 16 PE array: scale 4
-    rep = estimate_power(board, gops=10.0)
-    assert rep.source is PowerSource.ESTIMATED
-    assert rep.watts == pytest.approx(board.static_power_w + DYNAMIC_W_PER_GOPS * 10.0 * 4)
-    small = load_board("pynq-z2")  # 8 x 8: scale 1
-    assert estimate_power(small, gops=10.0).watts == pytest.approx(small.static_power_w + DYNAMIC_W_PER_GOPS * 10.0)
-    assert "static" in rep.detail and "GOP/s" in rep.detail
+    # by hand: 2.0 W + 0.02 W per GOP/s x 10 GOP/s x (16 x 16) / (8 x 8) = 2.0 + 0.8
+    rep = estimate_power(_board(2.0, 16), gops=10.0)
+    assert rep == PowerReport(2.8, PowerSource.ESTIMATED, "static 2.0 W (board file) + dynamic 0.800 W "
+                                                          "(0.02 W per GOP/s x 10.00 GOP/s x array scale 4)",
+                              static_w=2.0, dynamic_w=0.8)
+    # 0.5 GMAC per frame at 20 frames/s: the same 10 GOP/s
+    assert estimate_power_at_fps(_board(2.0, 16), 0.5e9, 20.0) == rep
+    # 1.5 W + 0.02 x 12.5 x 1 = 1.75; the 4x4 array: a quarter of the activity power, 1.5625 W reported in mW
+    assert estimate_power(_board(1.5, 8), gops=12.5).watts == 1.75
+    assert estimate_power(_board(1.5, 4), gops=12.5).watts == 1.562
+    assert estimate_power(_board(1.5, 8), gops=0.0).watts == 1.5  # idle fabric: the static power alone
+
+
+@given(static=st.floats(0.5, 20.0), gops=st.floats(0.0, 1000.0), pe=st.sampled_from([4, 8, 16]))
+def test_estimate_grows_with_activity_and_array_size(static, gops, pe):
+    watts = estimate_power(_board(static, pe), gops).watts
+    assert watts >= round(static, 3)
+    assert estimate_power(_board(static, pe), 2 * gops).watts >= watts
+    assert estimate_power(_board(static, 2 * pe), gops).watts >= watts
 
 
 def test_board_without_rails_falls_back_to_the_estimate():

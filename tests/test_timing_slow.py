@@ -20,7 +20,7 @@ from shiftpu.boards.timing import CLOCK_MARGIN, timing_estimate
 CACHE = Path(__file__).resolve().parent.parent / "build"
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not generator_available(), reason="the hardware generator shiftpu.hw.emit is not installed")]
+              pytest.mark.skipif(not generator_available(), reason="the hardware generator needs Amaranth (the hw extra)")]
 
 
 @pytest.mark.parametrize("board", board_names())

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_boards_standin import standin_verilog
 
-from shiftpu.boards import load_board
-from shiftpu.boards.rtl import generator_available
+from shiftpu.boards import load_board, rtl
+from shiftpu.boards.rtl import GeneratorMissingError, accelerator_verilog, generator_available
 from shiftpu.boards.vivado import (
     LogEvent,
     Progress,
@@ -212,7 +212,15 @@ def test_cli_build_hw_without_vivado_prints_the_command(tmp_path):
     assert (out / "build.tcl").is_file() and (out / "rtl" / "shiftpu_accel.v").is_file()
 
 
-@pytest.mark.skipif(not generator_available(), reason="the hardware generator shiftpu.hw.emit is not installed")
+def test_generator_is_unavailable_without_amaranth(monkeypatch):
+    real = rtl.find_spec
+    monkeypatch.setattr(rtl, "find_spec", lambda name: None if name == "amaranth" else real(name))
+    assert not generator_available()
+    with pytest.raises(GeneratorMissingError, match="needs Amaranth: install shiftpu with the 'hw' extra"):
+        accelerator_verilog(load_board("pynq-z2").accel)
+
+
+@pytest.mark.skipif(not generator_available(), reason="the hardware generator needs Amaranth (the hw extra)")
 def test_cli_build_hw_with_the_generator(tmp_path):
     out = tmp_path / "hw_out"
     res = _cli("build-hw", "--board", "pynq-z2", "-o", str(out), "--no-run")

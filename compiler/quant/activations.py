@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 import numpy as np
 
 from shiftpu.arch.numerics import ActFormat
@@ -32,3 +34,28 @@ def choose_exponent(samples: np.ndarray, fmt: ActFormat) -> int:
     e0 = range_exponent(top, fmt)
     errors = [float(((fake_quantize(x, e0 - k, fmt) - x).astype(np.float64) ** 2).sum()) for k in range(ACT_SEARCH_STEPS)]
     return e0 - int(np.argmin(errors))
+
+
+class LeakySlope(Enum):
+    """What the quantizer does with a LeakyReLU whose slope is not a power of two."""
+
+    ROUND = "round"  #: round the slope to the nearest 2^-k the fabric runs (the change is reported)
+    CPU = "cpu"  #: keep the slope: the activation stays float, on the CPU
+
+
+#: LeakyReLU slopes the fabric runs: 2^-k for k in this range (the 4-bit leaky_shift field, 0 excluded).
+LEAKY_SHIFTS = range(1, 16)
+
+
+def leaky_shift_of(alpha: float) -> int | None:
+    """k with alpha == 2^-k exactly and k in LEAKY_SHIFTS, else None."""
+    k = -np.log2(alpha) if alpha > 0 else np.inf
+    return int(k) if k == int(k) and int(k) in LEAKY_SHIFTS else None
+
+
+def rounded_leaky_shift(alpha: float) -> int | None:
+    """The k in LEAKY_SHIFTS whose 2^-k is nearest to alpha (the slope error at every negative input is then
+    smallest, whatever the data); None for a slope no single power of two approximates (zero or negative)."""
+    if not alpha > 0:
+        return None
+    return min(LEAKY_SHIFTS, key=lambda k: (abs(alpha - 2.0**-k), k))

@@ -14,7 +14,8 @@ import onnx
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import INSTRUCTION_LAYOUT
-from shiftpu.arch.numerics import is_pow2, shift_representable
+from shiftpu.arch.numerics import is_pow2, pow2_exponent, shift_representable
+from shiftpu.compiler.padding import conv_pads, maxpool_pads, spatial_pad
 from shiftpu.compiler.quant.onnxio import GraphIndex, attr, node_label
 
 
@@ -82,6 +83,12 @@ class _Checker:
         self.g = GraphIndex(model)
         self.config = config
         self.report = CheckReport(len(model.graph.node))
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # a model shape inference rejects is reported by the compiler
+            inferred = model
+        self.shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+                       for vi in list(inferred.graph.input) + list(inferred.graph.value_info)}
 
     def add(self, node: onnx.NodeProto, problem: Problem, detail: str) -> None:
         self.report.findings.append(Finding(node_label(node), node.op_type, problem, detail))
@@ -132,8 +139,12 @@ class _Checker:
         return p if p is not None and p.op_type == "DequantizeLinear" else None
 
     def _activation_input(self, node: onnx.NodeProto, name: str) -> np.ndarray | None:
-        """The scale of a quantized activation input (None, with a finding, when it is not quantized)."""
+        """The scale of a quantized activation input (None, with a finding, when it is not quantized); a Pad between
+        is looked through (``_pad`` says whether it folds)."""
         dq = self._dq_of(name)
+        pad = self.g.producer.get(name)
+        if dq is None and pad is not None and pad.op_type == "Pad":
+            dq = self._dq_of(pad.input[0])
         if dq is None or self.g.const(dq.input[0]) is not None:
             self.add(node, Problem.NOT_QUANTIZED, f"input {name!r} does not come from a DequantizeLinear")
             return None
@@ -255,9 +266,66 @@ class _Checker:
             self.add(node, Problem.ATTRIBUTE, f"slope {alpha} is not 2^-k, 1 <= k <= {_field_max('leaky_shift')}")
 
     def _clip(self, node: onnx.NodeProto) -> None:
-        lo = self.g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        if lo is None or (float(lo) != 0.0 and self._dq_of(node.input[0]) is not None):
-            self.add(node, Problem.ATTRIBUTE, "only Clip(0, _) after a layer, or the 4-bit range clip before a Q")
+        bounds = [node.input[i] if len(node.input) > i else "" for i in (1, 2)]
+        if any(b and self.g.const(b) is None for b in bounds):
+            self.add(node, Problem.ATTRIBUTE, "Clip bounds are not constants")
+            return
+        lo = self.g.const(bounds[0]) if bounds[0] else None
+        users = self.g.consumers.get(node.output[0], [])
+        before_q = len(users) == 1 and users[0].op_type == "QuantizeLinear"
+        if lo is not None and float(lo) != 0.0 and not before_q:
+            self.add(node, Problem.ATTRIBUTE, "only Clip(0, max) (or without a lower bound) runs on the fabric, or the "
+                     "range clip of a 4-bit quantizer")
+
+    def _mean_input(self, node: onnx.NodeProto) -> None:
+        self._activation_input(node, node.input[0])
+        shape = self.shapes.get(node.input[0], [])
+        if len(shape) != 4 or 0 in shape:
+            return
+        h, w = shape[2], shape[3]
+        if h * w & (h * w - 1) or max(h, w) > self.config.max_kernel:
+            self.add(node, Problem.ATTRIBUTE, f"mean of a {h}x{w} map: the fabric averages maps of a power-of-two "
+                     f"number of values, at most {self.config.max_kernel}x{self.config.max_kernel} (one CONV, weights 1)")
+
+    def _globalaveragepool(self, node: onnx.NodeProto) -> None:
+        self._mean_input(node)
+
+    def _reducemean(self, node: onnx.NodeProto) -> None:
+        axes = attr(node, "axes", None)
+        if len(node.input) > 1 and node.input[1]:
+            axes = self.g.const(node.input[1])
+        if axes is None or sorted(int(a) % 4 for a in np.asarray(axes).ravel()) != [2, 3]:
+            self.add(node, Problem.ATTRIBUTE, "only a mean over H and W (axes 2, 3) runs on the fabric")
+        self._mean_input(node)
+
+    def _spacetodepth(self, node: onnx.NodeProto) -> None:
+        self._activation_input(node, node.input[0])
+        if int(attr(node, "blocksize", 0)) != 2:
+            self.add(node, Problem.ATTRIBUTE, f"blocksize {attr(node, 'blocksize', 0)} (only 2: a stride-2 CONV)")
+
+    def _pad(self, node: onnx.NodeProto) -> None:
+        p = spatial_pad(node, self.g.const)
+        users = self.g.consumers.get(node.output[0], [])
+        user = users[0] if len(users) == 1 and node.output[0] not in self.g.graph_outputs else None
+        dq = self._dq_of(node.input[0])
+        folds = False
+        if p is not None and user is not None and dq is not None:
+            own = tuple(int(v) for v in attr(user, "pads", [0, 0, 0, 0]))
+            if user.op_type == "Conv" and len(own) == 4:
+                folds = conv_pads(p, own) is not None
+            elif user.op_type == "MaxPool" and len(own) == 4:
+                shape = self.shapes.get(node.input[0], [])
+                k = tuple(int(v) for v in attr(user, "kernel_shape", []))
+                s = tuple(int(v) for v in attr(user, "strides", [1, 1]))
+                scale, zero = self.g.const(dq.input[1]), self.g.const(dq.input[2]) if len(dq.input) > 2 else None
+                if len(shape) == 4 and 0 not in shape and len(k) == len(s) == 2 and scale is not None \
+                        and is_pow2(scale).all() and np.asarray(scale).size == 1:
+                    signed = zero is not None and zero.dtype == np.int8
+                    lowest = (-128.0 if signed else 0.0) * 2.0 ** int(pow2_exponent(scale).ravel()[0])
+                    folds = maxpool_pads(p, (shape[2], shape[3]), k, s, own, lowest) is not None
+        if not folds:
+            self.add(node, Problem.CPU_OP, "Pad runs on the CPU: only a zero Pad before a Conv, or an edge Pad before a "
+                     "MaxPool whose windows all keep a position of the image, fold into their padding")
 
 
 def check_model(model: onnx.ModelProto, config: AccelConfig | None = None) -> CheckReport:

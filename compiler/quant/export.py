@@ -97,6 +97,9 @@ class _Exporter:
     def _relu(self, node: fx.Node) -> Value:
         return self.b.activation(self._float(node), Activation.RELU, 0, node.name)
 
+    def _relu6(self, node: fx.Node) -> Value:
+        return self.b.clip(self._float(node), 6.0, node.name)
+
     def _leaky_relu(self, node: fx.Node) -> Value:
         if node.op == "call_module":
             slope = self.modules[node.target].negative_slope

@@ -24,6 +24,7 @@ class FxOp(Enum):
     QLINEAR = auto()
     ACT_QUANT = auto()
     RELU = auto()
+    RELU6 = auto()  #: ReLU6, exported as Clip(0, 6)
     LEAKY_RELU = auto()
     ADD = auto()
     CONCAT = auto()
@@ -39,7 +40,9 @@ PRODUCERS = frozenset({FxOp.QCONV, FxOp.QLINEAR, FxOp.ADD, FxOp.CONCAT})
 #: Operations that only move or select values, so their output keeps the input's scale.
 PASS_THROUGH = frozenset({FxOp.MAXPOOL, FxOp.FLATTEN, FxOp.UPSAMPLE, FxOp.IDENTITY})
 #: Activations that fuse into requantisation.
-ACTIVATIONS = frozenset({FxOp.RELU, FxOp.LEAKY_RELU})
+ACTIVATIONS = frozenset({FxOp.RELU, FxOp.RELU6, FxOp.LEAKY_RELU})
+#: Activations whose output is never negative (an unsigned quantizer follows them).
+NON_NEGATIVE = frozenset({FxOp.RELU, FxOp.RELU6})
 
 _MODULES: tuple[tuple[type, FxOp], ...] = (
     (QConv2d, FxOp.QCONV),
@@ -49,6 +52,7 @@ _MODULES: tuple[tuple[type, FxOp], ...] = (
     (nn.Linear, FxOp.LINEAR),
     (nn.BatchNorm2d, FxOp.BATCHNORM),
     (nn.ReLU, FxOp.RELU),
+    (nn.ReLU6, FxOp.RELU6),
     (nn.LeakyReLU, FxOp.LEAKY_RELU),
     (nn.MaxPool2d, FxOp.MAXPOOL),
     (nn.Flatten, FxOp.FLATTEN),
@@ -63,6 +67,7 @@ _FUNCTIONS = {
     torch.concat: FxOp.CONCAT,
     torch.relu: FxOp.RELU,
     F.relu: FxOp.RELU,
+    F.relu6: FxOp.RELU6,
     F.leaky_relu: FxOp.LEAKY_RELU,
     F.max_pool2d: FxOp.MAXPOOL,
     torch.flatten: FxOp.FLATTEN,

@@ -3,7 +3,9 @@
 ``prepare_qat`` traces the model with torch.fx, folds each BatchNorm2d into the Conv2d before it, swaps
 Conv2d/Linear for QConv2d/QLinear, and puts an ActQuant after the input and after every value-producing
 operation (convolution, linear, add, concat), behind its ReLU/LeakyReLU when one follows. Max pooling,
-flatten, nearest upsampling and dropout keep their input's scale, exactly as the exported graph does.
+flatten, nearest upsampling and dropout keep their input's scale, exactly as the exported graph does. A
+LeakyReLU slope that is not 2^-k is rounded to the nearest 2^-k (as ``shiftpu quantize`` does), so that the
+model trains with the slope the fabric runs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 from torch import fx, nn
 
 from shiftpu.arch.numerics import ActFormat, WeightCode
-from shiftpu.compiler.quant.fxops import ACTIVATIONS, PASS_THROUGH, PRODUCERS, FxOp, classify, describe
+from shiftpu.compiler.quant.activations import LeakySlope, leaky_shift_of, rounded_leaky_shift
+from shiftpu.compiler.quant.fxops import ACTIVATIONS, NON_NEGATIVE, PASS_THROUGH, PRODUCERS, FxOp, classify, describe
 from shiftpu.compiler.quant.qat import ActQuant, QatError, QConv2d, QLinear, ScaleMode
 
 
@@ -32,6 +35,32 @@ class QatOptions:
     input_signed: bool = True
     #: Calibrated (running maximum) or learned power-of-two activation scales.
     scale_mode: ScaleMode = ScaleMode.CALIBRATED
+    #: LeakyReLU slopes that are not 2^-k: rounded to the nearest 2^-k before training, or kept (then the
+    #: export refuses them: the quantized form has no float activation).
+    leaky_slope: LeakySlope = LeakySlope.ROUND
+
+
+def _round_leaky_slopes(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> None:
+    """Every LeakyReLU slope that is not 2^-k (1 <= k <= 15) replaced by the nearest 2^-k."""
+    for node in gm.graph.nodes:
+        if classify(node, modules) is not FxOp.LEAKY_RELU:
+            continue
+        if node.op == "call_module":
+            mod = modules[node.target]
+            slope = float(mod.negative_slope)
+        else:
+            slope = float(node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01))
+        k = rounded_leaky_shift(slope)
+        if leaky_shift_of(slope) is not None or k is None:
+            continue
+        if node.op == "call_module":
+            rounded = nn.LeakyReLU(2.0**-k, inplace=mod.inplace)
+            gm.add_submodule(node.target, rounded)
+            modules[node.target] = rounded
+        elif len(node.args) > 1:
+            node.args = (node.args[0], 2.0**-k, *node.args[2:])
+        else:
+            node.kwargs = {**node.kwargs, "negative_slope": 2.0**-k}
 
 
 def _fold_batchnorms(gm: fx.GraphModule, modules: dict[str, nn.Module], options: QatOptions) -> None:
@@ -77,7 +106,7 @@ def _quant_point(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node,
     """Where the quantizer after a producer goes, and whether the value there is non-negative."""
     users = list(node.users)
     if len(users) == 1 and classify(users[0], modules) in ACTIVATIONS:
-        return users[0], classify(users[0], modules) is FxOp.RELU
+        return users[0], classify(users[0], modules) in NON_NEGATIVE
     if classify(node, modules) is FxOp.CONCAT:
         return node, all(_non_negative(a, modules) for a in node.args[0])
     return node, False
@@ -103,6 +132,8 @@ def prepare_qat(model: nn.Module, options: QatOptions | None = None) -> fx.Graph
     except Exception as e:  # tracing failures come in many exception types
         raise QatError(f"the model cannot be traced by torch.fx: {e}") from e
     modules = dict(gm.named_modules())
+    if options.leaky_slope is LeakySlope.ROUND:
+        _round_leaky_slopes(gm, modules)
     _fold_batchnorms(gm, modules, options)
     for node in gm.graph.nodes:
         if classify(node, modules) is FxOp.BATCHNORM:

@@ -8,8 +8,9 @@ order; each one sees the output of the layers already quantized, so its weights,
 to minimise its output error on the calibration data given the errors before it (``layeropt``: bias
 correction, scale search, rounding). A BatchNormalization that stays float is re-estimated so that its output
 statistics on the quantized model match the float model's. The QDQ graph is written with the same builder as
-the QAT exporter. Operations the fabric does not run stay float, between a DequantizeLinear and a
-QuantizeLinear, and the report says which and why.
+the QAT exporter. LeakyReLU slopes that are not powers of two are rounded to the nearest one (``slopes``, the
+change reported) unless they are to stay float. Operations the fabric does not run stay float, between a
+DequantizeLinear and a QuantizeLinear, and the report says which and why.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 
 from shiftpu.arch.numerics import ActFormat, Activation, WeightCode
-from shiftpu.compiler.quant.activations import choose_exponent
+from shiftpu.compiler.quant.activations import LeakySlope, choose_exponent, leaky_shift_of
 from shiftpu.compiler.quant.calibrate import batches, collect_stats, input_spec, session, validate_calibration
 from shiftpu.compiler.quant.equalize import apply_equalisation, channel_ranges, equalisation_factors, find_pairs
 from shiftpu.compiler.quant.fold import LAYER_OPS, fold_float_model
@@ -30,6 +31,7 @@ from shiftpu.compiler.quant.layerstats import ConvGeometry, LayerStats
 from shiftpu.compiler.quant.onnxio import GraphIndex, ModelError, attr, node_label
 from shiftpu.compiler.quant.qdq import QdqBuilder, QTensor
 from shiftpu.compiler.quant.report import FloatNode, LayerReport, MethodStep, PtqReport
+from shiftpu.compiler.quant.slopes import round_leaky_slopes
 from shiftpu.compiler.quant.weights import ShiftWeights, quantize_bias, quantize_weights, sqnr_db
 
 #: Calibration samples used to measure the per-layer SQNR of the report.
@@ -63,12 +65,16 @@ class PtqOptions:
     bn_reestimate: bool = True
     #: Seed of every random choice (calibration rows sampled, order of the rounding sweeps).
     seed: int = 0
+    #: LeakyReLU slopes that are not 2^-k: rounded to the nearest (on the fabric, the change reported) or kept
+    #: (float, on the CPU).
+    leaky_slope: LeakySlope = LeakySlope.ROUND
 
     @classmethod
-    def fast(cls, weight_code: WeightCode = WeightCode.SHIFT4, act_bits: int = 8) -> PtqOptions:
+    def fast(cls, weight_code: WeightCode = WeightCode.SHIFT4, act_bits: int = 8,
+             leaky_slope: LeakySlope = LeakySlope.ROUND) -> PtqOptions:
         """No calibration-driven weight method: nearest rounding and weight-error scales (the quickest)."""
         return cls(weight_code, act_bits, adaround=False, scale_search=False, bias_correction=False,
-                   equalize=False, bn_reestimate=False)
+                   equalize=False, bn_reestimate=False, leaky_slope=leaky_slope)
 
     @property
     def layer_methods(self) -> LayerMethods:
@@ -86,15 +92,32 @@ class Role(Enum):
 
     LAYER = auto()  #: Conv/Gemm with constant weights: shift weights, int32 bias, requantisation
     COMBINE = auto()  #: Add of two tensors, Concat along channels: new values, new scale
-    PASS = auto()  #: MaxPool, Flatten, Identity, nearest 2x Resize: keeps the input's scale
-    ACT = auto()  #: ReLU/LeakyReLU not fused into a layer
+    PASS = auto()  #: MaxPool, Flatten, Identity, nearest 2x Resize, SpaceToDepth: keeps the input's scale
+    MEAN = auto()  #: GlobalAveragePool, ReduceMean over H and W: new values, new scale
+    ACT = auto()  #: ReLU, LeakyReLU, Clip(0, top) (e.g. ReLU6); fused into the layer before it where it can be
     FLOAT = auto()  #: stays float on the CPU
 
 
 def _leaky_k(node: onnx.NodeProto) -> int | None:
-    alpha = float(attr(node, "alpha", 0.01))
-    k = -np.log2(alpha) if alpha > 0 else np.inf
-    return int(k) if k == int(k) and 1 <= k <= 15 else None
+    return leaky_shift_of(float(attr(node, "alpha", 0.01)))
+
+
+def _clip_top(node: onnx.NodeProto, g: GraphIndex) -> float | None:
+    """``top`` of a ``Clip(x, 0, top)`` with constant bounds, top > 0 (a bounded ReLU, e.g. ReLU6); else None."""
+    if node.op_type != "Clip" or len(node.input) < 3 or not node.input[1] or not node.input[2]:
+        return None
+    lo, hi = g.const(node.input[1]), g.const(node.input[2])
+    if lo is None or hi is None or lo.size != 1 or hi.size != 1 or float(lo) != 0.0 or not float(hi) > 0.0:
+        return None
+    return float(hi)
+
+
+def _mean_over_hw(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    """Whether a ReduceMean averages over H and W only (axes as an attribute or, from opset 18, an input)."""
+    axes = attr(node, "axes", None)
+    if len(node.input) > 1 and node.input[1]:
+        axes = g.const(node.input[1])
+    return axes is not None and sorted(int(a) % 4 for a in np.asarray(axes).ravel()) == [2, 3]
 
 
 def _role(node: onnx.NodeProto, g: GraphIndex) -> tuple[Role, str]:
@@ -125,18 +148,33 @@ def _role(node: onnx.NodeProto, g: GraphIndex) -> tuple[Role, str]:
         if mode in (b"nearest", "nearest") and scales is not None and list(scales.ravel()) == [1, 1, 2, 2]:
             return Role.PASS, ""
         return Role.FLOAT, "only nearest upsampling by 2 runs on the fabric"
-    if op == "Relu" or (op == "LeakyRelu" and _leaky_k(node) is not None):
+    if op == "SpaceToDepth":
+        if int(attr(node, "blocksize", 0)) == 2:
+            return Role.PASS, ""
+        return Role.FLOAT, "only blocks of 2 x 2 (the largest stride is 2)"
+    if op == "GlobalAveragePool" or (op == "ReduceMean" and _mean_over_hw(node, g)):
+        return Role.MEAN, ""
+    if op == "Relu" or (op == "LeakyRelu" and _leaky_k(node) is not None) or _clip_top(node, g) is not None:
         return Role.ACT, ""
     if op == "LeakyRelu":
-        return Role.FLOAT, f"slope {attr(node, 'alpha', 0.01)} is not 2^-k"
+        return Role.FLOAT, f"slope {attr(node, 'alpha', 0.01)} is not 2^-k (--leaky-slope cpu keeps it)"
+    if op == "Clip":
+        return Role.FLOAT, "only Clip(0, top) with constant bounds, top > 0, runs on the fabric"
     if op == "BatchNormalization":
         return Role.FLOAT, "BatchNormalization not after a Conv cannot be folded"
+    if op in ("Reshape", "Transpose"):
+        return Role.FLOAT, (f"{op} moves values only: a chain of such nodes that is a space-to-depth (a reorg) runs "
+                            "on the fabric as a CONV after compile, any other on the CPU")
     return Role.FLOAT, f"{op} has no fabric operation"
 
 
 class _Quantizer:
-    def __init__(self, folded: onnx.ModelProto, data: np.ndarray, options: PtqOptions) -> None:
+    def __init__(self, folded: onnx.ModelProto, data: np.ndarray, options: PtqOptions,
+                 reference: onnx.ModelProto | None = None) -> None:
         self.model = folded
+        #: the float model the report's model-output SQNR is measured against (the model before its LeakyReLU
+        #: slopes were rounded)
+        self.reference = reference or folded
         self.g = GraphIndex(folded)
         self.data = data
         self.options = options
@@ -162,7 +200,7 @@ class _Quantizer:
             if id(n) in self.fused_acts:
                 continue
             out = self.fused[id(n)].output[0] if id(n) in self.fused else n.output[0]
-            if role in (Role.LAYER, Role.COMBINE, Role.ACT):
+            if role in (Role.LAYER, Role.COMBINE, Role.ACT, Role.MEAN):
                 names.add(out)
             if role is not Role.FLOAT:
                 names.update(i for i in n.input[:1] if self.g.const(i) is None)
@@ -199,9 +237,15 @@ class _Quantizer:
         act_node = self.fused.get(id(node))
         if act_node is None:
             return y, node.output[0], Activation.NONE
-        act = Activation.RELU if act_node.op_type == "Relu" else Activation.LEAKY
-        k = _leaky_k(act_node) if act is Activation.LEAKY else 0
-        return self.b.activation(y, act, k or 0, node_label(node)), act_node.output[0], act
+        return self.apply_activation(act_node, y, node_label(node)), act_node.output[0], _activation(act_node)
+
+    def apply_activation(self, act_node: onnx.NodeProto, y: str, hint: str) -> str:
+        """The activation node ``act_node`` written on the value ``y``."""
+        top = _clip_top(act_node, self.g)
+        if top is not None:
+            return self.b.clip(y, top, hint)
+        act = _activation(act_node)
+        return self.b.activation(y, act, (_leaky_k(act_node) or 0) if act is Activation.LEAKY else 0, hint)
 
     def capture_inputs(self) -> None:
         """Keep the float model's input of every layer (and of every float BatchNormalization) on the first
@@ -269,8 +313,10 @@ class _Quantizer:
         y, out, act = self.activation(node, y)
         q = self.requantize(y, out, signed=act is not Activation.RELU)
         self.layer_tensors[name] = (out, q.name)
+        act_node = self.fused.get(id(node))
+        label = _activation_label(act_node, self.g) if act_node is not None else "none"
         self.report.layers.append(LayerReport(name, node.op_type, sqnr_db(w_float, w.dequantize()), float("nan"),
-                                              q.exponent, q.fmt, act.name.lower(), steps))
+                                              q.exponent, q.fmt, label, steps))
 
     def combine(self, node: onnx.NodeProto) -> None:
         parts = [self.quantized(i) for i in node.input]
@@ -300,9 +346,14 @@ class _Quantizer:
 
     def standalone_act(self, node: onnx.NodeProto) -> None:
         x = self.quantized(node.input[0])
-        act = Activation.RELU if node.op_type == "Relu" else Activation.LEAKY
-        y = self.b.activation(x.name, act, _leaky_k(node) or 0, node_label(node))
-        self.requantize(y, node.output[0], signed=act is not Activation.RELU)
+        y = self.apply_activation(node, x.name, node_label(node))
+        self.requantize(y, node.output[0], signed=_activation(node) is not Activation.RELU)
+
+    def mean(self, node: onnx.NodeProto) -> None:
+        x = self.quantized(node.input[0])
+        rest = [self.const_or(i, self.float_value) for i in node.input[1:]]
+        (y,) = self.copy_node(node, [x.name, *rest])
+        self.requantize(y, node.output[0], signed=x.fmt.signed)
 
     def reestimated_bn(self, node: onnx.NodeProto) -> list[str] | None:
         """The inputs of a float BatchNormalization with its mean and variance re-estimated so that its output
@@ -357,7 +408,7 @@ class _Quantizer:
         if self.options.uses_layer_inputs:
             self.capture_inputs()
         handlers = {Role.LAYER: self.layer, Role.COMBINE: self.combine, Role.PASS: self.pass_through,
-                    Role.ACT: self.standalone_act}
+                    Role.ACT: self.standalone_act, Role.MEAN: self.mean}
         for node in self.model.graph.node:
             if id(node) in self.fused_acts:
                 continue
@@ -376,17 +427,32 @@ class _Quantizer:
         return model, self.report
 
     def measure(self, model: onnx.ModelProto, renamed: dict[str, str]) -> None:
-        """Fill in the output SQNR of every layer and of the model outputs (first REPORT_SAMPLES samples)."""
+        """Fill in the output SQNR of every layer (against the float model quantized, equalised and with its slopes
+        rounded) and of the model outputs (against the float model as given), on the first REPORT_SAMPLES samples."""
         input_name, _ = input_spec(model)
         data = self.data[:REPORT_SAMPLES]
-        float_names = [f for f, _ in self.layer_tensors.values()] + list(self.g.graph_outputs)
+        float_names = [f for f, _ in self.layer_tensors.values()]
         quant_names = [renamed.get(q, q) for _, q in self.layer_tensors.values()] + list(self.g.graph_outputs)
-        ref = _run(self.model, input_name, data, float_names)
-        got = _run(model, input_name, data, quant_names)
+        ref = _run(self.model, input_name, data, list(dict.fromkeys(float_names)))
+        ref.update(_run(self.reference, input_name, data, list(self.g.graph_outputs)))
+        got = _run(model, input_name, data, list(dict.fromkeys(quant_names)))
         for i, r in enumerate(self.report.layers):
             self.report.layers[i] = replace(r, output_sqnr_db=sqnr_db(ref[float_names[i]], got[quant_names[i]]))
         for name in self.g.graph_outputs:
             self.report.output_sqnr_db[name] = sqnr_db(ref[name], got[name])
+
+
+def _activation(node: onnx.NodeProto) -> Activation:
+    """The fabric activation of an ACT node (a Clip(0, top) is a ReLU whose output the compiler bounds)."""
+    return Activation.LEAKY if node.op_type == "LeakyRelu" else Activation.RELU
+
+
+def _activation_label(node: onnx.NodeProto, g: GraphIndex) -> str:
+    """The activation in the report: relu, leaky, relu6 or clip."""
+    top = _clip_top(node, g)
+    if top is not None:
+        return "relu6" if top == 6.0 else "clip"
+    return _activation(node).name.lower()
 
 
 def _run(model: onnx.ModelProto, input_name: str, data: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
@@ -415,10 +481,15 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray,
         raise ModelError("the model has no quantizable layer (Conv, Gemm or MatMul with constant weights)")
     _, shape = input_spec(folded)
     data = validate_calibration(calibration, shape)
+    reference = folded
+    slopes = None
+    if options.leaky_slope is LeakySlope.ROUND:
+        folded, slopes = round_leaky_slopes(folded, data)
     steps: list[MethodStep] = []
     if options.equalize:
         folded, steps = _equalise(folded, data, options)
-    model, report = _Quantizer(folded, data, options).run()
+    model, report = _Quantizer(folded, data, options, reference).run()
+    report.slopes = slopes
     report.equalisation = steps
     report.seed = options.seed
     return model, report
@@ -443,7 +514,7 @@ def _equalise(folded: onnx.ModelProto, data: np.ndarray,
     g = GraphIndex(folded)
     reference = _run(folded, input_name, sample, list(g.graph_outputs))
     tensors = _run(folded, input_name, sample, list(dict.fromkeys(p.tensor for p in pairs)))
-    fast = PtqOptions.fast(options.weight_code, options.act_bits)
+    fast = PtqOptions.fast(options.weight_code, options.act_bits, options.leaky_slope)
 
     def score(m: onnx.ModelProto) -> float:
         return _output_sqnr(reference, _Quantizer(m, sample, fast).run()[0], sample)

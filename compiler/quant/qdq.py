@@ -131,6 +131,12 @@ class QdqBuilder:
             return self.node("LeakyRelu", [x], f"{hint}_leaky", alpha=float(np.ldexp(1.0, -leaky_shift)))[0]
         return x
 
+    def clip(self, x: str, top: float, hint: str) -> str:
+        """``Clip(x, 0, top)`` (e.g. ReLU6): the compiler runs it as a ReLU whose output it bounds by ``top``."""
+        lo = self.constant(f"{hint}_clip_min", np.float32(0.0))
+        hi = self.constant(f"{hint}_clip_max", np.float32(top))
+        return self.node("Clip", [x, lo, hi], f"{hint}_clip")[0]
+
     def output(self, value: str, name: str, shape: list[int | str] | None = None) -> None:
         """Expose ``value`` as a float graph output called ``name`` (the tensor is renamed)."""
         if value != name:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shiftpu.arch.numerics import ActFormat
+from shiftpu.compiler.quant.slopes import SlopeReport
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class LayerReport:
     output_sqnr_db: float  #: the float model's layer output vs the quantized model's (errors accumulated)
     out_exponent: int
     out_fmt: ActFormat
-    activation: str  #: the fused activation ("none", "relu", "leaky")
+    activation: str  #: the fused activation ("none", "relu", "leaky", "relu6", "clip")
     #: (method, SQNR in dB of the layer's pre-activation output on the calibration data after it), in the
     #: order applied, starting with "nearest" (empty when no calibration-driven method ran)
     steps: tuple[tuple[str, float], ...] = ()
@@ -58,6 +59,8 @@ class PtqReport:
     #: re-estimated float BatchNormalizations: their output SQNR on the quantized model before and after
     bn_reestimation: list[MethodStep] = field(default_factory=list)
     seed: int = 0
+    #: LeakyReLU slopes rounded to powers of two, and the change of the float model's outputs (None: not asked)
+    slopes: SlopeReport | None = None
 
     def lines(self) -> list[str]:
         out = [f"shift-quantized {len(self.layers)} layer(s); SQNR measured on {self.n_calibration} calibration "
@@ -69,6 +72,8 @@ class PtqReport:
                        f"{r.weight_sqnr_db:>9.1f} dB {r.output_sqnr_db:>9.1f} dB")
         for name, v in self.output_sqnr_db.items():
             out.append(f"model output {name!r}: SQNR {v:.1f} dB (measured)")
+        if self.slopes is not None:
+            out += self.slopes.lines()
         out += self.method_lines()
         if self.float_nodes:
             out.append(f"{len(self.float_nodes)} node(s) stayed float (run on the CPU):")

@@ -152,7 +152,9 @@ class AccelConfig:
 
     def canonical_json(self) -> str:
         """Field values as sorted, whitespace-free JSON: the input of the config hash."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        d = self.to_dict()
+        d["clock_mhz"] = float(self.clock_mhz)  # equal configs hash alike, whether built with 200 or 200.0 MHz
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def config_hash(self) -> int:
         """Stable 32-bit identity of the config (first 4 bytes of SHA-256 of the canonical JSON).

@@ -3,8 +3,9 @@
 One instruction describes a whole layer operation (a convolution, a pooling, a residual add, a move
 or upsample); the accelerator's sequencer runs the column-prior tiling loops itself from the tiling
 fields. A program is a 64-byte header followed by 64-byte instructions and ends with ``END``.
-The semantics of each opcode are stated in docs/architecture.md and implemented by the golden
-model (``shiftpu.sim``); the RTL decoder slices the same :data:`INSTRUCTION_LAYOUT`.
+The semantics of each opcode are stated in docs/architecture.md and implemented by its module of
+``shiftpu.ops``, which the golden model (``shiftpu.sim``) runs; the RTL decoder slices the same
+:data:`INSTRUCTION_LAYOUT`.
 """
 
 from __future__ import annotations

@@ -95,11 +95,3 @@ def markdown_table() -> str:
     for r in REGISTERS:
         lines.append(f"| 0x{r.offset:02X} | `{r.name}` | {r.access.value} | {r.doc} |")
     return "\n".join(lines)
-
-
-def error_text(code: int) -> str:
-    """Human-readable name of an ERROR_CODE value."""
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return f"unknown error code {code}"

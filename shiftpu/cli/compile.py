@@ -7,12 +7,13 @@ from pathlib import Path
 
 import typer
 
+from shiftpu.boards import DEFAULT_BOARD, board_names
 from shiftpu.cli.main import app
 from shiftpu.cli.paths import atomic_file, atomic_folder, check_output_file, check_output_folder, made_parents
 from shiftpu.cli.quantize import INPUT_SHAPE_HELP
+from shiftpu.compiled.cpu_regions import CpuRuntime
 from shiftpu.compiler.perf import Schedule
 from shiftpu.errors import ShiftpuError
-from shiftpu.sw.cpu_regions import CpuRuntime
 from shiftpu.sw.device_backends import RuntimeBackend
 
 #: Backends of `run` that load a bitstream (on the board, or on PYNQ's simulated device).
@@ -26,8 +27,8 @@ class CliInputError(ShiftpuError):
 @app.command()
 def compile(
     model: Path = typer.Argument(..., help="Quantized ONNX model (QDQ form, docs/quantized-onnx.md)."),
-    board: str = typer.Option("ultra96v2", "--board", "-b", metavar="<board>",
-                              help="Target board: pynq-z2, ultra96v2, zcu104, kv260."),
+    board: str = typer.Option(DEFAULT_BOARD, "--board", "-b", metavar="<board>",
+                              help=f"Target board: {', '.join(board_names())}."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically; replaced if it exists and "
                              "holds an earlier compiled model, refused if it holds other files)."),
     dump_passes: Path = typer.Option(None, "--dump-passes", help="Write the IR after import and after every pass here."),
@@ -44,7 +45,7 @@ def compile(
 ) -> None:
     """Compile a quantized ONNX model into a program for the accelerator of a board; print the partition report."""
     from shiftpu.arch.isa import Dataflow
-    from shiftpu.compiler.artifact import MANIFEST
+    from shiftpu.compiled.folder import MANIFEST
     from shiftpu.compiler.driver import compile_model
     from shiftpu.compiler.onnx_import import parse_input_shapes
 
@@ -70,7 +71,7 @@ def compile(
 @app.command()
 def disasm(folder: Path = typer.Argument(..., help="Compiled folder (from `shiftpu compile`).")) -> None:
     """Print the compiled programs readably: header, every instruction with its fields, memory map."""
-    from shiftpu.compiler.artifact import read_folder
+    from shiftpu.compiled.folder import read_folder
     from shiftpu.compiler.disasm import disassemble
 
     typer.echo(disassemble(read_folder(folder)))
@@ -250,7 +251,7 @@ def run(
                    f"{sum(s.stall_cycles or 0 for s in measured)} of them stalled on memory; "
                    f"{_estimate_for(ex.compiled, backend, sim_latency)}")
     if compare:
-        from shiftpu.compiler.compare import first_divergence
+        from shiftpu.sw.compare import first_divergence
 
         report = first_divergence(ex, frame, x)
         typer.echo(report.text())
@@ -272,7 +273,7 @@ def estimate(
     a stored timing estimate of the design clears it, else at the clock the estimate supports or, with none, at the
     board clock labelled as assumed (docs/timing.md)."""
     from shiftpu.boards import load_board
-    from shiftpu.compiler.artifact import read_folder
+    from shiftpu.compiled.folder import read_folder
     from shiftpu.compiler.estimate import estimate as estimate_programs
     from shiftpu.compiler.estimate import format_table
     c = read_folder(folder)

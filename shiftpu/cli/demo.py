@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from shiftpu.boards import DEFAULT_BOARD
 from shiftpu.cli.main import app
 
 
@@ -14,7 +15,7 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o",
                              help="Output folder (replaced if it holds an earlier demo's output, refused if it holds "
                                   "other files; nothing is left there if the demo fails)."),
-    board: str = typer.Option("ultra96v2", "--board", "-b", metavar="<board>", help="Board to compile for."),
+    board: str = typer.Option(DEFAULT_BOARD, "--board", "-b", metavar="<board>", help="Board to compile for."),
     images: int = typer.Option(64, "--images", "-n", help="Generated test images to run."),
     rtl_frames: int = typer.Option(1, "--rtl-frames",
                                    help="Frames to run on the RTL simulation (0: none; needs the hw extra)."),

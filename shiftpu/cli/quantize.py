@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from shiftpu.boards import DEFAULT_BOARD
 from shiftpu.cli.main import app
 from shiftpu.cli.paths import atomic_file, check_output_file
 
@@ -22,6 +23,13 @@ class WeightCodeOption(str, Enum):
 
     shift4 = "shift4"
     two_term = "two-term"
+
+
+class LeakySlopeOption(str, Enum):
+    """What quantize does with a LeakyReLU slope that is not a power of two, named on the command line."""
+
+    round = "round"
+    cpu = "cpu"
 
 
 def _weight_code(option: WeightCodeOption):
@@ -54,6 +62,10 @@ def quantize(
                                      "factors between Conv/Gemm pairs, kept only where it helps)."),
     no_bn_reestimate: bool = typer.Option(False, "--no-bn-reestimate", help="Keep the statistics of BatchNorm nodes "
                                           "that stay float (not folded into a Conv)."),
+    leaky_slope: LeakySlopeOption = typer.Option(LeakySlopeOption.round, "--leaky-slope",
+                                                 help="LeakyReLU slopes that are not 2^-k: round (to the nearest 2^-k, "
+                                                 "which the fabric runs; the report gives the change of the outputs) "
+                                                 "or cpu (kept, run in float on the CPU)."),
 ) -> None:
     """Post-training quantization: float ONNX -> shift-quantized QDQ ONNX, with a per-layer SQNR report.
 
@@ -63,6 +75,7 @@ def quantize(
     """
     import onnx
 
+    from shiftpu.compiler.quant.activations import LeakySlope
     from shiftpu.compiler.quant.calibrate import load_calibration
     from shiftpu.compiler.quant.onnxio import ModelError, load_model
     from shiftpu.compiler.quant.ptq import PtqOptions, quantize_model
@@ -73,12 +86,13 @@ def quantize(
     float_model = load_model(model)
     data = load_calibration(calib)
     code = _weight_code(weight_code)
+    slope = LeakySlope(leaky_slope.value)
     if fast_ptq:
-        options = PtqOptions.fast(code, act_bits)
+        options = PtqOptions.fast(code, act_bits, slope)
     else:
         options = PtqOptions(code, act_bits, adaround=not no_adaround, scale_search=not no_scale_search,
                              bias_correction=not no_bias_correction, equalize=not no_equalize,
-                             bn_reestimate=not no_bn_reestimate, seed=seed)
+                             bn_reestimate=not no_bn_reestimate, seed=seed, leaky_slope=slope)
     q, report = quantize_model(float_model, data, options)
     with atomic_file(output) as tmp:
         onnx.save(q, str(tmp))
@@ -93,7 +107,7 @@ def check(
     weight_code: WeightCodeOption = typer.Option(WeightCodeOption.shift4, "--weight-code",
                                                  help="Weight coding of the target accelerator."),
     input_shape: list[str] = typer.Option([], "--input-shape", help=INPUT_SHAPE_HELP),
-    board: str = typer.Option("ultra96v2", "--board", "-b", metavar="<board>",
+    board: str = typer.Option(DEFAULT_BOARD, "--board", "-b", metavar="<board>",
                               help="Board whose accelerator the partition is made for (as `shiftpu compile --board`)."),
 ) -> None:
     """Name every node that keeps the model from running whole on the accelerator, then print the fabric/CPU

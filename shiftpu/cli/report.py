@@ -28,10 +28,14 @@ def report(
     bench: Path = typer.Option(None, "--bench",
                                help="Result of `shiftpu bench FOLDER --json` for the measured fps, latency and "
                                     "power."),
+    demo: Path = typer.Option(None, "--demo",
+                              help="Output folder of `shiftpu demo` (FOLDER is then its compiled/): bit-exactness, "
+                                   "mAP, RTL cycles against the model and the drawn detections."),
 ) -> None:
     """Write one self-contained HTML page of FOLDER: the per-layer table (operation, shapes, dataflow, tiles,
-    cycles, utilisation, DDR bytes, fabric or CPU), a roofline for the board, the resource chart and the pipeline
-    Gantt chart, each marked measured or estimated. Works offline: no external files or URLs."""
+    cycles, utilisation, DDR bytes, fabric or CPU), a roofline for the board, power, what the demo measured, the
+    resource chart and the pipeline Gantt chart, each marked measured or estimated. Works offline: no external
+    files or URLs."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -44,5 +48,5 @@ def report(
     out = output if output is not None else folder / DEFAULT_NAME
     check_output_file(out, "--output")
     with atomic_file(out) as partial:
-        write_report(folder, partial, resources=resources, trace=trace, bench=bench)
+        write_report(folder, partial, resources=resources, trace=trace, bench=bench, demo=demo)
     typer.echo(f"wrote {out}")

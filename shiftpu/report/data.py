@@ -15,7 +15,9 @@ from shiftpu.compiler.artifact import ArtifactError, CompiledFolder, read_folder
 from shiftpu.compiler.estimate import estimate
 from shiftpu.compiler.perf import Schedule
 from shiftpu.errors import ShiftpuError
+from shiftpu.report.demo_inputs import DemoResults
 from shiftpu.report.inputs import PipelineTrace, ReportError
+from shiftpu.sw.power import PowerReport, estimate_power_at_fps
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class ReportData:
     resources: ResourceEstimate | None
     trace: PipelineTrace | None
     bench: dict[str, Any] | None
+    demo: DemoResults | None
+    #: the power model at the performance model's fps (the figure of the demo's board table)
+    power: PowerReport
 
 
 def _onnx_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -126,7 +131,7 @@ def layer_rows(compiled: CompiledFolder, est: dict[str, Any]) -> tuple[LayerRow,
 
 
 def gather(folder: str | Path, resources: ResourceEstimate | None = None, trace: PipelineTrace | None = None,
-           bench: dict[str, Any] | None = None) -> ReportData:
+           bench: dict[str, Any] | None = None, demo: DemoResults | None = None) -> ReportData:
     """Read a compiled folder, apply the performance model at the clock its board's timing estimate supports
     (:func:`shiftpu.boards.clock.fps_clock`) and the board's DDR bandwidth, and check that the optional inputs
     belong to it."""
@@ -148,6 +153,12 @@ def gather(folder: str | Path, resources: ResourceEstimate | None = None, trace:
     if bench is not None and bench["board"] != compiled.board:
         raise ReportError(f"the bench result was measured for board {bench['board']}, {folder} was compiled for "
                           f"{compiled.board}")
+    if demo is not None and demo.board != compiled.board:
+        raise ReportError(f"the demo in {demo.folder} ran for board {demo.board}, {folder} was compiled for "
+                          f"{compiled.board}")
+    if demo is not None and demo.config_hash is not None and demo.config_hash != cfg.config_hash():
+        raise ReportError(f"the demo in {demo.folder} ran accelerator config 0x{demo.config_hash:08x}, {folder} was "
+                          f"compiled for 0x{cfg.config_hash():08x}")
     names = {la["layer_id"]: la["name"] for la in compiled.manifest["layers"]}
     try:
         schedule = Schedule(compiled.manifest["estimate"].get("schedule", Schedule.RTL.value))
@@ -160,5 +171,6 @@ def gather(folder: str | Path, resources: ResourceEstimate | None = None, trace:
         raise ReportError(f"{folder}: damaged manifest (bad or missing entry {e}): recompile the model") from None
     roof = Roofline(clock_hz=est["clock_mhz"] * 1e6, macs_per_cycle=cfg.macs_per_cycle,
                     ddr_bytes_per_s=board.ddr_bandwidth_gbps * 1e9)
-    return ReportData(folder=folder, source=compiled.manifest["source"], board=board, config=cfg, config_hash=cfg.config_hash(), estimate=est,
-                      rows=rows, roofline=roof, resources=resources, trace=trace, bench=bench)
+    return ReportData(folder=folder, source=compiled.manifest["source"], board=board, config=cfg,
+                      config_hash=cfg.config_hash(), estimate=est, rows=rows, roofline=roof, resources=resources,
+                      trace=trace, bench=bench, demo=demo, power=estimate_power_at_fps(board, est["macs"], est["fps"]))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from shiftpu.boards.estimate import ESTIMATE_KINDS, LUT_HEADROOM, ResourceEstimate
 from shiftpu.report.data import LayerRow, Roofline
 from shiftpu.report.inputs import PipelineTrace
+from shiftpu.report.labels import place_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -62,27 +63,38 @@ def _pyplot(key: str) -> Iterator[Any]:
         yield plt
 
 
+def roofline_points(roof: Roofline, rows: tuple[LayerRow, ...]) -> list[tuple[float, float, str]]:
+    """(MACs per DDR byte, GMAC/s, layer name) of every fabric layer that computes MACs, all estimated."""
+    return [(r.macs / r.ddr_bytes, r.macs / (r.cycles / roof.clock_hz) / 1e9, r.name)
+            for r in rows if r.on_fabric and r.macs and r.ddr_bytes and r.cycles]
+
+
+def roofline_plot(plt: Any, roof: Roofline, points: list[tuple[float, float, str]], board_title: str) -> MplFigure:
+    """The roofline drawn, with one label per point placed where it overlaps no other label, marker or the
+    legend (:func:`shiftpu.report.labels.place_labels`)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    intensities = [x for x, _, _ in points]
+    lo = min([roof.ridge_intensity / 10, *intensities]) / 2
+    hi = max([roof.ridge_intensity * 10, *intensities]) * 2
+    xs = [lo, roof.ridge_intensity, hi]
+    ax.loglog(xs, [min(roof.peak_macs_per_s, x * roof.ddr_bytes_per_s) / 1e9 for x in xs], color="black",
+              label=f"roof: {roof.peak_macs_per_s / 1e9:.1f} GMAC/s peak, {roof.ddr_bytes_per_s / 1e9:.2f} GB/s DDR")
+    for x, y, _ in points:
+        ax.scatter([x], [y], s=28, zorder=3)
+    ax.set_xlabel("arithmetic intensity (MACs per DDR byte, estimated)")
+    ax.set_ylabel("GMAC/s (shift-adds per second, estimated)")
+    ax.set_title(f"roofline on {board_title} (estimated: performance model)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    place_labels(ax, points)
+    return fig
+
+
 def roofline_figure(roof: Roofline, rows: tuple[LayerRow, ...], board_title: str) -> Figure:
     """Roofline: attainable MAC/s against MACs per DDR byte, one point per fabric layer that computes MACs."""
+    points = roofline_points(roof, rows)
     with _pyplot("roofline") as plt:
-        points = [r for r in rows if r.on_fabric and r.macs and r.ddr_bytes and r.cycles]
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        intensities = [r.macs / r.ddr_bytes for r in points]
-        lo = min([roof.ridge_intensity / 10, *intensities]) / 2
-        hi = max([roof.ridge_intensity * 10, *intensities]) * 2
-        xs = [lo, roof.ridge_intensity, hi]
-        ax.loglog(xs, [min(roof.peak_macs_per_s, x * roof.ddr_bytes_per_s) / 1e9 for x in xs], color="black",
-                  label=f"roof: {roof.peak_macs_per_s / 1e9:.1f} GMAC/s peak, {roof.ddr_bytes_per_s / 1e9:.2f} GB/s DDR")
-        for r, x in zip(points, intensities, strict=True):
-            achieved = r.macs / (r.cycles / roof.clock_hz)
-            ax.scatter([x], [achieved / 1e9], s=28, zorder=3)
-            ax.annotate(r.name, (x, achieved / 1e9), fontsize=7, xytext=(4, 2), textcoords="offset points")
-        ax.set_xlabel("arithmetic intensity (MACs per DDR byte, estimated)")
-        ax.set_ylabel("GMAC/s (shift-adds per second, estimated)")
-        ax.set_title(f"roofline on {board_title} (estimated: performance model)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-        svg = _svg(fig)
+        svg = _svg(roofline_plot(plt, roof, points, board_title))
     caption = (f"Estimated. Roof: peak {roof.peak_macs_per_s / 1e9:.1f} GMAC/s (pe_oc x pe_px x clock) and "
                f"{roof.ddr_bytes_per_s / 1e9:.2f} GB/s DDR bandwidth (board file); ridge at "
                f"{roof.ridge_intensity:.1f} MACs/byte. One point per fabric layer with MACs ({len(points)}), at its "

@@ -1,5 +1,6 @@
-"""shiftpu.sim.rtl: Verilator co-simulation of the generated accelerator, driven by cocotb."""
+"""shiftpu.sim.rtl: Verilator simulation of the generated accelerator, native (C++ harness) or driven by cocotb."""
 
 from shiftpu.sim.rtl.accelerator import RtlAccelerator, RtlSimError, RtlTimeout, SimMemory
+from shiftpu.sim.rtl.build import SimBackend
 
-__all__ = ["RtlAccelerator", "RtlSimError", "RtlTimeout", "SimMemory"]
+__all__ = ["RtlAccelerator", "RtlSimError", "RtlTimeout", "SimBackend", "SimMemory"]

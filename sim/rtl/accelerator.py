@@ -1,9 +1,13 @@
 """RtlAccelerator: the Accelerator protocol on the Verilator simulation of the generated RTL.
 
-Each run writes the two memory images to files, runs the cocotb testbench (shiftpu.sim.rtl.testbench)
-in the Verilator executable (a subprocess), and reads back the arena and the registers. Cycle counts
-are measured by the accelerator's own CYCLES register; they depend on the memory model
-(:class:`SimMemory`): the compiled RAM answers faster than cocotbext-axi's AxiRam.
+Two backends (:class:`SimBackend`) run the same Verilator model of the accelerator. The native one (the default,
+shiftpu.sim.rtl.native) runs it in this process from a shared library that holds the clock, the AXI4-Lite master
+and the memory in C++: images are copied in and out, no Python runs per cycle, and the library is loaded once for
+every run. The cocotb one writes the memory images to files, runs the cocotb testbench
+(shiftpu.sim.rtl.testbench) in the Verilator executable (a subprocess) and reads back the arena and the registers;
+it is the reference, with cocotbext-axi's bus models. Both give the same bytes and cycles. Cycle counts are
+measured by the accelerator's own CYCLES register; they depend on the memory model (:class:`SimMemory`): the
+compiled RAM answers faster than cocotbext-axi's AxiRam.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from shiftpu.arch.regmap import ErrorCode, Status
 from shiftpu.errors import ShiftpuError
 from shiftpu.sim.accelerator import AcceleratorError, RunStats
 from shiftpu.sim.golden import GoldenAccelerator
-from shiftpu.sim.rtl.build import BuildProgress, RtlBuild, default_build_root, ensure_built
+from shiftpu.sim.rtl.build import BuildProgress, RtlBuild, SimBackend, default_build_root, ensure_built
+from shiftpu.sim.rtl.native import NativeBuildOptions
 from shiftpu.sim.rtl.sim_ram import BASE_READ_LATENCY, RAM_BYTES, read_image, write_image
 from shiftpu.toolchain import verilator_env
 
@@ -33,8 +38,8 @@ SEGMENT_ALIGN = 1 << 16
 class SimMemory(Enum):
     """Which model serves the accelerator's AXI4 master in the simulation."""
 
-    AXI_RAM = "axiram"  #: cocotbext-axi AxiRam (Python bus model, the reference of the system tests)
-    COMPILED = "compiled"  #: the Verilog RAM inside the simulation top: no Python per cycle, faster
+    AXI_RAM = "axiram"  #: cocotbext-axi AxiRam (the reference of the system tests; its timing in C++ natively)
+    COMPILED = "compiled"  #: the RAM of shiftpu.sim.rtl.sim_ram (in the simulation top under cocotb, C++ natively)
 
 
 class RtlSimError(ShiftpuError):
@@ -74,17 +79,22 @@ class RtlAccelerator:
 
     def __init__(self, config: AccelConfig, build_root: Path | None = None, max_cycles: int = 50_000_000,
                  memory: SimMemory = SimMemory.AXI_RAM, extra_read_latency: int = 0,
-                 build_progress: BuildProgress | None = None, wall_timeout_s: float | None = None):
+                 build_progress: BuildProgress | None = None, wall_timeout_s: float | None = None,
+                 backend: SimBackend | str = SimBackend.NATIVE, native_options: NativeBuildOptions | None = None):
         """``build_root``: the folder where Verilator builds are cached (default: the user's cache directory, see
         shiftpu.sim.rtl.build). ``extra_read_latency``: cycles the compiled RAM adds to every read burst (a board's
         DDR latency; it then accepts several read addresses ahead, see shiftpu.sim.rtl.sim_ram). Only with
         ``SimMemory.COMPILED``. ``build_progress``: told when a build starts and ends (default: printed on stderr).
         ``wall_timeout_s``: seconds of wall-clock time one run may take (the build not counted); the simulation then
-        stops itself and the run raises :class:`RtlTimeout` (default: no limit but ``max_cycles``)."""
+        stops itself and the run raises :class:`RtlTimeout` (default: no limit but ``max_cycles``). ``backend``:
+        native (in this process, the default) or cocotb (the reference, for bus-model checks); ``native_options``: how
+        the native library is compiled (default: shiftpu.sim.rtl.native.NativeBuildOptions())."""
         if wall_timeout_s is not None and not wall_timeout_s > 0:
             raise ValueError(f"wall_timeout_s must be more than 0 seconds, got {wall_timeout_s}")
         self.wall_timeout_s = wall_timeout_s
         self.config = config
+        self.backend = SimBackend(backend)
+        self.native_options = native_options
         self.memory = SimMemory(memory)
         if extra_read_latency < 0 or int(extra_read_latency) != extra_read_latency:
             raise ValueError(f"extra_read_latency must be a whole number of cycles >= 0, got {extra_read_latency}")
@@ -112,7 +122,8 @@ class RtlAccelerator:
     @property
     def build(self) -> RtlBuild:
         if self._build is None:
-            self._build = ensure_built(self.config, self.build_root, self.build_progress)
+            self._build = ensure_built(self.config, self.build_root, self.build_progress, self.backend,
+                                       self.native_options)
         return self._build
 
     def run_program(self, const: np.ndarray, act: np.ndarray) -> RunStats:
@@ -137,8 +148,33 @@ class RtlAccelerator:
             read_beats=result["RD_BEATS"], write_beats=result["WR_BEATS"],
         )
 
+    def _memory_for(self, act_base: int, act: np.ndarray) -> SimMemory:
+        """The memory model of a run: AxiRam where the program does not fit the compiled RAM."""
+        if self.memory is SimMemory.COMPILED and act_base + act.size > RAM_BYTES:
+            if self.extra_read_latency:
+                raise RtlSimError(f"the program needs {act_base + act.size} bytes of memory: more than the "
+                                  f"compiled RAM's {RAM_BYTES}, and only that RAM models a read latency")
+            return SimMemory.AXI_RAM
+        return self.memory
+
     def run_raw(self, const: np.ndarray, act: np.ndarray) -> dict:
         """Run and return the testbench's record (registers, timeout flag, wall time); updates ``act``."""
+        if self.backend is SimBackend.NATIVE:
+            return self._run_native(const, act)
+        return self._run_cocotb(const, act)
+
+    def _run_native(self, const: np.ndarray, act: np.ndarray) -> dict:
+        from shiftpu.sim.rtl.native import NativeSimulation
+
+        build = self.build
+        act_base = _align(max(const.size, 1))
+        memory = self._memory_for(act_base, act)
+        return NativeSimulation(build.library, self.config).run(
+            const, act, act_base, compiled_ram=memory is SimMemory.COMPILED,
+            mem_size=_align(act_base + act.size) + SEGMENT_ALIGN, read_latency=self.extra_read_latency,
+            max_cycles=self.max_cycles, wall_timeout_s=self.wall_timeout_s)
+
+    def _run_cocotb(self, const: np.ndarray, act: np.ndarray) -> dict:
         from cocotb_tools.runner import get_runner
 
         from shiftpu.sim.rtl.harness import TB_TOP
@@ -149,12 +185,7 @@ class RtlAccelerator:
         with tempfile.TemporaryDirectory(dir=runs) as tmp:
             work = Path(tmp)
             act_base = _align(max(const.size, 1))
-            memory = self.memory
-            if memory is SimMemory.COMPILED and act_base + act.size > RAM_BYTES:
-                if self.extra_read_latency:
-                    raise RtlSimError(f"the program needs {act_base + act.size} bytes of memory: more than the "
-                                      f"compiled RAM's {RAM_BYTES}, and only that RAM models a read latency")
-                memory = SimMemory.AXI_RAM  # larger than the compiled RAM
+            memory = self._memory_for(act_base, act)
             job = {
                 "const": str(work / "const.bin"), "act": str(work / "act.bin"), "act_out": str(work / "act_out.bin"),
                 "result": str(work / "result.json"), "const_base": 0, "act_base": act_base, "act_bytes": act.size,

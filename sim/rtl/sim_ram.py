@@ -19,6 +19,10 @@ A burst's first write beat is taken with its address; in the default mode its re
 cycle. Its latencies differ from those of AxiRam (the memory the
 performance model is calibrated on), so cycle counts differ by a few per cent between the two.
 The cocotbext-axi ``AxiRam`` remains the reference memory of the system tests.
+
+This Verilog is the cocotb backend's RAM and the reference of the native backend's, which has the same registers in
+C++ (``CompiledRamModel`` in native_sim.cpp; tests/test_rtl_native.py holds the two to the same cycles): a change
+here needs the same change there.
 """
 
 from __future__ import annotations

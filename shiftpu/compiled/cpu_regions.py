@@ -6,7 +6,7 @@ model is loaded; a frame then pays one ``run`` per region. The onnxruntime sessi
 optimisations off: the same kernels that compute the whole QDQ model as the reference, so a region's results
 equal onnxruntime's on the whole graph bit for bit. Where onnxruntime is not installed (the PYNQ-Z2's armv7
 image has no wheel) or :attr:`CpuRuntime.NUMPY` is asked for, a region's nodes run one by one on the numpy
-kernels of :mod:`shiftpu.sw.cpu_ops`, which cover the usual boundary operators (quantize, dequantize, Sigmoid,
+kernels of :mod:`shiftpu.compiled.cpu_ops`, which cover the usual boundary operators (quantize, dequantize, Sigmoid,
 pooling, reshapes, element-wise arithmetic); a region with another operator is then refused when it is loaded.
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from shiftpu.compiled.cpu_ops import has_kernel, run_node
 from shiftpu.errors import ShiftpuError
-from shiftpu.sw.cpu_ops import has_kernel, run_node
 
 
 class CpuRuntime(str, Enum):
@@ -30,7 +30,7 @@ class CpuRuntime(str, Enum):
 
     AUTO = "auto"  #: onnxruntime where it imports, else numpy
     ONNXRUNTIME = "onnxruntime"
-    NUMPY = "numpy"  #: the numpy kernels of shiftpu.sw.cpu_ops (the fallback)
+    NUMPY = "numpy"  #: the numpy kernels of shiftpu.compiled.cpu_ops (the fallback)
 
 
 class CpuRuntimeError(ShiftpuError):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from shiftpu.compiled.cpu_regions import onnxruntime_module
 from shiftpu.errors import ShiftpuError
-from shiftpu.sw.cpu_regions import onnxruntime_module
 from shiftpu.sw.executor import Executor, Frame
 
 

@@ -1,6 +1,6 @@
 """Numpy CPU operators: the fallback that runs CPU regions where onnxruntime is not installed.
 
-The CPU side of a compiled model normally runs on onnxruntime (:mod:`shiftpu.sw.cpu_regions`); these kernels
+The CPU side of a compiled model normally runs on onnxruntime (:mod:`shiftpu.compiled.cpu_regions`); these kernels
 cover the usual boundary operators so that a board without onnxruntime still runs most models. Each takes the
 node's attributes and input arrays and returns its outputs, computing in float32 exactly as onnxruntime's CPU
 kernels do for the values a QDQ model produces (quantisation with power-of-two scales, element-wise
