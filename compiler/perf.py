@@ -65,6 +65,7 @@ from shiftpu.arch.latency import (
     ELT_ISSUE_LATENCY,
     ELT_OUT_LATENCY,
     ELT_SETTLE,
+    ENGINE_DONE,
     ENGINE_START,
     READ_ADDRESS_LATENCY,
     pool_tree_stages,
@@ -368,7 +369,7 @@ def _conv_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -> 
     group = min(po, cb)
     padded = ceil_div(i.out_c, cb) * cb
     # SETUP; FINISH: the last row's beats leave the store's pipeline and their write responses come back
-    cycles = (_fetch_cycles(cfg, beat, lr) + ENGINE_START + CONV_SETUP + 1 + CONV_STORE_LATENCY + WRITE_LATENCY
+    cycles = (_fetch_cycles(cfg, beat, lr) + ENGINE_START + ENGINE_DONE + CONV_SETUP + 1 + CONV_STORE_LATENCY + WRITE_LATENCY
               + _memory_extra(lr))
     compute = read = write = 0
     in_tiles = {o0: [(o0, min(i.oc_tile, i.out_c - o0))] if i.depthwise else
@@ -431,7 +432,7 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
     memory (``L_r`` less the cycles the engine spends before it takes that read's data)."""
     cb = cfg.channel_block
     nblk = ceil_div(i.out_c, cb)
-    cycles = _fetch_cycles(cfg, beat, lr) + ENGINE_START + STREAM_FINISH + _memory_extra(lr)
+    cycles = _fetch_cycles(cfg, beat, lr) + ENGINE_START + ENGINE_DONE + STREAM_FINISH + _memory_extra(lr)
     read = write = 0
     pool_valid = _valid_rows(i) if i.opcode is Opcode.POOL else 0
     first_wait = None

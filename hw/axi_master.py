@@ -145,7 +145,7 @@ class BurstReader(wiring.Component):
         error = Signal()
         with m.If(self.clear):
             m.d.sync += error.eq(0)
-        with m.Elif(self.rvalid & self.rready & (self.rresp != 0)):
+        with m.Elif(self.rvalid & (self.rresp != 0)):  # sticky: whether the beat is taken this cycle or later
             m.d.sync += error.eq(1)
         m.d.comb += self.error.eq(error)
         return m

@@ -124,6 +124,8 @@ class ConvEngine(wiring.Component):
             single_tile.eq(dw | (i.ic_tile >= i.in_c)),
         ]
         ky_later = i.kh - r_new  # first kernel row an output row after the first loads (one input tile)
+        pf_slots = Signal(4)  # row slots with prefetch: kh + r_new
+        m.d.sync += pf_slots.eq(i.kh + r_new)
         # loop conditions of the main FSM, registered ahead of the states that test them
         out_h_m1 = Signal(16)
         y_more, later_row, last_it, last_strip = Signal(), Signal(), Signal(), Signal()
@@ -184,7 +186,7 @@ class ConvEngine(wiring.Component):
             it_run.eq(Mux(dw, 1, Mux(ic_mode, n_groups_ic << lp, it))),
             slot_words.eq(nblk * in_cols), n_steps.eq(it_run * khkw), it_w_m1.eq(it_w - 1),
             wb_use.eq(obs * n_steps),
-            prefetch.eq(single_tile & (slot_base[i.kh + r_new] <= p.lb_words)),
+            prefetch.eq(single_tile & (slot_base[pf_slots] <= p.lb_words)),
             lb_bad.eq(slot_base[i.kh] > p.lb_words),
         ]
         for k in range(n_slot_bases):  # k * slot_words: a shift and at most one adder per constant k
@@ -208,7 +210,8 @@ class ConvEngine(wiring.Component):
 
         # -- compute --
         c_half = Signal()  # half of the accumulator buffer the next row computes into
-        need_rd = ~dw & (i0 != 0)  # this input tile adds to partial sums: it reads the accumulator port
+        need_rd = Signal()  # this input tile adds to partial sums: it reads the accumulator port
+        m.d.sync += need_rd.eq(~dw & (i0 != 0))
         m.d.comb += [
             compute.instr.eq(i), compute.o0.eq(o0), compute.i0.eq(i0), compute.sw_m1.eq(sw_m1),
             compute.obs_m1.eq(obs_m1), compute.pgs_m1.eq(pgs_m1), compute.it_w_m1.eq(it_w_m1),
@@ -276,6 +279,11 @@ class ConvEngine(wiring.Component):
         ]
 
         blocked = Signal()  # the main FSM waits for the loader or the store
+        w_loaded = Signal()  # the weight buffer holds this (output tile, input tile)'s weights (registered)
+        m.d.sync += w_loaded.eq(w_valid & (w_o0 == o0) & (w_i0 == i0))
+        done, failed = Signal(), Signal()
+        m.d.sync += [done.eq(0), failed.eq(0)]
+        m.d.comb += [self.done.eq(done), self.failed.eq(failed)]
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -337,7 +345,7 @@ class ConvEngine(wiring.Component):
                     m.next = "W_CHECK"
             with m.State("W_CHECK"):
                 m.d.sync += [ob.eq(0), wb_wr_base.eq(0)]
-                with m.If(w_valid & (w_o0 == o0) & (w_i0 == i0)):
+                with m.If(w_loaded):
                     m.next = "COMPUTE_INIT"
                 with m.Elif(wb_use > p.wb_depth):
                     m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
@@ -416,9 +424,9 @@ class ConvEngine(wiring.Component):
                         m.d.sync += [o0.eq(0), x0.eq(x0 + i.strip_w)]
                         with m.If(last_strip):
                             m.next = "FINISH"
-            with m.State("FINISH"):
+            with m.State("FINISH"):  # done and failed leave from registers, a cycle later (ENGINE_DONE)
                 with m.If(self.wr_idle & ~store.busy & loader.idle):
-                    m.d.comb += [self.done.eq(1), self.failed.eq(err_code != 0)]
+                    m.d.sync += [done.eq(1), failed.eq(err_code != 0)]
                     m.next = "IDLE"
         waiting = ("QP_CMD", "QP_DATA", "W_SETUP", "W_CMD", "W_DATA", "FINISH")
         m.d.comb += self.stall.eq(blocked | Cat(*(fsm.ongoing(st) for st in waiting)).any())

@@ -93,8 +93,6 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
         is_conv & ((i.strip_w == 0) | (i.ic_tile == 0) | (i.oc_tile == 0)),
         (is_pool | is_move | (i.opcode == Opcode.ADD)) & (i.in_c != i.out_c),
         is_move & (i.upsample != 1) & (i.upsample != 2),
-        (is_move | (i.opcode == Opcode.ADD)) & ((i.out_h != Mux(up2, i.in_h << 1, i.in_h))
-                                                | (i.out_w != Mux(up2, i.in_w << 1, i.in_w))),
         # shiftpu.arch.limits.violation
         ~is_end & (i.out_bits > cfg.act_bits),
         windowed & ((i.kh > cfg.max_kernel) | (i.kw > cfg.max_kernel)),
@@ -115,7 +113,13 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
         flags.append(flag)
     windowed1 = Signal()
     m.d.sync += windowed1.eq(windowed)
-    cond = windowed1 & ((exp_h != i.out_h) | (exp_w != i.out_w))
+    # MOVE and ADD: the output is the input (upsampled by 2 for MOVE's factor 2), compared a stage later too
+    same_size1 = Signal()
+    move_h, move_w = Signal(14), Signal(14)
+    m.d.sync += [same_size1.eq(is_move | (i.opcode == Opcode.ADD)),
+                 move_h.eq(Mux(up2, i.in_h << 1, i.in_h)), move_w.eq(Mux(up2, i.in_w << 1, i.in_w))]
+    cond = ((windowed1 & ((exp_h != i.out_h) | (exp_w != i.out_w)))
+            | (same_size1 & ((move_h != i.out_h) | (move_w != i.out_w))))
     for flag in flags:
         cond = cond | flag
     # the checks and the opcode wait in registers for the buffer needs

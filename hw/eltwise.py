@@ -88,8 +88,9 @@ class EltwiseEngine(wiring.Component):
         x, col, ky = Signal(16), Signal(16), Signal(3)
         xs_s, ys = Signal(16), Signal(16)  # xs * stride, y * stride
         o_plane, o_rowoff = Signal(32), Signal(32)  # blk * out_plane, y * out_row
-        seg_last = Signal()  # this segment ends the output row
-        m.d.sync += [seg_last.eq(xs + SEG >= i.out_w), n_m1.eq(n - 1)]
+        seg_last, y_last, blk_last = Signal(), Signal(), Signal()  # the segment ends the row, the block, the tensor
+        m.d.sync += [seg_last.eq(xs + SEG >= i.out_w), y_last.eq(y == out_h_m1), blk_last.eq(blk == last_blk),
+                     n_m1.eq(n - 1)]
 
         # source columns and row of the segment or kernel row, through registered stages (settled in SETTLE)
         ix0 = Signal(signed(18))
@@ -124,8 +125,8 @@ class EltwiseEngine(wiring.Component):
         q_ky, q_b = Signal(3), Signal()
         q_xs_s, q_ys = Signal(16), Signal(16)
         q_plane, q_yrow, q_kyrow = Signal(32), Signal(32), Signal(32)  # q_blk * in_plane; source row offsets
-        q_seg_last = Signal()
-        m.d.sync += q_seg_last.eq(q_xs + SEG >= i.out_w)
+        q_seg_last, q_y_last, q_blk_last = Signal(), Signal(), Signal()  # registered: tested cycles later
+        m.d.sync += [q_seg_last.eq(q_xs + SEG >= i.out_w), q_y_last.eq(q_y == out_h_m1), q_blk_last.eq(q_blk == last_blk)]
         q_n, q_ix0, q_row_pool = Signal(16), Signal(signed(18)), Signal(signed(18))
         q_base, q_base_b, q_yk = Signal(32), Signal(32), Signal(32)
         q_in_cols, q_row_ok, q_ix0_2, q_base_plane, q_base_plane_b, q_rowoff = (
@@ -266,12 +267,15 @@ class EltwiseEngine(wiring.Component):
                             # the source row steps by the stride (POOL) or every other row (MOVE upsampling)
                             m.d.sync += [q_xs.eq(0), q_xs_s.eq(0), q_y.eq(q_y + 1), q_ys.eq(q_ys + Mux(s2, 2, 1)),
                                          q_yrow.eq(q_yrow + Mux(is_pool, s_row, Mux(~up_sh | q_y[0], in_row, 0)))]
-                            with m.If(q_y == out_h_m1):
+                            with m.If(q_y_last):
                                 m.d.sync += [q_y.eq(0), q_ys.eq(0), q_yrow.eq(0), q_blk.eq(q_blk + 1),
                                              q_plane.eq(q_plane + in_plane)]
-                                with m.If(q_blk == last_blk):
+                                with m.If(q_blk_last):
                                     m.next = "Q_IDLE"
 
+        done = Signal()
+        m.d.sync += done.eq(0)
+        m.d.comb += self.done.eq(done)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -334,14 +338,14 @@ class EltwiseEngine(wiring.Component):
                 with m.If(seg_last):
                     m.d.sync += [xs.eq(0), xs_s.eq(0), y.eq(y + 1), ys.eq(ys + Mux(s2, 2, 1)),
                                  o_rowoff.eq(o_rowoff + out_row)]
-                    with m.If(y == out_h_m1):
+                    with m.If(y_last):
                         m.d.sync += [y.eq(0), ys.eq(0), o_rowoff.eq(0), blk.eq(blk + 1),
                                      o_plane.eq(o_plane + out_plane)]
-                        with m.If(blk == last_blk):
+                        with m.If(blk_last):
                             m.next = "FINISH"
-            with m.State("FINISH"):
+            with m.State("FINISH"):  # done leaves from a register, a cycle later (ENGINE_DONE)
                 with m.If(self.wr_idle & queue.empty & qfsm.ongoing("Q_IDLE")):
-                    m.d.comb += self.done.eq(1)
+                    m.d.sync += done.eq(1)
                     m.next = "IDLE"
         waiting = ("SETTLE", "LOAD", "LOAD_COLS", "OUT_CMD", "OUT_DATA", "FINISH")
         m.d.comb += [self.stall.eq(Cat(*(fsm.ongoing(st) for st in waiting)).any()), self.failed.eq(0),

@@ -13,8 +13,9 @@ rounding up is added to the output byte alone, so every stage stays a few LUT le
 1. ``v = value + bias``; both candidate shifts (plain, and LeakyReLU's for negative values) clamped into
    right and left amounts;
 2. the shift chosen by the sign of ``v``, and the mask of the bits below its guard bit (a thermometer code);
-3. the shifted value (or the left-shifted one), and the rounding decision from its guard and sticky bits;
-4. the reductions of the shifted value's high and low bits that saturation needs, for each output format;
+3. the right-shifted and the left-shifted value, the guard and sticky bits;
+4. the shifted value's reductions of high and low bits that saturation needs, for each output format, and the
+   rounding decision;
 5. saturation, the rounding increment of the output byte, ReLU.
 """
 
@@ -99,15 +100,20 @@ class Requantizer(wiring.Component):
         m.d.comb += q.eq(v2 >> right2)
         guard = Cat(0, v2).bit_select(right2, 1)  # v's bit right - 1
         sticky = (v2[:max_right] & sticky_mask2).any()  # any of v's bits 0 .. right - 2
-        t3 = Signal(signed(wide))
-        up3, zero3, bits3, signed3 = Signal(), Signal(), Signal(4), Signal()
+        q3, lv3 = Signal(signed(width)), Signal(signed(wide))
+        left3, guard3, sticky3, zero3, bits3, signed3 = Signal(), Signal(), Signal(), Signal(), Signal(4), Signal()
         stage += [
-            t3.eq(Mux(left2 != 0, v2 << left2, q)), up3.eq((left2 == 0) & guard & (sticky | q[0])),
+            q3.eq(q), lv3.eq(v2 << left2), left3.eq(left2 != 0), guard3.eq(guard), sticky3.eq(sticky),
             zero3.eq(zero2), bits3.eq(bits2), signed3.eq(signed2),
         ]
+        t3 = Signal(signed(wide))  # the shifted value
+        m.d.comb += t3.eq(Mux(left3, lv3, q3))
 
-        # stage 4: per output format (k: the bit above its magnitude), the reductions saturation needs
+        # stage 4: per output format (k: the bit above its magnitude), the reductions saturation needs (the bits
+        # from 8 on reduced once, shared by every format); whether it rounds up
         ks = sorted(set(_FORMAT_BITS.values()))
+        top = max(ks)
+        any_top, all_top = t3[top:].any(), t3[top:].all()
         any_hi = {k: Signal(name=f"any_hi{k}") for k in ks}  # a bit at or above k is set
         all_hi = {k: Signal(name=f"all_hi{k}") for k in ks + [k + 1 for k in ks]}  # all bits from k on are set
         all_lo = {k: Signal(name=f"all_lo{k}") for k in ks}  # bits 0 .. k-1 are all set
@@ -116,9 +122,11 @@ class Requantizer(wiring.Component):
         bit4 = {k: Signal(name=f"bit{k}") for k in ks}  # bit k itself
         neg4, up4, zero4, bits4, signed4 = Signal(), Signal(), Signal(), Signal(4), Signal()
         stage += [
-            *(any_hi[k].eq(t3[k:].any()) for k in ks), *(all_hi[k].eq(t3[k:].all()) for k in all_hi),
+            *(any_hi[k].eq(t3[k:top].any() | any_top) for k in ks),
+            *(all_hi[k].eq(t3[k:top].all() & all_top) if k < top else all_hi[k].eq(t3[k:].all()) for k in all_hi),
             *(all_lo[k].eq(t3[:k].all()) for k in ks), all4.eq(t3.all()),
-            *(bit4[k].eq(t3[k]) for k in ks), low4.eq(t3[:8]), neg4.eq(t3[-1]), up4.eq(up3), zero4.eq(zero3), bits4.eq(bits3),
+            *(bit4[k].eq(t3[k]) for k in ks), low4.eq(t3[:8]), neg4.eq(t3[-1]),
+            up4.eq(~left3 & guard3 & (sticky3 | q3[0])), zero4.eq(zero3), bits4.eq(bits3),
             signed4.eq(signed3),
         ]
 

@@ -76,18 +76,18 @@ class Sequencer(wiring.Component):
         start_conv, start_elt = Signal(), Signal()
         m.d.sync += [start_conv.eq(0), start_elt.eq(0)]
         m.d.comb += [conv.start.eq(start_conv), elt.start.eq(start_elt), gear.beats.payload.eq(self.rd_data.payload)]
-        # the active engine owns the AXI engines while it runs
-        for src, dst in ((conv, self), (elt, self)):
+        # the active engine owns the AXI engines while it runs: its outputs are selected; the AXI side's valid,
+        # ready and data go to both engines (an engine that is not running takes and offers nothing)
+        for src in (conv, elt):
+            m.d.comb += [src.rd_cmd.ready.eq(self.rd_cmd.ready), src.rd_data.valid.eq(self.rd_data.valid),
+                         src.rd_data.payload.eq(self.rd_data.payload), src.wr_cmd.ready.eq(self.wr_cmd.ready),
+                         src.wr_data.ready.eq(self.wr_data.ready)]
             with m.If(use_conv == (src is conv)):
                 m.d.comb += [
-                    dst.rd_cmd.valid.eq(src.rd_cmd.valid), dst.rd_cmd.payload.eq(src.rd_cmd.payload),
-                    src.rd_cmd.ready.eq(dst.rd_cmd.ready),
-                    src.rd_data.valid.eq(dst.rd_data.valid), src.rd_data.payload.eq(dst.rd_data.payload),
-                    dst.rd_data.ready.eq(src.rd_data.ready),
-                    dst.wr_cmd.valid.eq(src.wr_cmd.valid), dst.wr_cmd.payload.eq(src.wr_cmd.payload),
-                    src.wr_cmd.ready.eq(dst.wr_cmd.ready),
-                    dst.wr_data.valid.eq(src.wr_data.valid), dst.wr_data.payload.eq(src.wr_data.payload),
-                    src.wr_data.ready.eq(dst.wr_data.ready),
+                    self.rd_cmd.valid.eq(src.rd_cmd.valid), self.rd_cmd.payload.eq(src.rd_cmd.payload),
+                    self.rd_data.ready.eq(src.rd_data.ready),
+                    self.wr_cmd.valid.eq(src.wr_cmd.valid), self.wr_cmd.payload.eq(src.wr_cmd.payload),
+                    self.wr_data.valid.eq(src.wr_data.valid), self.wr_data.payload.eq(src.wr_data.payload),
                 ]
         m.d.comb += [self.error_code.eq(code), self.stall.eq(Mux(use_conv, conv.stall, elt.stall))]
 

@@ -28,7 +28,7 @@ def test_rtl_conv_cost_by_hand():
     # compute pipeline 6, store setup 3 per group and store pipeline 7.
     # L_r: 3 cycles from a read command to its first beat (the reader's address stage 2, the memory model's 1).
     # fetch 1 + L_r 3 + 8 beats + latch 1, CHECK 4, decode 1, retire 1; engine start 1; SETUP 3; FINISH: start 1,
-    # store pipeline 7, write drain 4 + the writer's registered idle 1                          = 36
+    # store pipeline 7, write drain 4 + the writer's registered idle 1, registered done 1        = 37
     # strip/tile: TILE 1, TILE_SETUP 3, QP_CMD 1 + L_r 3 + 8 table words                          = 16
     # 2 blocks x 10 input columns; 4 row slots fit the line buffer (prefetch), a row's 1 accumulator entry
     # fits half the buffer (double-buffered store). Loader: L_START 1, (1 + 10) per row and block; a row
@@ -44,7 +44,7 @@ def test_rtl_conv_cost_by_hand():
     #        NEXT_ROW: 158 each (loads of 27 and the store of 12 hidden)
     # row 7: STORE at 6 x 158 + 309 + 156 = 1413, NEXT_ROW waits for the store (1413 + 1 + 12), exit = 1427
     c = instruction_cost(_conv(), CFG, 8.0)
-    assert c == InstrCost(cycles=36 + 16 + 1427, compute_cycles=1152, stall_cycles=327,
+    assert c == InstrCost(cycles=37 + 16 + 1427, compute_cycles=1152, stall_cycles=328,
                           read_bytes=10 * 2 * 10 * 8 + 64 + 72 * 8, write_bytes=512, macs=73728)
 
 
@@ -56,7 +56,7 @@ def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
     # NEXT_ROW waits for the store: + 1 + 12 + 1                                                   = 1612
     cfg = AccelConfig(strip_width=8, line_buffer_bytes=512, acc_buffer_words=64)
     c = instruction_cost(_conv(), cfg, 8.0)
-    assert c.cycles == 36 + 16 + 1612
+    assert c.cycles == 37 + 16 + 1612
 
 
 def test_several_input_tiles_reload_every_kernel_row():
@@ -70,14 +70,14 @@ def test_several_input_tiles_reload_every_kernel_row():
 def test_rtl_add_cost_by_hand():
     add = Instruction(Opcode.ADD, in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=16)
     # fetch 19 + engine start 1 + finish 12 (the last beat's 7 pipeline stages, the queue, the write response and
-    # the writer's registered idle); 16 segments
+    # the writer's registered idle) + registered done 1; 16 segments
     # (8 rows x 2 blocks) of SEG 1, SETTLE 3, LOAD 1 + 8, OUT_CMD 1 + 8 beats issued (B taken with each), NEXT 1;
     # every read is queued ahead, so only the first waits: L_r 3, its issuer's Q_CALC 4 against SEG 1 and
     # SETTLE 3; on a DDR that moves a read and a write beat per cycle (16 bytes)
-    assert instruction_cost(add, CFG, 16.0) == InstrCost(32 + 16 * 23 + 3, 128, 275, 2048, 1024, 0)
+    assert instruction_cost(add, CFG, 16.0) == InstrCost(33 + 16 * 23 + 3, 128, 276, 2048, 1024, 0)
     # with 8 bytes per cycle in all, the 3072 bytes read and written take 384 cycles: still under the engine's
-    # 403; with 4 bytes per cycle the DDR bounds it (768)
-    assert instruction_cost(add, CFG, 8.0).cycles == 403
+    # 404; with 4 bytes per cycle the DDR bounds it (768)
+    assert instruction_cost(add, CFG, 8.0).cycles == 404
     assert instruction_cost(add, CFG, 4.0) == InstrCost(768, 128, 640, 2048, 1024, 0)
 
 

@@ -17,6 +17,8 @@ READ_ADDRESS_LATENCY = 2
 
 #: Sequencer: cycles from DECODE to the engine's start (a registered pulse, in RUN's first cycle).
 ENGINE_START = 1
+#: Engines: cycles from the end of an instruction's work to the sequencer seeing it done (a registered flag).
+ENGINE_DONE = 1
 
 #: Register stages of a requantiser (sum; shift amounts; shift and rounding; round, activation, saturation).
 REQUANT_LATENCY = 5
