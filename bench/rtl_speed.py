@@ -1,6 +1,6 @@
 """RTL simulation speed: the RTL frame against the golden model's frame, and simulated cycles per second per board.
 
-    python -m bench.rtl_speed [--boards B ...] [--frames N] [--no-cocotb] [--sweep-builds]
+    python -m bench.rtl_speed [--parts demo boards sweep] [--boards B ...] [--frames N] [--no-cocotb]
 
 Measured in one run on this machine (wall clock; the load average is recorded with the figures):
 
@@ -10,8 +10,9 @@ Measured in one run on this machine (wall clock; the load average is recorded wi
   frame on the cocotb backend the native one replaces (same cycles), and the ratio RTL frame / golden frame;
 * for each board's default config: the native build time and the cycles simulated per second on the demo detector
   compiled for that board;
-* with ``--sweep-builds``: the Ultra96-V2 config built with each of several C++ optimisation levels and Verilator
-  thread counts, build time against frame time (the choice behind shiftpu.sim.rtl.native.NativeBuildOptions).
+* ``sweep`` (only when named): the Ultra96-V2 config built with each of several C++ optimisation levels and
+  Verilator thread counts, build time against frame time (the choice behind
+  shiftpu.sim.rtl.native.NativeBuildOptions).
 
 Writes bench/results/rtl_speed.json and bench/results/rtl_speed.md; parts not run keep their last results.
 """
@@ -194,14 +195,16 @@ def sweep_builds(work: Path, frames: int) -> list[dict]:
 
 def markdown(r: dict) -> str:
     lines = ["# RTL simulation speed", "",
-             f"Machine: {r['machine']}, {r['cpus']} CPUs; measured {r['date']} (wall clock unless said; load average "
-             "over 1/5/15 min recorded with each part, other jobs were running on the machine).", ""]
+             f"Machine: {r['machine']}, {r['cpus']} CPUs, shared with other jobs (the load average over 1/5/15 min is "
+             "recorded with each part). Times are wall clock unless said; all figures measured (`python -m "
+             "bench.rtl_speed`).", ""]
     d = r.get("demo")
     if d:
         g = d["golden"]
         lines += [f"## Demo detector on the {d['board']} config", "",
-                  f"{d['model']}, one 64x64 frame through `Executor.run` (quantise, CPU regions, fabric segments). "
-                  f"Load average {d['load_before']} before, {d['load_after']} after.", "",
+                  f"Measured {d.get('date', '')}: {d['model']}, one 64x64 frame through `Executor.run` (quantise, "
+                  f"CPU regions, fabric segments). Load average {d['load_before']} before, {d['load_after']} after.",
+                  "",
                   "| backend | memory | frame (median) | frame (best) | CPU per frame | cycles | cycles/s in the run | "
                   "x golden frame | build | first frame (load included) | equals golden |",
                   "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -224,8 +227,8 @@ def markdown(r: dict) -> str:
     boards = r.get("boards")
     if boards:
         lines += ["", "## Each board's default config (native backend, AxiRam timing)", "",
-                  "The demo detector compiled for each board; cycles/s: simulated cycles per wall second of the run "
-                  "(the C++ loop) and of the whole frame.", "",
+                  f"Measured {r.get('boards_date', '')}: the demo detector compiled for each board; cycles/s: "
+                  "simulated cycles per wall second of the run (the C++ loop) and of the whole frame.", "",
                   "| board | PE array | bus | build | frame (median) | cycles | cycles/s in the run | cycles/s per frame "
                   "| load before |", "|---|---|---|---|---|---|---|---|---|"]
         for name, b in boards.items():
@@ -239,7 +242,7 @@ def markdown(r: dict) -> str:
     sweep = r.get("build_options")
     if sweep:
         lines += ["", f"## Build options ({DEMO_BOARD} config)", "",
-                  "C++ optimisation of the model's per-cycle code (`OPT_FAST`; set-up code at `OPT_SLOW`, the "
+                  f"Measured {r.get('build_options_date', '')}. C++ optimisation of the model's per-cycle code (`OPT_FAST`; set-up code at `OPT_SLOW`, the "
                   "runtime and harness at `OPT_GLOBAL`) and Verilator threads, each built from scratch on 2 shared "
                   "cores. Frame: the demo detector, native backend, AxiRam timing.", "",
                   "| OPT_FAST | threads | build | frame (median) | CPU per frame | cycles/s in the run | load before |",
@@ -254,26 +257,30 @@ def main(argv: list[str] | None = None) -> None:
     from shiftpu.boards import board_names
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--boards", nargs="*", default=list(board_names()), choices=list(board_names()),
-                    help="board configs whose cycles/s to measure (each needs a native build; the large ones take "
-                    "minutes)")
+    ap.add_argument("--parts", nargs="+", choices=("demo", "boards", "sweep"), default=["demo", "boards"],
+                    help="demo: golden and RTL frames of the demo detector; boards: cycles/s of each board config; "
+                    "sweep: build options compared (several builds). Parts not run keep their last results.")
+    ap.add_argument("--boards", nargs="+", default=list(board_names()), choices=list(board_names()),
+                    help="board configs whose cycles/s to measure (each needs a native build)")
     ap.add_argument("--frames", type=int, default=RTL_FRAMES, help="RTL frames timed per backend")
     ap.add_argument("--no-cocotb", action="store_true", help="skip the cocotb frame (and its build)")
-    ap.add_argument("--sweep-builds", action="store_true", help="also compare build options (several builds)")
     args = ap.parse_args(argv)
     path = RESULTS / "rtl_speed.json"
     r = json.loads(path.read_text()) if path.exists() else {}
-    r.update(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-             date=time.strftime("%Y-%m-%d %H:%M"))
+    r.update(machine=platform.processor() or platform.machine(), cpus=os.cpu_count())
+    now = time.strftime("%Y-%m-%d %H:%M")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        r["demo"] = demo_frames(work, args.frames, not args.no_cocotb)
-        if args.boards:
+        if "demo" in args.parts:
+            r["demo"] = demo_frames(work, args.frames, not args.no_cocotb) | {"date": now}
+        if "boards" in args.parts:
             r["boards"] = board_speeds(work, args.boards, args.frames)
+            r["boards_date"] = now
             r["boards_not_measured"] = {b: "not asked for in this run" for b in board_names()
                                         if b not in args.boards}
-        if args.sweep_builds:
+        if "sweep" in args.parts:
             r["build_options"] = sweep_builds(work, args.frames)
+            r["build_options_date"] = now
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(r, indent=1) + "\n")
     md = markdown(r)

@@ -8,8 +8,9 @@ of loop counters per cycle): the line-buffer word is ``row slot base + block off
 step counts up by one per cycle.
 
 Pipeline (CONV_COMPUTE_LATENCY stages from the loop counters to the accumulators): C1 partial address sums,
-C2 the buffer addresses, C3 the block RAMs, C4 the buffers' output registers, C5 the operands (channel lane
-rotation, dataflow selection) and C6 the registered shift terms, added into the accumulators in the same
+C2 the buffer addresses, C3 the block RAMs, C4 the block RAMs' output registers, C5 the buffers' rotated
+outputs, C6 the operands (channel lane rotation, dataflow selection) and C7 the registered shift terms, added
+into the accumulators in the same
 cycle (with the partial sums of earlier input tiles, read from the accumulator buffer). A finished block's
 accumulators are written to the buffer one cycle later. ``done`` rises while the last step accumulates.
 """
@@ -191,15 +192,15 @@ class ConvCompute(wiring.Component):
         ]
         m.d.comb += [self.lb_rd_addr.eq(lb_addr), self.lb_rd_stride.eq(s), self.wb_rd_addr.eq(wb_addr)]
 
-        # -- C5: operands. Each column's word rotated so that byte t holds channel lane + t (mod cb): PIXEL takes
+        # -- C6: operands. Each column's word rotated so that byte t holds channel lane + t (mod cb): PIXEL takes
         # byte 0 of its column, DEPTHWISE byte r for row r, INPUT_CHANNEL byte j of the one pixel's word for
         # column j --
-        t4 = tags[4]
+        t5 = tags[5]
         codes = data.View(data.ArrayLayout(data.ArrayLayout(unsigned(cfg.weight_code.bits), PO), P), self.wb_rd_data)
         rot = []
         for j in range(P):
             col_bytes = [self.lb_rd_data[j].word_select(b, 8) for b in range(CB)]
-            rot.append(Cat(*rotate_words(m, col_bytes, t4.chl, 8, f"col{j}")) if lcb else self.lb_rd_data[j])
+            rot.append(Cat(*rotate_words(m, col_bytes, t5.chl, 8, f"col{j}")) if lcb else self.lb_rd_data[j])
         for r in range(PO):
             for j in range(P):
                 byte = Mux(ic_mode, rot[0].word_select(j % CB, 8),
@@ -210,16 +211,16 @@ class ConvCompute(wiring.Component):
                              c.eq(Mux(ic_mode, codes[j][r], codes[0][r]))]
                 m.d.comb += [pe.acts[r * P + j].eq(a), pe.codes[r * P + j].eq(c)]
 
-        # -- C6: accumulate (partial sums read in C5 arrive now); C7: a finished block goes to the buffer --
-        t5, t6, t7 = tags[5], tags[6], tags[7]
-        assert CONV_COMPUTE_LATENCY == 6, "the stages above are the latency the cycle model counts"
+        # -- C7: accumulate (partial sums read in C6 arrive now); C8: a finished block goes to the buffer --
+        t7, t8 = tags[7], tags[8]
+        assert CONV_COMPUTE_LATENCY == 7, "the stages above are the latency the cycle model counts"
         m.d.comb += [
-            self.acc_rd_addr.eq(t5.ai),
+            self.acc_rd_addr.eq(tags[6].ai),
             pe.init.eq(Mux(self.add_partials, self.acc_rd_data, 0)),
-            pe.en.eq(t6.en), pe.first.eq(t6.first), pe.reduce.eq(ic_mode), pe.slot.eq(t6.slot),
-            self.acc_wr_en.eq(t7.block_end), self.acc_wr_addr.eq(t7.ai), self.acc_wr_data.eq(pe.acc.as_value()),
+            pe.en.eq(t7.en), pe.first.eq(t7.first), pe.reduce.eq(ic_mode), pe.slot.eq(t7.slot),
+            self.acc_wr_en.eq(t8.block_end), self.acc_wr_addr.eq(t8.ai), self.acc_wr_data.eq(pe.acc.as_value()),
         ]
         # done: the last step is accumulating (its block is written in the next cycle, the engine's STORE)
-        earlier = Cat(running, *(t.en for t in tags[1:6]))
-        m.d.comb += self.done.eq(t6.en & ~earlier.any())
+        earlier = Cat(running, *(t.en for t in tags[1:7]))
+        m.d.comb += self.done.eq(t7.en & ~earlier.any())
         return m

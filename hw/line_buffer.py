@@ -39,9 +39,10 @@ class LineBuffer(wiring.Component):
         nb = p.lb_banks
         sel = (nb - 1).bit_length()
         bank_out = []
-        addr_q = Signal.like(self.rd_addr)
-        stride_q = Signal.like(self.rd_stride)
-        m.d.sync += [addr_q.eq(self.rd_addr), stride_q.eq(self.rd_stride)]
+        # the read address's rotation and stride, two cycles on (with the banks' registered outputs)
+        addr_q, addr_qq = Signal.like(self.rd_addr), Signal.like(self.rd_addr)
+        stride_q, stride_qq = Signal.like(self.rd_stride), Signal.like(self.rd_stride)
+        m.d.sync += [addr_q.eq(self.rd_addr), stride_q.eq(self.rd_stride), addr_qq.eq(addr_q), stride_qq.eq(stride_q)]
         for b in range(nb):
             mem = memory.Memory(shape=unsigned(p.cb * 8), depth=p.lb_bank_depth, init=[])
             m.submodules[f"bank{b}"] = mem
@@ -55,9 +56,11 @@ class LineBuffer(wiring.Component):
             # the one address in [rd_addr, rd_addr + nb) that lives in bank b
             offset = (b - self.rd_addr[:sel])[:sel]
             m.d.comb += rd.addr.eq((self.rd_addr + offset) >> sel)
-            bank_out.append(rd.data)
+            out_q = Signal(unsigned(p.cb * 8), name=f"bank{b}_out")  # the block RAM's output register
+            m.d.sync += out_q.eq(rd.data)
+            bank_out.append(out_q)
         # word a + t sits in bank (a + t) mod nb: rotate, then lane j takes word j * stride (stride 1 or 2)
-        words = rotate_words(m, bank_out, addr_q[:sel], p.cb * 8, "lanes")
+        words = rotate_words(m, bank_out, addr_qq[:sel], p.cb * 8, "lanes")
         for j in range(p.cfg.pe_px):
-            m.d.sync += self.rd_data[j].eq(Mux(stride_q[1], words[(2 * j) % nb], words[j]))
+            m.d.sync += self.rd_data[j].eq(Mux(stride_qq[1], words[(2 * j) % nb], words[j]))
         return m

@@ -45,8 +45,8 @@ class WeightBuffer(wiring.Component):
         nb = p.wb_banks
         sel = (nb - 1).bit_length()
         outs = []
-        addr_q = Signal.like(self.rd_addr)
-        m.d.sync += addr_q.eq(self.rd_addr)
+        addr_q, addr_qq = Signal.like(self.rd_addr), Signal.like(self.rd_addr)  # the read's rotation, 2 cycles on
+        m.d.sync += [addr_q.eq(self.rd_addr), addr_qq.eq(addr_q)]
         # the write, registered: its bank steering and address adders then start from flip-flops
         wr_addr, wr_data = Signal.like(self.wr_addr), Signal.like(self.wr_data)
         wr_mask, wr_en = Signal.like(self.wr_mask), Signal()
@@ -69,8 +69,10 @@ class WeightBuffer(wiring.Component):
                 for k in range(p.w_lanes):
                     with m.Case(k):
                         m.d.comb += [wr.data.eq(wr_data[k]), wr.en.eq(wr_en & wr_mask[k])]
-            outs.append(rd.data)
-        lanes = rotate_words(m, outs, addr_q[:sel], p.step_bits, "lanes") if sel else outs
+            out_q = Signal(unsigned(p.step_bits), name=f"bank{b}_out")  # the block RAM's output register
+            m.d.sync += out_q.eq(rd.data)
+            outs.append(out_q)
+        lanes = rotate_words(m, outs, addr_qq[:sel], p.step_bits, "lanes") if sel else outs
         for j in range(p.cfg.pe_px):
             m.d.sync += self.rd_data[j].eq(lanes[j])
         return m

@@ -16,7 +16,10 @@ pytest.importorskip("amaranth")
 
 from rtl_support import SMALL, assert_bit_exact, random_program  # noqa: E402
 
-from shiftpu.sim.rtl import RtlAccelerator, SimBackend, SimMemory  # noqa: E402
+from shiftpu.arch.isa import Instruction, Opcode, encode_program  # noqa: E402
+from shiftpu.arch.regmap import Status  # noqa: E402
+from shiftpu.sim.rtl import RtlAccelerator, SimBackend, SimMemory, cases  # noqa: E402
+from shiftpu.sim.rtl.sim_ram import RAM_BYTES  # noqa: E402
 
 pytestmark = pytest.mark.rtl
 
@@ -46,6 +49,21 @@ def test_native_equals_cocotb(seed, kinds, memory, latency):
     assert native == cocotb
     diff = np.nonzero(native_act != cocotb_act)[0]
     assert diff.size == 0, f"{diff.size} bytes differ, first at arena offset {diff[0]}"
+
+
+@pytest.mark.parametrize("field", ["in_addr", "out_addr"])
+def test_native_equals_cocotb_on_a_bus_error(field):
+    """A tensor beyond the compiled RAM: SLVERR on the read or the write, the run stopped with the AXI error, at the
+    same cycle on both backends."""
+    move = Instruction(Opcode.MOVE, in_h=2, in_w=2, in_c=3, out_h=2, out_w=2, out_c=3, out_addr=64)
+    bad = Instruction(Opcode.MOVE, in_h=2, in_w=2, in_c=3, out_h=2, out_w=2, out_c=3,
+                      **({"out_addr": 64} | {field: RAM_BYTES}))
+    const = np.frombuffer(encode_program([move, bad], SMALL.config_hash()), dtype=np.uint8)
+    image = cases.ProgramImage(const=const, act=np.zeros(256, np.uint8))
+    native, native_act = _run(SimBackend.NATIVE, SimMemory.COMPILED, 0, image)
+    cocotb, cocotb_act = _run(SimBackend.COCOTB, SimMemory.COMPILED, 0, image)
+    assert native["STATUS"] >> Status.ERROR & 1 and native["PC"] == 1
+    assert native == cocotb and np.array_equal(native_act, cocotb_act)
 
 
 def test_one_library_serves_runs_in_any_order():

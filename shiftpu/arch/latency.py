@@ -35,7 +35,7 @@ CONV_IC_SETUP = 5
 CONV_W_SETUP = 4
 #: CONV engine: pipeline stages from the loop counters to the accumulator update (address sums, line and
 #: weight buffer reads with their output registers, operand selection, shift terms). DRAIN lasts this long.
-CONV_COMPUTE_LATENCY = 6
+CONV_COMPUTE_LATENCY = 7
 #: CONV loader's read issuer: cycles from a row's loop position to its read command (row number, products,
 #: address sums).
 CONV_ISSUE_LATENCY = 3

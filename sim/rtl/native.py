@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from shiftpu.arch.config import AccelConfig
-from shiftpu.arch.regmap import OFFSET, Irq, Status
+from shiftpu.arch.regmap import OFFSET, Ctrl, Irq, Status
 from shiftpu.errors import ShiftpuError
 from shiftpu.sim.rtl.sim_ram import RAM_BYTES
 from shiftpu.toolchain import ToolchainError, verilator_env
@@ -199,7 +199,7 @@ class NativeSimulation:
         write("ACT_BASE", act_base)
         write("IRQ_ENABLE", 1 << Irq.DONE)
         t0 = time.perf_counter()
-        write("CTRL", 1)
+        write("CTRL", 1 << Ctrl.START)
         chunk = RUN_CHUNK_CYCLES if wall_timeout_s is None else WALL_CHECK_CYCLES
         waited, irq, wall_timeout = 0, False, False
         ran, seen = ctypes.c_ulonglong(), ctypes.c_int()
