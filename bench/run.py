@@ -40,8 +40,9 @@ def run(with_rtl: bool = True) -> dict:
     import numpy as np
 
     from shiftpu.boards import load_board
+    from shiftpu.compiled.cpu_timing import measure_cpu_times
     from shiftpu.compiler.driver import compile_model
-    from shiftpu.compiler.estimate import estimate
+    from shiftpu.compiler.estimate import estimate, with_cpu_times
     from shiftpu.compiler.perf import Schedule
     from shiftpu.sw.executor import Executor
 
@@ -64,6 +65,9 @@ def run(with_rtl: bool = True) -> dict:
             out = ex.run(x)
             frame_times.append(time.perf_counter() - t0)
         assert all(np.array_equal(a, b) for a, b in zip(out, ref, strict=True))
+        # the CPU regions, timed on this frame's own values (not random ones)
+        cpu = measure_cpu_times(ex.compiled, values=ex.execute(ex.prepare(x)).values)
+        result["cpu"] = cpu.to_json()
         best = min(frame_times)
         result["golden_fps"] = {"value": round(1.0 / best, 2), "kind": "measured", "unit": "frames/s", "target": 1.0,
                                 "frames": FRAMES, "median_s": round(sorted(frame_times)[FRAMES // 2], 3)}
@@ -78,7 +82,7 @@ def run(with_rtl: bool = True) -> dict:
                     "fps": est["fps"], "cycles": est["cycles"], "utilization": est["utilization"],
                     "ddr_mib": round(est["ddr_bytes"] / 2**20, 2), "kind": "estimated", "target_utilization": 0.85,
                     "clock_mhz": est["clock_mhz"], "clock_source": est["clock_source"],
-                    "clock_label": est["clock_label"]}
+                    "clock_label": est["clock_label"], "frame": with_cpu_times(est, cpu)["frame"]}
     if with_rtl:
         result["perf_vs_rtl"] = perf_vs_rtl()
     return result
@@ -174,6 +178,7 @@ def markdown(r: dict) -> str:
                      else "board clock, not recorded")
             lines.append(f"| {name} | {sched} | {clock} | {b['fps']} | {b['cycles']} | {100 * b['utilization']:.1f}% | "
                          f"{b['ddr_mib']} |")
+    lines += cpu_markdown(r)
     labels = sorted({f"{name}: {b['clock_label']}" for name, by_sched in r["boards"].items()
                      for b in by_sched.values() if "clock_label" in b})
     if labels:
@@ -196,6 +201,31 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_markdown(r: dict) -> list[str]:
+    """The CPU regions' time per region and node, and per board the frame: fabric (estimated) and CPU (measured
+    on this machine) sequentially and pipelined."""
+    if "cpu" not in r:
+        return []
+    cpu = r["cpu"]
+    lines = ["", f"CPU regions and nodes ({cpu['runtime']}; {cpu['label']}; this machine, not the boards' ARM cores):",
+             "", "| region | node | op | ms |", "|---|---|---|---|"]
+    for reg in cpu["regions"]:
+        lines.append(f"| {reg['index']} | whole region (one session call) | | {reg['median_ms']} |")
+        lines += [f"| {reg['index']} | {n['name']} | {n['op']} | {'n/a' if n['median_ms'] is None else n['median_ms']} |"
+                  for n in reg["nodes"]]
+    lines += ["", "Frame time: fabric (estimated, at each board's clock above) + CPU (measured here) in sequence, and "
+              "pipelined (the CPU regions of one frame beside the fabric of the next: the longer of the two):", "",
+              "| board | schedule | fabric ms (estimated) | CPU ms (measured here) | sequential ms | pipelined ms | "
+              "pipelined fps | bound by |", "|---|---|---|---|---|---|---|---|"]
+    for name, by_sched in r["boards"].items():
+        for sched, b in by_sched.items():
+            if "frame" in b:
+                f = b["frame"]
+                lines.append(f"| {name} | {sched} | {f['fabric_ms']} | {f['cpu_ms']} | {f['sequential_ms']} | "
+                             f"{f['pipelined_ms']} | {f['pipelined_fps']} | {f['bound_by']} |")
+    return lines
+
+
 PARTS = ("timing", "compiler", "rtl", "rtl_speed", "pipeline")
 #: Parts run without --parts: the timing estimates take hours on 2 cores and are run when asked.
 DEFAULT_PARTS = ("compiler", "rtl", "rtl_speed", "pipeline")
@@ -207,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="shiftpu benchmarks (results in bench/results/)")
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS),
                     help="timing (only when named; run first): every board's timing estimate, stored for the fps "
-                    "figures (bench/timing.py); compiler: compile time, golden throughput, board estimates; rtl: the "
+                    "figures (bench/timing.py); compiler: compile time, golden throughput, board estimates, CPU regions' time "
+                    "(measured here) and the pipelined frame; rtl: the "
                     "performance model against the RTL simulation; rtl_speed: the RTL simulation's speed, its frame against "
                     "the golden model's and cycles/s on every board config (bench/rtl_speed.py; builds each config); "
                     "pipeline: the CPU/fabric pipeline (a 10,000-frame soak). Parts not run keep their last results.")

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Instruction, Opcode
 from shiftpu.boards.clock import ClockSource, FpsClock, fps_clock
+from shiftpu.compiled.cpu_timing import CpuTimes
 from shiftpu.compiler.perf import READ_LATENCY, Schedule, instruction_cost, program_overhead
 
 
@@ -112,4 +113,52 @@ def format_table(est: dict) -> str:
         f"{est['clock_mhz']:g} MHz, {ClockSource(est['clock_source']).words}), "
         f"MAC-weighted PE utilisation {100 * est['utilization']:.1f}% (estimated), "
         f"DDR traffic {est['ddr_bytes'] / 2**20:.2f} MiB (estimated)")
+    return "\n".join(lines)
+
+
+def with_cpu_times(est: dict, cpu: CpuTimes) -> dict:
+    """The estimate with the CPU side's time beside it: ``cpu`` (per region and node, measured on this host) and
+    ``frame``, one frame end to end. Sequentially a frame takes the fabric time plus the CPU time; pipelined, the CPU
+    regions of one frame run while the fabric computes another, so a frame takes the longer of the two and that
+    stage bounds the rate. The fabric time is estimated at the estimate's clock; the CPU time is this host's, not a
+    board's ARM core."""
+    fabric_ms = est["latency_ms"]
+    cpu_ms = round(cpu.total_ms, 4)
+    pipelined = max(fabric_ms, cpu_ms)
+    sequential = round(fabric_ms + cpu_ms, 4)
+    bound = "fabric" if fabric_ms >= cpu_ms else "cpu"
+    return est | {"cpu": cpu.to_json(), "frame": {
+        "fabric_ms": fabric_ms,
+        "fabric_kind": f"estimated (performance model, at {est['clock_mhz']:g} MHz, {est['clock_label']})",
+        "cpu_ms": cpu_ms,
+        "cpu_kind": f"{cpu.label}; not the board's ARM",
+        "sequential_ms": sequential,
+        "pipelined_ms": pipelined,
+        "sequential_fps": round(1e3 / sequential, 3) if sequential else 0.0,
+        "pipelined_fps": round(1e3 / pipelined, 3) if pipelined else 0.0,
+        "bound_by": bound,
+    }}
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_cpu_table(est: dict) -> str:
+    """The CPU regions and nodes of an estimate from :func:`with_cpu_times`, and the frame summary."""
+    cpu, frame = est["cpu"], est["frame"]
+    lines = [f"CPU regions and nodes ({cpu['runtime']}; {cpu['label']}; not the board's ARM)",
+             f"{'region':>6} {'node':<34} {'op':<22} {'ms':>10}"]
+    for r in cpu["regions"]:
+        lines.append(f"{r['index']:>6} {'(whole region, one session call)':<34} {'':<22} {_ms(r['median_ms']):>10}")
+        lines += [f"{'':>6} {n['name'][:34]:<34} {n['op'][:22]:<22} {_ms(n['median_ms']):>10}" for n in r["nodes"]]
+    other = "CPU" if frame["bound_by"] == "fabric" else "fabric"
+    lines += [
+        f"frame: fabric {frame['fabric_ms']} ms ({frame['fabric_kind']}), CPU {frame['cpu_ms']} ms "
+        f"({frame['cpu_kind']})",
+        f"sequential (fabric + CPU): {frame['sequential_ms']} ms, {frame['sequential_fps']} fps; pipelined "
+        f"(CPU regions of one frame beside the fabric of another; max of the two): {frame['pipelined_ms']} ms, "
+        f"{frame['pipelined_fps']} fps, bound by the {frame['bound_by'] if frame['bound_by'] == 'fabric' else 'CPU'} "
+        f"(the {other} stage is hidden behind it)",
+    ]
     return "\n".join(lines)

@@ -268,6 +268,9 @@ def estimate(
         help="rtl: the generated RTL, whose line-buffer loader and store overlap the PE array where the buffers "
              "allow (agrees with the RTL simulation); overlapped: a coarser model, every load and store hidden "
              "behind the computation, reads and writes sharing one AXI beat per cycle. Default: the schedule the folder was compiled for."),
+    cpu_times: bool = typer.Option(False, "--cpu-times", help="Also run the CPU regions on this host and print the time of each region and CPU node (median, measured here, not on the board's ARM), and the frame: fabric (estimated) + CPU sequentially, and pipelined (the longer of the two, which bounds the rate)."),
+    cpu_runs: int = typer.Option(20, "--cpu-runs", min=1, help="With --cpu-times: timed runs per figure (the median is reported)."),
+    cpu_runtime: CpuRuntime = typer.Option(CpuRuntime.AUTO, "--cpu-runtime", help="With --cpu-times: what runs the CPU regions (auto: onnxruntime where installed, else the numpy kernels)."),
 ) -> None:
     """Estimated cycles, DDR traffic, PE utilisation per layer and fps (performance model), at the board clock where
     a stored timing estimate of the design clears it, else at the clock the estimate supports or, with none, at the
@@ -282,4 +285,11 @@ def estimate(
     names = {la["layer_id"]: la["name"] for la in c.manifest["layers"]}
     est = estimate_programs(c.programs(), c.config, b.ddr_bytes_per_cycle, names, c.board, sched,
                             b.ddr_read_latency_cycles)
-    typer.echo(json.dumps(est, indent=1) if as_json else format_table(est))
+    if cpu_times:
+        from shiftpu.compiled.cpu_timing import measure_cpu_times
+        from shiftpu.compiler.estimate import format_cpu_table, with_cpu_times
+        est = with_cpu_times(est, measure_cpu_times(c, cpu_runs, cpu_runtime))
+    if as_json:
+        typer.echo(json.dumps(est, indent=1))
+    else:
+        typer.echo(format_table(est) + ("\n" + format_cpu_table(est) if cpu_times else ""))
