@@ -29,7 +29,7 @@ from shiftpu.boards.rtl import TOP_MODULE, accelerator_verilog, verilog_digest
 from shiftpu.errors import ShiftpuError
 from shiftpu.toolchain import ToolchainError
 
-#: A board clock is expected to be met when the estimated Fmax is at least this many times the clock (issue 14):
+#: A board clock is expected to be met when the estimated Fmax is at least this many times the clock:
 #: the delay model ignores placement, clock skew and congestion, which the margin has to cover.
 CLOCK_MARGIN = 1.25
 #: Worst paths reported by default (each to a different end register).
@@ -85,7 +85,7 @@ class UltraScalePlusDelays(DelayModel):
     fixed routing figure per hop (~0.35 ns: a short route in a moderately full design). LUT level 0.45 ns =
     ~0.1 ns LUT + ~0.35 ns route. Yosys maps ``xcup`` carry chains to CARRY4 cells (Vivado retargets them to
     CARRY8), so the per-cell carry figure is for a CARRY4's worth of chain. Not calibrated against Vivado
-    timing of this design: an estimate that the issue's 1.25 margin is meant to cover.
+    timing of this design: an estimate that the 1.25 margin (CLOCK_MARGIN) is meant to cover.
     """
 
     name: str = "Zynq UltraScale+ -1 (DS925 figures, fixed routing per hop)"
@@ -113,7 +113,7 @@ class Series7Delays(DelayModel):
     Figures of the switching characteristics in DS187 (Zynq-7000 data sheet), rounded, with a fixed routing
     figure per hop (~0.6 ns). LUT level 0.75 ns = ~0.12 ns LUT + ~0.6 ns route; CARRY4 CIN to COUT ~0.12 ns;
     a DSP48E1 with no register on the way from A/B to P ~4 ns. Not calibrated against Vivado timing of this
-    design: an estimate that the issue's 1.25 margin is meant to cover.
+    design: an estimate that the 1.25 margin (CLOCK_MARGIN) is meant to cover.
     """
 
     name: str = "Zynq-7000 -1 (DS187 figures, fixed routing per hop)"
