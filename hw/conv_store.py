@@ -16,6 +16,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.latency import CONV_STORE_LATENCY, CONV_STORE_SETUP
+from shiftpu.hw.arith import split_product
 from shiftpu.hw.axi_master import transfer_layout, write_beat_layout
 from shiftpu.hw.beat_queue import BeatQueue
 from shiftpu.hw.decode import INSTRUCTION
@@ -88,16 +89,14 @@ class ConvStore(wiring.Component):
         # per-beat path) --
         c_base = Signal(16)
         blk = Signal(16)
-        plane_off = Signal(32)
-        row_off = Signal(32)
         group_addr = Signal(32)
         chan_ok = Signal(G)
+        plane_off = split_product(m, blk, self.out_plane, "plane_off")  # two stages after blk
+        row_off = split_product(m, y, self.out_row, "row_off")
         m.d.sync += [
             c_base.eq(self.o0 + (g << lg)),
             blk.eq((self.o0 + (g << lg)) >> lcb),
-            plane_off.eq(blk * self.out_plane),
-            row_off.eq(y * self.out_row),
-            group_addr.eq(self.tile_out_base + plane_off + row_off),
+            group_addr.eq(self.tile_out_base + plane_off[:32] + row_off[:32]),
             chan_ok.eq(Cat(*(c_base + k < i.out_c for k in range(G)))),
         ]
         ob_g = g >> lrg if row_groups > 1 else g

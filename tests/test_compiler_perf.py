@@ -25,7 +25,7 @@ def _conv(dataflow=Dataflow.PIXEL):
 def test_rtl_conv_cost_by_hand():
     # Derived by hand from the RTL's cycle model (docs/rtl.md) with the pipeline depths of arch/latency.py:
     # SETUP 3, TILE_SETUP 3, IC_SETUP 5 (1 for later rows of one input tile), W_SETUP 4, issuer 3 + 1 per row,
-    # compute pipeline 7, store setup 3 per group and store pipeline 7.
+    # compute pipeline 7, store setup 4 per group and store pipeline 7.
     # L_r: 3 cycles from a read command to its first beat (the reader's address stage 2, the memory model's 1).
     # fetch 1 + L_r 3 + 8 beats + latch 1, CHECK 4, decode 1, retire 1; engine start 1; SETUP 3; FINISH: start 1,
     # store pipeline 7, write drain 4 + the writer's registered idle 1, registered done 1        = 37
@@ -35,16 +35,16 @@ def test_rtl_conv_cost_by_hand():
     # inside the tensor streams no earlier than its read, issued after 4 cycles per row up to it, plus
     # max(0, L_r 3 - 1 leading pad column) = 2. Row 0 kernel rows 0-2 (row 0 outside: the first inside row
     # would start at 24, its data at 3 x 4 + 2 = 14) = 67; rows 1-6 kernel row 2: data at 4 + 2 = 6 instead of
-    # 2, so 27; row 7 (input row 8 outside) = 23. Store: 1 group x (3 + 1 + 8 beats) = 12.
+    # 2, so 27; row 7 (input row 8 outside) = 23. Store: 1 group x (4 + 1 + 8 beats) = 13.
     # row 0: ROW, IC, IC_SETUP 5 (loader started) at 7, LB_WAIT until the loader is done (7 + 67 + 1),
     #        W_CHECK, weights W_SETUP 4 + W_CMD 1 + L_r 3 + 144 steps x 32 bits / 64-bit beats 72 = 80,
     #        COMPUTE_INIT (starts row 1's load) at 156, compute 144 + pipeline 7, STORE at 308 (store busy
-    #        until 321), NEXT_ROW: 310
+    #        until 322), NEXT_ROW: 310
     # rows 1-6: ROW, IC, IC_SETUP 1, LB_WAIT 1 (loaded ahead), W_CHECK, COMPUTE_INIT, 144 + 7, STORE,
-    #        NEXT_ROW: 159 each (loads of 27 and the store of 12 hidden)
-    # row 7: STORE at 6 x 159 + 310 + 157 = 1421, NEXT_ROW waits for the store (1421 + 1 + 12), exit = 1435
+    #        NEXT_ROW: 159 each (loads of 27 and the store of 13 hidden)
+    # row 7: STORE at 6 x 159 + 310 + 157 = 1421, NEXT_ROW waits for the store (1421 + 1 + 13), exit = 1436
     c = instruction_cost(_conv(), CFG, 8.0)
-    assert c == InstrCost(cycles=37 + 16 + 1435, compute_cycles=1152, stall_cycles=336,
+    assert c == InstrCost(cycles=37 + 16 + 1436, compute_cycles=1152, stall_cycles=337,
                           read_bytes=10 * 2 * 10 * 8 + 64 + 72 * 8, write_bytes=512, macs=73728)
 
 
@@ -53,10 +53,10 @@ def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
     # (the PE array waits for the store): every later row loads its kernel row after IC_SETUP (LB_WAIT
     # 27 + 1, row 7 23 + 1) and COMPUTE_INIT waits for the store of the previous row (done by then):
     # rows 1-6: 159 + 27 = 186 each; row 7 starts at 310 + 6 x 186 = 1426, STORE at 1426 + 3 + 24 + 2 + 152,
-    # NEXT_ROW waits for the store: + 1 + 12 + 1                                                   = 1620
+    # NEXT_ROW waits for the store: + 1 + 13 + 1                                                   = 1621
     cfg = AccelConfig(strip_width=8, line_buffer_bytes=512, acc_buffer_words=64)
     c = instruction_cost(_conv(), cfg, 8.0)
-    assert c.cycles == 37 + 16 + 1620
+    assert c.cycles == 37 + 16 + 1621
 
 
 def test_several_input_tiles_reload_every_kernel_row():

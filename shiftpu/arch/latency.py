@@ -40,7 +40,7 @@ CONV_COMPUTE_LATENCY = 7
 #: address sums).
 CONV_ISSUE_LATENCY = 3
 #: CONV store: cycles of S_ADDR before each channel group's write command (its DDR address settles).
-CONV_STORE_SETUP = 3
+CONV_STORE_SETUP = 4
 #: CONV store: stages from an accumulator read to the beat entering the output FIFO (buffer read, lane
 #: selection, requantiser; the lane placement is on the way into the FIFO).
 CONV_STORE_LATENCY = 2 + REQUANT_LATENCY
