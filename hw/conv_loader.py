@@ -19,6 +19,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.latency import CONV_ISSUE_LATENCY
+from shiftpu.hw.arith import split_product
 from shiftpu.hw.axi_master import transfer_layout
 from shiftpu.hw.conv_compute import max_row_slots
 from shiftpu.hw.decode import INSTRUCTION
@@ -77,14 +78,16 @@ class LineLoader(wiring.Component):
         a_y, a_ky, a_b = Signal(16), Signal(3), Signal(16)
         a_iy = Signal(signed(18))
         a_blk = Signal(16)
-        plane_off, row_off = Signal(32), Signal(32)
-        a_ok, a_ok2 = Signal(), Signal()
+        a_ok, a_ok2, a_ok3 = Signal(), Signal(), Signal()
         a_addr = Signal(32)
+        # the row's offsets as split products (two stages each; a row outside the tensor, a_iy < 0, gives an
+        # address that is never used)
+        plane_off = split_product(m, a_blk, self.in_plane, "plane_off")
+        row_off = split_product(m, a_iy.as_unsigned(), self.in_row, "row_off")
         m.d.sync += [
             a_iy.eq(Mux(s2, a_y << 1, a_y).as_signed() - i.pad_t + a_ky), a_blk.eq(self.blk_lo + a_b),
-            plane_off.eq(a_blk * self.in_plane), row_off.eq(a_iy * self.in_row),
-            a_ok.eq((a_iy >= 0) & (a_iy < i.in_h) & has_cols), a_ok2.eq(a_ok),
-            a_addr.eq(self.in_base + plane_off + row_off),
+            a_ok.eq((a_iy >= 0) & (a_iy < i.in_h) & has_cols), a_ok2.eq(a_ok), a_ok3.eq(a_ok2),
+            a_addr.eq(self.in_base + plane_off[:32] + row_off[:32]),
         ]
         with m.FSM(name="issuer") as afsm:
             with m.State("A_IDLE"):
@@ -96,7 +99,7 @@ class LineLoader(wiring.Component):
                     m.next = "A_ROW"
             with m.State("A_ROW"):
                 a_next = Signal()
-                with m.If(a_ok2):
+                with m.If(a_ok3):
                     m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(a_addr),
                                  self.rd_cmd.payload.beats.eq(self.n_beats), a_next.eq(self.rd_cmd.ready)]
                 with m.Else():

@@ -32,16 +32,16 @@ def test_rtl_conv_cost_by_hand():
     # strip/tile: TILE 1, TILE_SETUP 3, QP_CMD 1 + L_r 3 + 8 table words                          = 16
     # 2 blocks x 10 input columns; 4 row slots fit the line buffer (prefetch), a row's 1 accumulator entry
     # fits half the buffer (double-buffered store). Loader: L_START 1, (1 + 10) per row and block; a row
-    # inside the tensor streams no earlier than its read, issued after 4 cycles per row up to it, plus
+    # inside the tensor streams no earlier than its read, issued after 5 cycles per row up to it, plus
     # max(0, L_r 3 - 1 leading pad column) = 2. Row 0 kernel rows 0-2 (row 0 outside: the first inside row
-    # would start at 24, its data at 3 x 4 + 2 = 14) = 67; rows 1-6 kernel row 2: data at 4 + 2 = 6 instead of
-    # 2, so 27; row 7 (input row 8 outside) = 23. Store: 1 group x (4 + 1 + 8 beats) = 13.
+    # would start at 24, its data at 3 x 5 + 2 = 17) = 67; rows 1-6 kernel row 2: data at 5 + 2 = 7 instead of
+    # 2, so 28; row 7 (input row 8 outside) = 23. Store: 1 group x (4 + 1 + 8 beats) = 13.
     # row 0: ROW, IC, IC_SETUP 5 (loader started) at 7, LB_WAIT until the loader is done (7 + 67 + 1),
     #        W_CHECK, weights W_SETUP 4 + W_CMD 1 + L_r 3 + 144 steps x 32 bits / 64-bit beats 72 = 80,
     #        COMPUTE_INIT (starts row 1's load) at 156, compute 144 + pipeline 7, STORE at 308 (store busy
     #        until 322), NEXT_ROW: 310
     # rows 1-6: ROW, IC, IC_SETUP 1, LB_WAIT 1 (loaded ahead), W_CHECK, COMPUTE_INIT, 144 + 7, STORE,
-    #        NEXT_ROW: 159 each (loads of 27 and the store of 13 hidden)
+    #        NEXT_ROW: 159 each (loads of 28 and the store of 13 hidden)
     # row 7: STORE at 6 x 159 + 310 + 157 = 1421, NEXT_ROW waits for the store (1421 + 1 + 13), exit = 1436
     c = instruction_cost(_conv(), CFG, 8.0)
     assert c == InstrCost(cycles=37 + 16 + 1436, compute_cycles=1152, stall_cycles=337,
@@ -51,12 +51,12 @@ def test_rtl_conv_cost_by_hand():
 def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
     # the same layer on 512 bytes of line buffer (3 row slots: no prefetch) and one accumulator entry
     # (the PE array waits for the store): every later row loads its kernel row after IC_SETUP (LB_WAIT
-    # 27 + 1, row 7 23 + 1) and COMPUTE_INIT waits for the store of the previous row (done by then):
-    # rows 1-6: 159 + 27 = 186 each; row 7 starts at 310 + 6 x 186 = 1426, STORE at 1426 + 3 + 24 + 2 + 152,
-    # NEXT_ROW waits for the store: + 1 + 13 + 1                                                   = 1621
+    # 28 + 1, row 7 23 + 1) and COMPUTE_INIT waits for the store of the previous row (done by then):
+    # rows 1-6: 159 + 28 = 187 each; row 7 starts at 310 + 6 x 187 = 1432, STORE at 1432 + 3 + 24 + 2 + 152,
+    # NEXT_ROW waits for the store: + 1 + 13 + 1                                                   = 1627
     cfg = AccelConfig(strip_width=8, line_buffer_bytes=512, acc_buffer_words=64)
     c = instruction_cost(_conv(), cfg, 8.0)
-    assert c.cycles == 37 + 16 + 1621
+    assert c.cycles == 37 + 16 + 1627
 
 
 def test_several_input_tiles_reload_every_kernel_row():
@@ -148,9 +148,9 @@ def test_dataflow_choice_follows_the_shape():
 def test_board_read_latency_by_hand():
     # a memory 40 instead of 2 cycles from read command to first beat (L_r 41 instead of 3 with the reader's
     # address stage), 38 more for: the instruction fetch, the bias table, the one weight run and the write response
-    # at FINISH; row 0's first read inside the tensor (its third row, issued at 3 x 4) brings data at
-    # 12 + 41 - 1 leading pad column = 52, where the loader would be at 24 (28 more than with L_r 3): on the
-    # critical path; the later rows' loads (4 + 40 + 2 x 11 - 1 = 65 cycles) still hide behind 151 of compute
+    # at FINISH; row 0's first read inside the tensor (its third row, issued at 3 x 5) brings data at
+    # 15 + 41 - 1 leading pad column = 55, where the loader would be at 24 (31 more than with L_r 3): on the
+    # critical path; the later rows' loads (5 + 40 + 2 x 11 - 1 = 66 cycles) still hide behind 151 of compute
     # and pipeline
     slow = instruction_cost(_conv(), CFG, 8.0, read_latency=40)
-    assert slow.cycles - instruction_cost(_conv(), CFG, 8.0).cycles == 38 * 4 + 28
+    assert slow.cycles - instruction_cost(_conv(), CFG, 8.0).cycles == 38 * 4 + 31

@@ -93,7 +93,7 @@ def test_error_code_is_mapped_with_pc():
 
 def test_hung_accelerator_times_out_dumps_registers_frees_buffers_and_recovers():
     device = SimDevice(GoldenAccelerator(CFG))
-    accel = DriverAccelerator(Driver(device, timeout_s=0.2), CFG)
+    accel = DriverAccelerator(Driver(device, timeout_s=1.0), CFG)
     x = np.full((C, H, W), 9, dtype=np.int8)
     accel.run_program(halve_program(), arena_with(x))
     assert device.memory.allocated_bytes > 0

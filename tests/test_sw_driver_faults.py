@@ -159,7 +159,7 @@ def test_a_detected_fault_resets_frees_and_the_next_run_works(fault, error, mess
 def test_a_run_cut_off_by_the_reset_never_writes_afterwards():
     backend = Faulty(CFG)
     device = SimDevice(backend)
-    accel = _accel(device, timeout_s=0.2)
+    accel = _accel(device, timeout_s=1.0)
     arena = accel.arena(ARENA)
     arena[:] = arena_with(X)
     backend.next_fault = "hang_then_write"
@@ -184,7 +184,7 @@ def test_hang_on_pynq_sim_keeps_the_callers_arena_and_redownloads(tmp_path):
     bit = write_sim_overlay(tmp_path, BOARD, CFG)
     device = PynqDevice(bit, pynq_device=simulated_device(), name="pynq-sim")
     assert device.clock_hz is None  # simulated: the backend's default limit applies
-    accel = _accel(device, timeout_s=0.2)
+    accel = _accel(device, timeout_s=1.0)
     arena = accel.arena(ARENA)
     arena[:] = arena_with(X)
     _run_ok(accel, arena)

@@ -74,7 +74,7 @@ def test_missing_hwh_and_bitstream_are_clear_errors(tmp_path):
 
 
 def test_hang_times_out_frees_pynq_buffers_and_redownloads(tmp_path):
-    device, driver = open_sim(tmp_path, timeout_s=0.2)
+    device, driver = open_sim(tmp_path, timeout_s=2.0)
     accel = DriverAccelerator(driver, CFG)
     ddr = device.overlay.device.default_memory
     accel.run_program(halve_program(), np.zeros(ARENA, dtype=np.uint8))

@@ -38,7 +38,7 @@ CONV_W_SETUP = 4
 CONV_COMPUTE_LATENCY = 7
 #: CONV loader's read issuer: cycles from a row's loop position to its read command (row number, products,
 #: address sums).
-CONV_ISSUE_LATENCY = 3
+CONV_ISSUE_LATENCY = 4
 #: CONV store: cycles of S_ADDR before each channel group's write command (its DDR address settles).
 CONV_STORE_SETUP = 4
 #: CONV store: stages from an accumulator read to the beat entering the output FIFO (buffer read, lane
