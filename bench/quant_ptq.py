@@ -22,29 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Seed of the train/test split (stratified, 33 % test).
-SPLIT_SEED = 0
+#: Test share of the split (stratified, with the example's seed).
 TEST_FRACTION = 0.33
 
 
-@dataclass
-class Split:
-    """Images [N, 1, 8, 8] float32 in [0, 1] and labels [N] int64."""
+def digits_splits():
+    """The scikit-learn digits scaled to [0, 1], split 67/33 (examples/digits/train.py's split, its seed)."""
+    from examples.digits.train import load_digits_splits
 
-    images: np.ndarray
-    labels: np.ndarray
-
-
-def digits_splits() -> tuple[Split, Split]:
-    """The scikit-learn digits scaled to [0, 1], split 67/33 stratified with SPLIT_SEED."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    xtr, xte, ytr, yte = train_test_split(x, d.target.astype(np.int64), test_size=TEST_FRACTION,
-                                          random_state=SPLIT_SEED, stratify=d.target)
-    return Split(xtr, ytr), Split(xte, yte)
+    return load_digits_splits(TEST_FRACTION)
 
 
 def make_model(arch: str):
@@ -66,7 +52,7 @@ def make_model(arch: str):
     return nn.Sequential(*body, nn.Flatten(), nn.Linear(features, 10)).to(torch.float32)
 
 
-def train_float(arch: str, seed: int, epochs: int, train: Split):
+def train_float(arch: str, seed: int, epochs: int, train):
     """A float model trained with Adam (lr 3e-3, cosine decay), batch 64, seeded init and shuffling."""
     import torch
     import torch.nn.functional as F
@@ -129,7 +115,7 @@ class Measured:
     report: object
 
 
-def quantize_and_measure(float_model, calib: np.ndarray, test: Split, reference: np.ndarray, options) -> Measured:
+def quantize_and_measure(float_model, calib: np.ndarray, test, reference: np.ndarray, options) -> Measured:
     """Quantize with ``options``, then measure on the test split."""
     from shiftpu.compiler.quant.ptq import quantize_model
     from shiftpu.compiler.quant.weights import sqnr_db

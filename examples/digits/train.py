@@ -37,15 +37,15 @@ class Digits:
     labels: np.ndarray
 
 
-def load_digits_splits() -> tuple[Digits, Digits]:
-    """The scikit-learn digits, scaled to [0, 1], split 75/25 stratified with SPLIT_SEED."""
+def load_digits_splits(test_fraction: float = 0.25) -> tuple[Digits, Digits]:
+    """The scikit-learn digits, scaled to [0, 1], split stratified with SPLIT_SEED (``test_fraction`` held out)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]
-    xtr, xte, ytr, yte = train_test_split(x, d.target.astype(np.int64), test_size=0.25, random_state=SPLIT_SEED,
-                                          stratify=d.target)
+    xtr, xte, ytr, yte = train_test_split(x, d.target.astype(np.int64), test_size=test_fraction,
+                                          random_state=SPLIT_SEED, stratify=d.target)
     return Digits(xtr, ytr), Digits(xte, yte)
 
 
