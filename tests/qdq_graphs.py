@@ -415,3 +415,16 @@ def golden_vs_onnxruntime(model: onnx.ModelProto, out_dir, board: str = "pynq-z2
 
     compile_model(model, board, out_dir, dataflows=frozenset(Dataflow) if dataflows is None else frozenset(dataflows))
     return Executor(out_dir).run(x), run_onnxruntime(model, x)
+
+
+def compile_one_conv(folder, board: str = "pynq-z2"):
+    """A one-convolution model (4 channels, 8x8, 3x3 + ReLU) compiled for ``board`` into ``folder/out``, and a
+    valid input for it in ``folder/x.npy``: the small compiled model the CLI tests run."""
+    from shiftpu.compiler.driver import compile_model
+
+    b = QdqBuilder((4, 8, 8), seed=0)
+    b.output(b.conv(b.x, 4, 3, act="relu"))
+    m = b.model()
+    compile_model(m, board, folder / "out")
+    np.save(folder / "x.npy", random_input(m, 1))
+    return folder / "out", folder / "x.npy"

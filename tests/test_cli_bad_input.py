@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qdq_graphs import QdqBuilder, random_input
+from qdq_graphs import compile_one_conv
 
 from shiftpu.cli.main import main
 from shiftpu.cli.paths import OutputPathError, atomic_file, atomic_folder
 from shiftpu.compiled.folder import ArtifactError, read_folder
-from shiftpu.compiler.driver import compile_model
 from shiftpu.sw.executor import Executor, ExecutorError
 
 
@@ -44,13 +43,7 @@ def listing(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A one-convolution model compiled for pynq-z2, and a valid input for it."""
-    d = tmp_path_factory.mktemp("bad_input")
-    b = QdqBuilder((4, 8, 8), seed=0)
-    b.output(b.conv(b.x, 4, 3, act="relu"))
-    m = b.model()
-    compile_model(m, "pynq-z2", d / "out")
-    np.save(d / "x.npy", random_input(m, 1))
-    return d / "out", d / "x.npy"
+    return compile_one_conv(tmp_path_factory.mktemp("bad_input"))
 
 
 @pytest.fixture()

@@ -3,14 +3,12 @@ silently ignored."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import typer
-from qdq_graphs import QdqBuilder, random_input
+from qdq_graphs import compile_one_conv
 from typer.testing import CliRunner
 
 from shiftpu.cli.main import app
-from shiftpu.compiler.driver import compile_model
 
 runner = CliRunner()
 #: wide enough that no help line wraps inside a choice list
@@ -21,13 +19,7 @@ BACKENDS = "'golden', 'pynq-sim', 'rtl', 'board'"
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory):
-    d = tmp_path_factory.mktemp("options")
-    b = QdqBuilder((4, 8, 8), seed=0)
-    b.output(b.conv(b.x, 4, 3, act="relu"))
-    m = b.model()
-    compile_model(m, "pynq-z2", d / "out")
-    np.save(d / "x.npy", random_input(m, 1))
-    return d / "out", d / "x.npy"
+    return compile_one_conv(tmp_path_factory.mktemp("options"))
 
 
 @pytest.mark.parametrize("command", ["", *COMMANDS])

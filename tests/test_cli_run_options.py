@@ -10,11 +10,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from qdq_graphs import QdqBuilder, random_input
+from qdq_graphs import compile_one_conv
 from test_cli_bad_input import listing, one_error, shiftpu
 
 from shiftpu.boards import DEFAULT_BOARD, load_board
-from shiftpu.compiler.driver import compile_model
 from shiftpu.sim import rtl as sim_rtl
 from shiftpu.sim.golden import GoldenAccelerator
 from shiftpu.sim.rtl import RtlAccelerator, SimMemory
@@ -22,13 +21,7 @@ from shiftpu.sim.rtl import RtlAccelerator, SimMemory
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("run_options")
-    b = QdqBuilder((4, 8, 8), seed=0)
-    b.output(b.conv(b.x, 4, 3, act="relu"))
-    m = b.model()
-    compile_model(m, "pynq-z2", d / "out")
-    np.save(d / "x.npy", random_input(m, 1))
-    return d / "out", d / "x.npy"
+    return compile_one_conv(tmp_path_factory.mktemp("run_options"))
 
 
 @pytest.fixture()
