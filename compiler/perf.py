@@ -67,6 +67,7 @@ from shiftpu.arch.latency import (
     ELT_SETTLE,
     ENGINE_DONE,
     ENGINE_START,
+    LOADER_KICK_LATENCY,
     READ_ADDRESS_LATENCY,
     pool_tree_stages,
 )
@@ -269,16 +270,16 @@ def _blocks_spanned(c0: int, n: int, cb: int) -> int:
 
 
 def _row_loads(i: Instruction, kys: range, y: int, nblk: int, cols: int, beat: float, wait: int | None) -> float:
-    """Loader cycles for kernel rows ``kys`` of output row ``y`` (each in ``nblk`` blocks): L_START 1, then per
-    row L_ROW 1 and its columns. A row inside the tensor cannot stream before its data: its read leaves the
+    """Loader cycles for kernel rows ``kys`` of output row ``y`` (each in ``nblk`` blocks): the registered kick
+    (LOADER_KICK_LATENCY), L_START 1, then per row L_ROW 1 and its columns. A row inside the tensor cannot stream before its data: its read leaves the
     issuer after CONV_ISSUE_LATENCY + 1 cycles per row up to it (the issuer walks padding rows at that pace
     too) and its first beat comes ``wait`` later (``L_r`` less the leading padding columns). The issuer
     queues the reads ahead, so later rows usually find their data arrived (the memory returns one beat per
     cycle, in order)."""
     row_cycles = cols * beat
     if wait is None:
-        return 1 + len(kys) * nblk * (1 + row_cycles)
-    t = 2.0  # L_START, the first L_ROW: where the first row's columns would start
+        return LOADER_KICK_LATENCY + 1 + len(kys) * nblk * (1 + row_cycles)
+    t = 2.0  # L_START, the first L_ROW: where the first row's columns would start (after the kick)
     r = 0
     for ky in kys:
         inside = 0 <= y * i.stride - i.pad_t + ky < i.in_h
@@ -287,7 +288,7 @@ def _row_loads(i: Instruction, kys: range, y: int, nblk: int, cols: int, beat: f
                 t = max(t, (r + 1) * (CONV_ISSUE_LATENCY + 1) + wait)
             t += row_cycles + 1
             r += 1
-    return t - 1
+    return LOADER_KICK_LATENCY + t - 1
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Each engine takes one command (beat-aligned address, number of beats, at least 1) and splits it into INCR
 bursts of at most ``max_burst_beats`` that never cross a 4 KiB boundary (:class:`BurstSplitter`). Each burst's
-length is computed into a register before it is offered, so the first address goes out two cycles after the
-command is taken and a command's later bursts every other cycle; several bursts may be outstanding, and data
+length is computed into a register before it is offered, so the first address goes out three cycles after the
+command is taken (it waits in a command register first) and a command's later bursts every other cycle; several bursts may be outstanding, and data
 moves through valid/ready streams. A SLVERR/DECERR response sets a sticky error flag, cleared by ``clear``.
 """
 
@@ -14,7 +14,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.latency import READ_ADDRESS_LATENCY
-from shiftpu.hw.params import BEATS_BITS, HwParams
+from shiftpu.hw.params import BEATS_BITS, HwParams, log2
 
 #: AXI4 burst type INCR.
 BURST_INCR = 0b01
@@ -65,9 +65,11 @@ class BurstSplitter(wiring.Component):
     """Splits transfer commands into INCR bursts: min(beats left, max_burst_beats, beats to the next 4 KiB
     boundary) each.
 
-    A command is taken when the previous one's last burst has gone. The next burst's length and whether it is
-    the command's last are computed into registers in the cycle after the address or the beats left change, and
-    the burst is offered the cycle after that (READ_ADDRESS_LATENCY after the command for the first burst).
+    A command first lands in a register of its own (``ready`` is that register being empty, so neither
+    ``valid`` nor the payload drives more than one register's inputs), and is taken from there when the
+    previous one's last burst has gone. The next burst's length and whether it is the command's last are
+    computed into registers in the cycle after the address or the beats left change, and the burst is offered
+    the cycle after that (READ_ADDRESS_LATENCY after the command for the first burst).
     """
 
     def __init__(self, p: HwParams):
@@ -88,22 +90,42 @@ class BurstSplitter(wiring.Component):
         beats = Signal(9)
         last = Signal()
         shift = _size_code(p)
-        to_boundary = (BOUNDARY_4K - addr[:12]) >> shift
-        limit = Mux(to_boundary < p.cfg.max_burst_beats, to_boundary, p.cfg.max_burst_beats)
+        limit = _burst_limit(addr, shift, p.cfg.max_burst_beats)
+        mb = log2(p.cfg.max_burst_beats)
+        # left <= limit (limit <= max_burst_beats): the high bits of left clear, and a (mb + 1)-bit comparison
+        fits = (left[mb + 1:] == 0) & (left[:mb + 1] <= limit)
+        held = Signal()  # the command register holds a command not yet taken
+        held_cmd = Signal(transfer_layout(p))
+        with m.If(~held):
+            m.d.sync += [held_cmd.eq(self.cmd.payload), held.eq(self.cmd.valid)]
         m.d.comb += [
-            self.cmd.ready.eq(~busy), self.busy.eq(busy),
+            self.cmd.ready.eq(~held), self.busy.eq(busy | held),
             self.burst.valid.eq(busy & settled), self.burst.payload.addr.eq(addr), self.burst.payload.beats.eq(beats),
         ]
-        with m.If(self.cmd.valid & ~busy):
-            m.d.sync += [addr.eq(self.cmd.payload.addr), left.eq(self.cmd.payload.beats), busy.eq(1), settled.eq(0)]
+        with m.If(held & ~busy):
+            m.d.sync += [addr.eq(held_cmd.addr), left.eq(held_cmd.beats), busy.eq(1), settled.eq(0), held.eq(0)]
         with m.Elif(busy & ~settled):
-            m.d.sync += [beats.eq(Mux(left < limit, left, limit)), last.eq(left <= limit), settled.eq(1)]
+            m.d.sync += [beats.eq(Mux(fits, left, limit)), last.eq(fits), settled.eq(1)]
         with m.Elif(self.burst.valid & self.burst.ready):
             m.d.sync += [addr.eq(addr + (beats << shift)), left.eq(left - beats), settled.eq(0)]
             with m.If(last):
                 m.d.sync += busy.eq(0)
-        assert READ_ADDRESS_LATENCY == 2, "take, settle: the latency the cycle model counts"
+        assert READ_ADDRESS_LATENCY == 3, "hold, take, settle: the latency the cycle model counts"
         return m
+
+
+def _burst_limit(addr, shift: int, max_burst: int):
+    """Beats of the next burst at most: min(max_burst, beats to the next 4 KiB boundary), without a wide
+    subtraction: with ``max_burst`` a power of two, the boundary is nearer only when the beat index's high bits
+    are all set."""
+    index_bits = log2(BOUNDARY_4K) - shift  # beat index within the 4 KiB page
+    index = addr[shift:log2(BOUNDARY_4K)]
+    mb = log2(max_burst)
+    if mb >= index_bits:  # every burst may run to the boundary
+        return (1 << index_bits) - index
+    low = index[:mb]
+    near = index[mb:].all() & (low != 0)
+    return Mux(near, max_burst - low, max_burst)
 
 
 def _address_channel(m: Module, burst, prefix: str, port, ready_gate=1) -> None:
@@ -120,8 +142,8 @@ def _address_channel(m: Module, burst, prefix: str, port, ready_gate=1) -> None:
 class BurstReader(wiring.Component):
     """Reads ``beats`` beats from ``addr`` as AXI4 INCR bursts and streams them out in order.
 
-    A new command is taken as soon as every address of the previous one is issued, while its data may still
-    be on the way: a client can queue the reads of several rows and hide the memory's latency behind the
+    A new command is taken into the splitter's command register while the previous one's addresses are
+    issued, and its data may still be on the way: a client can queue the reads of several rows and hide the memory's latency behind the
     data of the earlier ones (AXI4 returns the bursts of one ID in order). The R channel is the data stream
     itself (R beats come only for the addresses issued).
     """
@@ -154,7 +176,7 @@ class BurstReader(wiring.Component):
 class BurstWriter(wiring.Component):
     """Writes ``beats`` beats (data with byte strobes) from a stream to ``addr`` as AXI4 INCR bursts.
 
-    The address side takes a command once every address of the previous one is issued; each burst's length
+    The address side holds one command while the previous one's addresses are issued; each burst's length
     enters a queue (WRITE_BURST_QUEUE deep) for the data side when its address is taken, so write data never
     runs ahead of its address, and a client whose data trails its command through a pipeline can queue its next
     command early. ``idle`` also waits for every write response, so that a later read sees the data; it is

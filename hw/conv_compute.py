@@ -9,9 +9,9 @@ step counts up by one per cycle.
 
 Pipeline (CONV_COMPUTE_LATENCY stages from the loop counters to the accumulators): C1 partial address sums,
 C2 the buffer addresses, C3 the block RAMs, C4 the block RAMs' output registers, C5 the buffers' rotated
-outputs, C6 the operands (channel lane rotation, dataflow selection) and C7 the registered shift terms, added
-into the accumulators in the same
-cycle (with the partial sums of earlier input tiles, read from the accumulator buffer). A finished block's
+outputs, C6 the operands (channel lane rotation, dataflow selection), C7 the registered shift terms, C8 and
+C9 the row adder tree's registered stages (the PE array's ARRAY_LATENCY), added into the accumulators in C9
+(with the partial sums of earlier input tiles, read from the accumulator buffer). A finished block's
 accumulators are written to the buffer one cycle later. ``done`` rises while the last step accumulates.
 """
 
@@ -26,7 +26,7 @@ from shiftpu.arch.latency import CONV_COMPUTE_LATENCY
 from shiftpu.hw.crossbar import rotate_words
 from shiftpu.hw.decode import INSTRUCTION
 from shiftpu.hw.params import ACT_WIDTH, HwParams, log2
-from shiftpu.hw.pe_array import PEArray, acc_layout
+from shiftpu.hw.pe_array import ARRAY_LATENCY, PEArray, acc_layout
 from shiftpu.hw.weight_buffer import ADDR_BITS as WB_ADDR_BITS
 
 
@@ -211,16 +211,18 @@ class ConvCompute(wiring.Component):
                              c.eq(Mux(ic_mode, codes[j][r], codes[0][r]))]
                 m.d.comb += [pe.acts[r * P + j].eq(a), pe.codes[r * P + j].eq(c)]
 
-        # -- C7: accumulate (partial sums read in C6 arrive now); C8: a finished block goes to the buffer --
-        t7, t8 = tags[7], tags[8]
-        assert CONV_COMPUTE_LATENCY == 7, "the stages above are the latency the cycle model counts"
+        # -- C7 .. C9: the PE array (terms, then the row adder tree's stages); C9: accumulate (partial sums read
+        # in C8 arrive now); C10: a finished block goes to the buffer --
+        acc_stage = 6 + ARRAY_LATENCY
+        t_acc, t_wr = tags[acc_stage], tags[acc_stage + 1]
+        assert CONV_COMPUTE_LATENCY == acc_stage, "the stages above are the latency the cycle model counts"
         m.d.comb += [
-            self.acc_rd_addr.eq(tags[6].ai),
+            self.acc_rd_addr.eq(tags[acc_stage - 1].ai),
             pe.init.eq(Mux(self.add_partials, self.acc_rd_data, 0)),
-            pe.en.eq(t7.en), pe.first.eq(t7.first), pe.reduce.eq(ic_mode), pe.slot.eq(t7.slot),
-            self.acc_wr_en.eq(t8.block_end), self.acc_wr_addr.eq(t8.ai), self.acc_wr_data.eq(pe.acc.as_value()),
+            pe.en.eq(t_acc.en), pe.first.eq(t_acc.first), pe.reduce.eq(ic_mode), pe.slot.eq(t_acc.slot),
+            self.acc_wr_en.eq(t_wr.block_end), self.acc_wr_addr.eq(t_wr.ai), self.acc_wr_data.eq(pe.acc.as_value()),
         ]
         # done: the last step is accumulating (its block is written in the next cycle, the engine's STORE)
-        earlier = Cat(running, *(t.en for t in tags[1:7]))
-        m.d.comb += self.done.eq(t7.en & ~earlier.any())
+        earlier = Cat(running, *(t.en for t in tags[1:acc_stage]))
+        m.d.comb += self.done.eq(t_acc.en & ~earlier.any())
         return m

@@ -32,6 +32,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpu.arch.isa import Dataflow
 from shiftpu.arch.latency import CONV_IC_SETUP, CONV_SETUP, CONV_TILE_SETUP, CONV_W_SETUP
 from shiftpu.arch.regmap import ErrorCode
+from shiftpu.hw.arith import pipelined_product, small_product
 from shiftpu.hw.axi_master import transfer_layout, write_beat_layout
 from shiftpu.hw.conv_compute import ConvCompute, max_row_slots
 from shiftpu.hw.conv_loader import LineLoader
@@ -107,18 +108,19 @@ class ConvEngine(wiring.Component):
         in_row, in_plane, out_row, out_plane = Signal(32), Signal(32), Signal(32), Signal(32)
         in_base, out_base, w_base = Signal(32), Signal(32), Signal(32)
         w_channels = Signal(17)  # input channels per output channel in the weight layout
-        w_stride = Signal(24)  # weight steps per pe_oc block in DDR: w_channels * kh * kw
+        w_stride = pipelined_product(m, w_channels, khkw, "w_stride")  # weight steps per pe_oc block in DDR
         r_new = Signal(3)  # rows a later output row loads: min(stride, kh)
         nblk_out = Signal(16)
         single_tile = Signal()
+        in_hw = pipelined_product(m, i.in_h, i.in_w, "in_hw")
+        out_hw = pipelined_product(m, i.out_h, i.out_w, "out_hw")
         m.d.sync += [
-            khkw.eq(i.kh * i.kw),
-            in_row.eq(i.in_w << lcb), in_plane.eq((i.in_h * i.in_w) << lcb),
-            out_row.eq(i.out_w << lcb), out_plane.eq((i.out_h * i.out_w) << lcb),
+            khkw.eq(small_product(i.kw, i.kh)),
+            in_row.eq(i.in_w << lcb), in_plane.eq(in_hw << lcb),
+            out_row.eq(i.out_w << lcb), out_plane.eq(out_hw << lcb),
             in_base.eq(self.act_base + i.in_addr), out_base.eq(self.act_base + i.out_addr),
             w_base.eq(self.const_base + i.w_addr),
             w_channels.eq(Mux(dw, 1, Mux(ic_mode, ((i.in_c + P - 1) >> lp) << lp, i.in_c))),
-            w_stride.eq(w_channels * khkw),
             r_new.eq(Mux(s < i.kh, s, i.kh)),
             nblk_out.eq((i.out_c + CB - 1) >> lcb),
             single_tile.eq(dw | (i.ic_tile >= i.in_c)),
@@ -139,7 +141,8 @@ class ConvEngine(wiring.Component):
         vlo, vhi = Signal(ix0.shape()), Signal(ix0.shape())
         col_lo, col_hi, n_beats = Signal(16), Signal(16), Signal(16)
         in_base_x, tile_out_base = Signal(32), Signal(32)
-        acc_use = Signal(32)
+        acc_use = pipelined_product(m, obs, pgs, "acc_use")
+        acc_over = Signal()  # the tile's accumulators do not fit the buffer
         dbl = Signal()  # a row's accumulators fit half the buffer: rows alternate halves
         last_tile, end_ch, n_groups = Signal(), Signal(17), Signal(16)
         sw_m1, obs_m1, pgs_m1 = Signal(16), Signal(16), Signal(16)
@@ -152,7 +155,7 @@ class ConvEngine(wiring.Component):
             col_lo.eq(Mux(vhi > vlo, vlo - ix0, 0)), col_hi.eq(Mux(vhi > vlo, vhi - ix0, 0)),
             n_beats.eq(Mux(vhi > vlo, vhi - vlo, 0)), in_base_x.eq(in_base + (vlo << lcb)),
             tile_out_base.eq(out_base + (x0 << lcb)),
-            acc_use.eq(obs * pgs), dbl.eq(acc_use <= half_entries),
+            acc_over.eq(acc_use > p.acc_entries), dbl.eq(acc_use <= half_entries),
             last_tile.eq(o0 + i.oc_tile >= i.out_c),
             end_ch.eq(Mux(last_tile, (nblk_out << lcb) - o0, ot)),
             n_groups.eq((end_ch + G - 1) >> lg),
@@ -173,24 +176,28 @@ class ConvEngine(wiring.Component):
         n_slot_bases = max_row_slots(p) + 1
         nblk, blk_lo = Signal(16), Signal(16)
         it_w, it_run, it_w_m1 = Signal(17), Signal(17), Signal(17)
-        slot_words = Signal(range(1 << 20))
-        n_steps = Signal(16)
+        slot_words = pipelined_product(m, nblk, in_cols, "slot_words")
+        n_steps = pipelined_product(m, it_run, khkw, "n_steps")  # weight steps of one block's run
         slot_base = Signal(data.ArrayLayout(range(p.lb_words + p.lb_banks * 2), n_slot_bases))
-        wb_use = Signal(32)
+        wb_use = pipelined_product(m, obs, n_steps, "wb_use")
+        wb_over = Signal()  # the tile's weight runs do not fit the weight buffer
         prefetch = Signal()  # kh + r_new row slots fit: the next row loads while this one computes
         lb_bad = Signal()
+        slots_fit = Signal(n_slot_bases)  # bit k: k row slots fit the line buffer
         n_groups_ic = (it + P - 1) >> lp
         m.d.sync += [
             nblk.eq(((i0 + it - 1) >> lcb) - (i0 >> lcb) + 1), blk_lo.eq(i0 >> lcb),
             it_w.eq(Mux(dw, 1, Mux(ic_mode, n_groups_ic, it))),
             it_run.eq(Mux(dw, 1, Mux(ic_mode, n_groups_ic << lp, it))),
-            slot_words.eq(nblk * in_cols), n_steps.eq(it_run * khkw), it_w_m1.eq(it_w - 1),
-            wb_use.eq(obs * n_steps),
-            prefetch.eq(single_tile & (slot_base[pf_slots] <= p.lb_words)),
-            lb_bad.eq(slot_base[i.kh] > p.lb_words),
+            it_w_m1.eq(it_w - 1), wb_over.eq(wb_use > p.wb_depth),
+            prefetch.eq(single_tile & slots_fit.bit_select(pf_slots, 1)),
+            lb_bad.eq(~slots_fit.bit_select(i.kh, 1)),
         ]
         for k in range(n_slot_bases):  # k * slot_words: a shift and at most one adder per constant k
             m.d.sync += slot_base[k].eq(_times_constant(slot_words, k))
+        # k row slots fit the line buffer: k * slot_words <= lb_words, compared with a constant per k (no index
+        # into the slot bases on the way)
+        m.d.sync += slots_fit.eq(Cat(1, *(slot_words <= p.lb_words // k for k in range(1, n_slot_bases))))
         n_slots = Signal(4)
         m.d.comb += n_slots.eq(i.kh + Mux(prefetch, r_new, 0))
 
@@ -251,11 +258,13 @@ class ConvEngine(wiring.Component):
         # -- weight run addressing (settled in W_SETUP): the run of pe_oc block ob starts at step s0 in DDR --
         ob = Signal(16)
         spb_log = log2(p.beat_bits // p.step_bits) if narrow_steps else 0
-        ob_abs = Signal(16)
+        # the run of block ob starts (o0 / pe_oc + ob) * w_stride + i0 * kh * kw steps into the layer's weights:
+        # the first term stepped by w_stride from the tile's product, run by run
+        tile_steps = pipelined_product(m, o0 >> lpo, w_stride, "tile_steps")  # settled in TILE_SETUP
+        i0_prod = pipelined_product(m, i0, khkw, "i0_steps")  # settled in IC_SETUP
         i0_steps, w_prod, s0 = Signal(24), Signal(32), Signal(32)
         w_addr, w_beats, w_skip = Signal(32), Signal(24), Signal(range(p.w_lanes))
-        m.d.sync += [ob_abs.eq((o0 >> lpo) + ob), i0_steps.eq(Mux(dw, 0, i0 * khkw)),
-                     w_prod.eq(ob_abs * w_stride), s0.eq(w_prod + i0_steps)]
+        m.d.sync += [i0_steps.eq(Mux(dw, 0, i0_prod)), s0.eq(w_prod + i0_steps)]
         if narrow_steps:
             m.d.sync += [w_skip.eq(s0[:spb_log] if spb_log else 0),
                          w_addr.eq(w_base + ((s0 >> spb_log) << lbb)),
@@ -300,7 +309,7 @@ class ConvEngine(wiring.Component):
                 m.next = "TILE_SETUP"
             with m.State("TILE_SETUP"):
                 with m.If(wait_cycles(m, CONV_TILE_SETUP, "tile_setup")):
-                    with m.If(acc_use > p.acc_entries):
+                    with m.If(acc_over):
                         m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
                         m.next = "FINISH"
                     with m.Else():
@@ -344,10 +353,10 @@ class ConvEngine(wiring.Component):
                 with m.If(loader.idle):
                     m.next = "W_CHECK"
             with m.State("W_CHECK"):
-                m.d.sync += [ob.eq(0), wb_wr_base.eq(0)]
+                m.d.sync += [ob.eq(0), wb_wr_base.eq(0), w_prod.eq(tile_steps)]
                 with m.If(w_loaded):
                     m.next = "COMPUTE_INIT"
-                with m.Elif(wb_use > p.wb_depth):
+                with m.Elif(wb_over):
                     m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
                     m.next = "FINISH"
                 with m.Else():
@@ -380,7 +389,7 @@ class ConvEngine(wiring.Component):
                 with m.If(w_valid_beat):
                     m.d.sync += [w_left.eq(w_left - room), w_lane0.eq(0), w_waddr.eq(w_waddr + p.w_lanes)]
                     with m.If(last_beat):
-                        m.d.sync += [wb_wr_base.eq(wb_wr_base + n_steps), ob.eq(ob + 1)]
+                        m.d.sync += [wb_wr_base.eq(wb_wr_base + n_steps), ob.eq(ob + 1), w_prod.eq(w_prod + w_stride)]
                         with m.If(ob == obs_m1):
                             m.d.sync += [w_valid.eq(1), w_o0.eq(o0), w_i0.eq(i0)]
                             m.next = "COMPUTE_INIT"

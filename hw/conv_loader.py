@@ -18,8 +18,8 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from shiftpu.arch.latency import CONV_ISSUE_LATENCY
-from shiftpu.hw.arith import split_product
+from shiftpu.arch.latency import CONV_ISSUE_LATENCY, LOADER_KICK_LATENCY
+from shiftpu.hw.arith import PRODUCT_LATENCY, pipelined_product
 from shiftpu.hw.axi_master import transfer_layout
 from shiftpu.hw.conv_compute import max_row_slots
 from shiftpu.hw.decode import INSTRUCTION
@@ -74,32 +74,40 @@ class LineLoader(wiring.Component):
         def wrap_slot(value):
             return Mux(value >= self.n_slots, value - self.n_slots, value)
 
+        # -- the kick and its row, registered on the way in (LOADER_KICK_LATENCY): the engine's FSM decodes them --
+        kick, kick_y, kick_base, kick_ky0 = Signal(), Signal.like(self.y), Signal.like(self.base), Signal.like(self.ky0)
+        m.d.sync += [kick.eq(self.kick), kick_y.eq(self.y), kick_base.eq(self.base), kick_ky0.eq(self.ky0)]
+        assert LOADER_KICK_LATENCY == 1, "one register on the way in: the latency the cycle model counts"
+
         # -- read issuer: (kernel row, block) rows, the address of each through registered stages --
         a_y, a_ky, a_b = Signal(16), Signal(3), Signal(16)
         a_iy = Signal(signed(18))
         a_blk = Signal(16)
-        a_ok, a_ok2, a_ok3 = Signal(), Signal(), Signal()
+        a_ok = [Signal(name=f"a_ok{k}") for k in range(CONV_ISSUE_LATENCY - 1)]
         a_addr = Signal(32)
-        # the row's offsets as split products (two stages each; a row outside the tensor, a_iy < 0, gives an
-        # address that is never used)
-        plane_off = split_product(m, a_blk, self.in_plane, "plane_off")
-        row_off = split_product(m, a_iy.as_unsigned(), self.in_row, "row_off")
+        # the row's offsets as pipelined products (a row outside the tensor, a_iy < 0, gives an address that is
+        # never used)
+        plane_off = pipelined_product(m, a_blk, self.in_plane, "plane_off")
+        row_off = pipelined_product(m, a_iy.as_unsigned(), self.in_row, "row_off")
         m.d.sync += [
             a_iy.eq(Mux(s2, a_y << 1, a_y).as_signed() - i.pad_t + a_ky), a_blk.eq(self.blk_lo + a_b),
-            a_ok.eq((a_iy >= 0) & (a_iy < i.in_h) & has_cols), a_ok2.eq(a_ok), a_ok3.eq(a_ok2),
+            a_ok[0].eq((a_iy >= 0) & (a_iy < i.in_h) & has_cols),
+            *(a_ok[k].eq(a_ok[k - 1]) for k in range(1, len(a_ok))),
             a_addr.eq(self.in_base + plane_off[:32] + row_off[:32]),
         ]
+        assert CONV_ISSUE_LATENCY == 2 + PRODUCT_LATENCY, "row number, products, address sum"
+
         with m.FSM(name="issuer") as afsm:
             with m.State("A_IDLE"):
-                with m.If(self.kick):
-                    m.d.sync += [a_y.eq(self.y), a_ky.eq(self.ky0), a_b.eq(0)]
+                with m.If(kick):
+                    m.d.sync += [a_y.eq(kick_y), a_ky.eq(kick_ky0), a_b.eq(0)]
                     m.next = "A_CALC"
             with m.State("A_CALC"):
                 with m.If(wait_cycles(m, CONV_ISSUE_LATENCY, "issue")):
                     m.next = "A_ROW"
             with m.State("A_ROW"):
                 a_next = Signal()
-                with m.If(a_ok3):
+                with m.If(a_ok[-1]):
                     m.d.comb += [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(a_addr),
                                  self.rd_cmd.payload.beats.eq(self.n_beats), a_next.eq(self.rd_cmd.ready)]
                 with m.Else():
@@ -124,8 +132,8 @@ class LineLoader(wiring.Component):
         col_lo_m1, col_hi_m1 = Signal(16), Signal(16)
         with m.FSM(name="loader") as lfsm:
             with m.State("L_IDLE"):
-                with m.If(self.kick):
-                    m.d.sync += [l_y.eq(self.y), l_base.eq(self.base), l_ky.eq(self.ky0), b.eq(0), b_off.eq(0)]
+                with m.If(kick):
+                    m.d.sync += [l_y.eq(kick_y), l_base.eq(kick_base), l_ky.eq(kick_ky0), b.eq(0), b_off.eq(0)]
                     m.next = "L_START"
             with m.State("L_START"):
                 m.d.sync += [l_slot.eq(wrap_slot(l_base + l_ky)),
@@ -158,5 +166,5 @@ class LineLoader(wiring.Component):
                                 m.next = "L_IDLE"
                         with m.Else():
                             m.d.sync += [b.eq(b + 1), b_off.eq(b_off + self.in_cols)]
-        m.d.comb += self.idle.eq(lfsm.ongoing("L_IDLE") & afsm.ongoing("A_IDLE"))
+        m.d.comb += self.idle.eq(lfsm.ongoing("L_IDLE") & afsm.ongoing("A_IDLE") & ~kick)
         return m

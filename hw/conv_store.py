@@ -16,7 +16,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.latency import CONV_STORE_LATENCY, CONV_STORE_SETUP
-from shiftpu.hw.arith import split_product
+from shiftpu.hw.arith import pipelined_product
 from shiftpu.hw.axi_master import transfer_layout, write_beat_layout
 from shiftpu.hw.beat_queue import BeatQueue
 from shiftpu.hw.decode import INSTRUCTION
@@ -91,8 +91,8 @@ class ConvStore(wiring.Component):
         blk = Signal(16)
         group_addr = Signal(32)
         chan_ok = Signal(G)
-        plane_off = split_product(m, blk, self.out_plane, "plane_off")  # two stages after blk
-        row_off = split_product(m, y, self.out_row, "row_off")
+        plane_off = pipelined_product(m, blk, self.out_plane, "plane_off")  # PRODUCT_LATENCY stages after blk
+        row_off = pipelined_product(m, y, self.out_row, "row_off")
         m.d.sync += [
             c_base.eq(self.o0 + (g << lg)),
             blk.eq((self.o0 + (g << lg)) >> lcb),

@@ -16,6 +16,7 @@ from shiftpu.arch.bitfield import BitLayout
 from shiftpu.arch.isa import HEADER_LAYOUT, INSTRUCTION_LAYOUT, Dataflow, Opcode
 from shiftpu.arch.latency import DECODE_CHECK
 from shiftpu.arch.numerics import Activation
+from shiftpu.hw.arith import PRODUCT_LATENCY, pipelined_product, small_product
 from shiftpu.hw.params import HwParams
 
 
@@ -63,22 +64,22 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
     channels = Mux(dw, i.oc_tile, i.ic_tile)
     cb_shift = (p.cb - 1).bit_length()
     px_shift = (cfg.pe_px - 1).bit_length()
-    # the buffer needs of shiftpu.arch.limits, one product per register stage
-    cols, ch_r, khkw, oc_ic, acc_need = Signal(20), Signal(17), Signal(6), Signal(32), Signal(40)
-    lb_rows, w_steps = Signal(24), Signal(40)
-    lb_need, wb_need = Signal(48), Signal(48)
+    # the buffer needs of shiftpu.arch.limits: registered operands and pipelined products (PRODUCT_LATENCY
+    # cycles each), at most two in a row: wb_need settles in cycle 2 + 2 x PRODUCT_LATENCY
+    cols, ch_r, khkw = Signal(20), Signal(17), Signal(6)
+    lb_rows, wb_need = Signal(24), Signal(48)
     over = Signal()
     m.d.sync += [
         cols.eq(Mux(i.stride == 2, (i.strip_w - 1) << 1, i.strip_w - 1) + i.kw),
         ch_r.eq(((channels + p.cb - 1) >> cb_shift) << cb_shift),
-        khkw.eq(i.kh * i.kw),
-        oc_ic.eq(i.oc_tile * Mux(dw, 1, i.ic_tile)),
-        acc_need.eq(i.oc_tile * (((i.strip_w + cfg.pe_px - 1) >> px_shift) << px_shift)),
-        lb_rows.eq(i.kh * cols),
-        w_steps.eq(oc_ic * khkw),
-        lb_need.eq(lb_rows * ch_r),
-        wb_need.eq((w_steps * cfg.weight_code.bits + 7) >> 3),
+        khkw.eq(small_product(i.kw, i.kh)),
     ]
+    oc_ic = pipelined_product(m, i.oc_tile, Mux(dw, 1, i.ic_tile), "oc_ic")
+    acc_need = pipelined_product(m, i.oc_tile, ((i.strip_w + cfg.pe_px - 1) >> px_shift) << px_shift, "acc_need")
+    m.d.sync += lb_rows.eq(small_product(cols, i.kh))
+    lb_need = pipelined_product(m, lb_rows, ch_r, "lb_need")
+    w_steps = pipelined_product(m, oc_ic, khkw, "w_steps")
+    m.d.sync += wb_need.eq((w_steps * cfg.weight_code.bits + 7) >> 3)
     m.d.comb += over.eq((lb_need > cfg.line_buffer_bytes) | (wb_need > cfg.weight_buffer_bytes)
                         | (acc_need > cfg.acc_buffer_words))
     problems = [
@@ -132,5 +133,6 @@ def instruction_checks(m: Module, i, p: HwParams) -> tuple[Signal, Signal]:
     for k in range(1, DECODE_CHECK - 2):
         m.d.sync += cheap[k].eq(cheap[k - 1])
     m.d.sync += [illegal.eq(ill[-1]), bad.eq(~ill[-1] & (cheap[-1] | (conv[-1] & over)))]
-    assert DECODE_CHECK == 4, "the stages above (3 products, the comparison) are the latency the cycle model counts"
+    assert DECODE_CHECK == 2 + 2 * PRODUCT_LATENCY, "the stages above (two products in a row, the bytes, the " \
+        "comparison) are the latency the cycle model counts"
     return illegal, bad

@@ -31,7 +31,8 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 
 from shiftpu.arch.isa import Opcode
-from shiftpu.arch.latency import ELT_ISSUE_LATENCY, ELT_OUT_LATENCY, ELT_SETTLE, pool_tree_stages
+from shiftpu.arch.latency import DECODE_CHECK, ELT_ISSUE_LATENCY, ELT_OUT_LATENCY, ELT_SETTLE, pool_tree_stages
+from shiftpu.hw.arith import PRODUCT_LATENCY, pipelined_product, small_product
 from shiftpu.hw.beat_queue import BeatQueue
 from shiftpu.hw.conv_engine import engine_members
 from shiftpu.hw.params import ACT_WIDTH, ADD_WIDTH, HwParams, log2
@@ -64,22 +65,27 @@ class EltwiseEngine(wiring.Component):
         m.submodules.queue = queue = BeatQueue(p)
         wiring.connect(m, wiring.flipped(self.wr_data), queue.wr_data)
 
-        # -- per-instruction values, registered (the instruction holds from LATCH, several cycles before start) --
+        # -- per-instruction values, registered (the instruction holds from LATCH, DECODE_CHECK cycles and more
+        # before start) --
+        assert PRODUCT_LATENCY + 1 <= DECODE_CHECK, "the plane sizes settle before the engine starts"
         is_pool, is_add, up_sh, s2 = Signal(), Signal(), Signal(), Signal()
         kh_m1, out_h_m1, last_blk = Signal(3), Signal(16), Signal(16)
         kw_ok = Signal(K)  # window column j (0: the newest) is inside the kernel
         flip = Signal(word)  # the sign bit of every lane, for signed inputs: flipped values compare unsigned
         in_plane, in_row, out_plane, out_row = Signal(32), Signal(32), Signal(32), Signal(32)
         s_seg, s_row, pad_row = Signal(16), Signal(32), Signal(32)  # stride x segment, stride x row, pad_t x row
+        in_hw = pipelined_product(m, i.in_h, i.in_w, "in_hw")
+        out_hw = pipelined_product(m, i.out_h, i.out_w, "out_hw")
         m.d.sync += [
             is_pool.eq(i.opcode == Opcode.POOL), is_add.eq(i.opcode == Opcode.ADD),
             up_sh.eq((i.opcode == Opcode.MOVE) & (i.upsample == 2)), s2.eq(i.stride == 2),
             kh_m1.eq(i.kh - 1), out_h_m1.eq(i.out_h - 1), last_blk.eq(((i.in_c + CB - 1) >> lcb) - 1),
             kw_ok.eq(Cat(*(i.kw > j for j in range(K)))),
             flip.eq(Mux(i.in_signed, int("80" * CB, 16), 0)),
-            in_plane.eq((i.in_h * i.in_w) << lcb), in_row.eq(i.in_w << lcb),
-            out_plane.eq((i.out_h * i.out_w) << lcb), out_row.eq(i.out_w << lcb),
-            s_seg.eq(Mux(s2, SEG * 2, SEG)), s_row.eq(Mux(s2, in_row << 1, in_row)), pad_row.eq(i.pad_t * in_row),
+            in_plane.eq(in_hw << lcb), in_row.eq(i.in_w << lcb),
+            out_plane.eq(out_hw << lcb), out_row.eq(i.out_w << lcb),
+            s_seg.eq(Mux(s2, SEG * 2, SEG)), s_row.eq(Mux(s2, in_row << 1, in_row)),
+            pad_row.eq(small_product(in_row, i.pad_t)),
         ]
 
         # -- the engine's loop nest: channel block, output row, segment; strided positions and address offsets
@@ -205,16 +211,20 @@ class EltwiseEngine(wiring.Component):
         a_x = Signal(range(p.elt_depth))  # A buffer column of beat x (MOVE upsampling: every other beat steps)
         m.d.comb += [a_rd.addr.eq(a_x), m_rd.addr.eq(x), queue.issue.eq(issue)]
         otag = data.StructLayout({"valid": 1, "seen": 1, "chan_ok": CB})
-        o_read = Signal(otag)  # with the buffers' read data and B's beat
+        o_issue = Signal(otag)  # with the buffers' read data
         b_word = Signal(word)
-        m.d.sync += [o_read.valid.eq(issue), o_read.seen.eq(seen), o_read.chan_ok.eq(chan_ok),
+        m.d.sync += [o_issue.valid.eq(issue), o_issue.seen.eq(seen), o_issue.chan_ok.eq(chan_ok),
                      b_word.eq(self.rd_data.payload)]
+        # the buffers' read data in registers (the block RAMs' output registers), beside B's beat
+        o_read = Signal(otag)
+        a_word, m_word, b_word2 = Signal(word), Signal(word), Signal(word)
+        m.d.sync += [o_read.eq(o_issue), a_word.eq(a_rd.data), m_word.eq(m_rd.data), b_word2.eq(b_word)]
         # then the lanes and ADD's shifted terms (the requantisers' input), then the requantisers
-        t_out = delayed(m, o_read, ELT_OUT_LATENCY - 1, "out_tag")
+        t_out = delayed(m, o_read, ELT_OUT_LATENCY - 2, "out_tag")
 
-        a_lanes = lanes(a_rd.data, i.in_signed)
-        b_lanes = lanes(b_word, i.in2_signed)
-        m_lanes = lanes(Mux(o_read.seen, m_rd.data, 0) ^ flip, i.in_signed)
+        a_lanes = lanes(a_word, i.in_signed)
+        b_lanes = lanes(b_word2, i.in2_signed)
+        m_lanes = lanes(Mux(o_read.seen, m_word, 0) ^ flip, i.in_signed)
         out_bytes = []
         for k in range(CB):
             a_term = Signal(signed(ADD_WIDTH), name=f"a_term{k}")

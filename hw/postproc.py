@@ -14,9 +14,10 @@ rounding up is added to the output byte alone, so every stage stays a few LUT le
    right and left amounts;
 2. the shift chosen by the sign of ``v``, and the mask of the bits below its guard bit (a thermometer code);
 3. the right-shifted and the left-shifted value, the guard and sticky bits;
-4. the shifted value's reductions of high and low bits that saturation needs, for each output format, and the
-   rounding decision;
-5. saturation, the rounding increment of the output byte, ReLU.
+4. the shifted value's low bits, its high bits reduced in chunks of :data:`REDUCE_CHUNK`, and the rounding
+   decision;
+5. the reductions of high and low bits that saturation needs, for each output format;
+6. saturation, the rounding increment of the output byte, ReLU.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from shiftpu.arch.numerics import MAX_LEFT_SHIFT, Activation
 #: The bit above the largest magnitude of each output format (out_bits, out_signed): qmax = 2^k - 1, and
 #: qmin = -2^k (signed) or 0 (unsigned).
 _FORMAT_BITS = {(4, True): 3, (8, True): 7, (4, False): 4, (8, False): 8}
+#: Bits of the shifted value reduced together in stage 4 (with the left/right selection in front: two LUT
+#: levels).
+REDUCE_CHUNK = 5
 
 
 class Requantizer(wiring.Component):
@@ -109,44 +113,54 @@ class Requantizer(wiring.Component):
         t3 = Signal(signed(wide))  # the shifted value
         m.d.comb += t3.eq(Mux(left3, lv3, q3))
 
-        # stage 4: per output format (k: the bit above its magnitude), the reductions saturation needs (the bits
-        # from 8 on reduced once, shared by every format); whether it rounds up
+        # stage 4: the shifted value's low bits, and its high bits reduced chunk by chunk (any set, all set);
+        # whether it rounds up
         ks = sorted(set(_FORMAT_BITS.values()))
-        top = max(ks)
-        any_top, all_top = t3[top:].any(), t3[top:].all()
+        low_bits = max(ks) + 2  # every format's magnitude bit, the bit above it, and the next
+        n_chunks = -(-(wide - low_bits) // REDUCE_CHUNK)
+        chunks = [t3[low_bits + REDUCE_CHUNK * c:low_bits + REDUCE_CHUNK * (c + 1)] for c in range(n_chunks)]
+        low4 = Signal(low_bits)
+        chunk_any4, chunk_all4 = Signal(n_chunks), Signal(n_chunks)
+        neg4, up4, zero4, bits4, signed4 = Signal(), Signal(), Signal(), Signal(4), Signal()
+        stage += [
+            low4.eq(t3[:low_bits]), chunk_any4.eq(Cat(*(c.any() for c in chunks))),
+            chunk_all4.eq(Cat(*(c.all() for c in chunks))), neg4.eq(t3[-1]),
+            up4.eq(~left3 & guard3 & (sticky3 | q3[0])), zero4.eq(zero3), bits4.eq(bits3), signed4.eq(signed3),
+        ]
+
+        # stage 5: per output format (k: the bit above its magnitude), the reductions saturation needs
         any_hi = {k: Signal(name=f"any_hi{k}") for k in ks}  # a bit at or above k is set
         all_hi = {k: Signal(name=f"all_hi{k}") for k in ks + [k + 1 for k in ks]}  # all bits from k on are set
         all_lo = {k: Signal(name=f"all_lo{k}") for k in ks}  # bits 0 .. k-1 are all set
-        all4 = Signal()  # all bits set (-1)
-        low4 = Signal(8)
-        bit4 = {k: Signal(name=f"bit{k}") for k in ks}  # bit k itself
-        neg4, up4, zero4, bits4, signed4 = Signal(), Signal(), Signal(), Signal(4), Signal()
+        all5 = Signal()  # all bits set (-1)
+        low5 = Signal(8)
+        bit5 = {k: Signal(name=f"bit{k}") for k in ks}  # bit k itself
+        neg5, up5, zero5, bits5, signed5 = Signal(), Signal(), Signal(), Signal(4), Signal()
         stage += [
-            *(any_hi[k].eq(t3[k:top].any() | any_top) for k in ks),
-            *(all_hi[k].eq(t3[k:top].all() & all_top) if k < top else all_hi[k].eq(t3[k:].all()) for k in all_hi),
-            *(all_lo[k].eq(t3[:k].all()) for k in ks), all4.eq(t3.all()),
-            *(bit4[k].eq(t3[k]) for k in ks), low4.eq(t3[:8]), neg4.eq(t3[-1]),
-            up4.eq(~left3 & guard3 & (sticky3 | q3[0])), zero4.eq(zero3), bits4.eq(bits3),
-            signed4.eq(signed3),
+            *(any_hi[k].eq(low4[k:].any() | chunk_any4.any()) for k in ks),
+            *(all_hi[k].eq(low4[k:].all() & chunk_all4.all()) for k in all_hi),
+            *(all_lo[k].eq(low4[:k].all()) for k in ks), all5.eq(low4.all() & chunk_all4.all()),
+            *(bit5[k].eq(low4[k]) for k in ks), low5.eq(low4[:8]), neg5.eq(neg4),
+            up5.eq(up4), zero5.eq(zero4), bits5.eq(bits4), signed5.eq(signed4),
         ]
 
-        # stage 5: saturation of t + up into the format, the byte rounded up, ReLU
+        # stage 6: saturation of t + up into the format, the byte rounded up, ReLU
         over, under = Signal(), Signal()
         qmin, qmax = Signal(8), Signal(8)
-        with m.Switch(Cat(bits4, signed4)):
+        with m.Switch(Cat(bits5, signed5)):
             for (b, sg), k in _FORMAT_BITS.items():
                 with m.Case(b | (sg << 4)):
                     # above: t > qmax, or t == qmax and it rounds up
-                    m.d.comb += [over.eq(~neg4 & (any_hi[k] | (all_lo[k] & up4))), qmax.eq((1 << k) - 1)]
+                    m.d.comb += [over.eq(~neg5 & (any_hi[k] | (all_lo[k] & up5))), qmax.eq((1 << k) - 1)]
                     if sg:  # below: t < -2^k, unless t == -2^k - 1 and it rounds up
-                        m.d.comb += [under.eq(neg4 & ~all_hi[k] & ~(up4 & all_hi[k + 1] & ~bit4[k] & all_lo[k])),
+                        m.d.comb += [under.eq(neg5 & ~all_hi[k] & ~(up5 & all_hi[k + 1] & ~bit5[k] & all_lo[k])),
                                      qmin.eq(-(1 << k) & 0xFF)]
                     else:  # below: t < 0, unless t == -1 and it rounds up
-                        m.d.comb += [under.eq(neg4 & ~(up4 & all4)), qmin.eq(0)]
+                        m.d.comb += [under.eq(neg5 & ~(up5 & all5)), qmin.eq(0)]
             with m.Default():  # out_bits other than 4 and 8 are refused by the decoder
                 m.d.comb += [over.eq(0), under.eq(0), qmin.eq(0), qmax.eq(0)]
         out = Signal(8)
-        stage += out.eq(Mux(zero4, 0, Mux(over, qmax, Mux(under, qmin, low4 + up4))))
+        stage += out.eq(Mux(zero5, 0, Mux(over, qmax, Mux(under, qmin, low5 + up5))))
         m.d.comb += self.out.eq(out)
-        assert REQUANT_LATENCY == 5, "the stages above are the latency the cycle model counts"
+        assert REQUANT_LATENCY == 6, "the stages above are the latency the cycle model counts"
         return m

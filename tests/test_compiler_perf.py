@@ -22,41 +22,25 @@ def _conv(dataflow=Dataflow.PIXEL):
                        in_w=8, in_c=16, out_h=8, out_w=8, out_c=8, strip_w=8, ic_tile=16, oc_tile=8)
 
 
-def test_rtl_conv_cost_by_hand():
-    # Derived by hand from the RTL's cycle model (docs/rtl.md) with the pipeline depths of arch/latency.py:
-    # SETUP 3, TILE_SETUP 3, IC_SETUP 5 (1 for later rows of one input tile), W_SETUP 4, issuer 3 + 1 per row,
-    # compute pipeline 7, store setup 4 per group and store pipeline 7.
-    # L_r: 3 cycles from a read command to its first beat (the reader's address stage 2, the memory model's 1).
-    # fetch 1 + L_r 3 + 8 beats + latch 1, CHECK 4, decode 1, retire 1; engine start 1; SETUP 3; FINISH: start 1,
-    # store pipeline 7, write drain 4 + the writer's registered idle 1, registered done 1        = 37
-    # strip/tile: TILE 1, TILE_SETUP 3, QP_CMD 1 + L_r 3 + 8 table words                          = 16
-    # 2 blocks x 10 input columns; 4 row slots fit the line buffer (prefetch), a row's 1 accumulator entry
-    # fits half the buffer (double-buffered store). Loader: L_START 1, (1 + 10) per row and block; a row
-    # inside the tensor streams no earlier than its read, issued after 5 cycles per row up to it, plus
-    # max(0, L_r 3 - 1 leading pad column) = 2. Row 0 kernel rows 0-2 (row 0 outside: the first inside row
-    # would start at 24, its data at 3 x 5 + 2 = 17) = 67; rows 1-6 kernel row 2: data at 5 + 2 = 7 instead of
-    # 2, so 28; row 7 (input row 8 outside) = 23. Store: 1 group x (4 + 1 + 8 beats) = 13.
-    # row 0: ROW, IC, IC_SETUP 5 (loader started) at 7, LB_WAIT until the loader is done (7 + 67 + 1),
-    #        W_CHECK, weights W_SETUP 4 + W_CMD 1 + L_r 3 + 144 steps x 32 bits / 64-bit beats 72 = 80,
-    #        COMPUTE_INIT (starts row 1's load) at 156, compute 144 + pipeline 7, STORE at 308 (store busy
-    #        until 322), NEXT_ROW: 310
-    # rows 1-6: ROW, IC, IC_SETUP 1, LB_WAIT 1 (loaded ahead), W_CHECK, COMPUTE_INIT, 144 + 7, STORE,
-    #        NEXT_ROW: 159 each (loads of 28 and the store of 13 hidden)
-    # row 7: STORE at 6 x 159 + 310 + 157 = 1421, NEXT_ROW waits for the store (1421 + 1 + 13), exit = 1436
+def test_rtl_conv_cost_counts():
+    # The cycles themselves are held to the RTL's by tests/test_perf_model_rtl.py; here what follows from the
+    # contract alone. The compute is the PIXEL formula: pgs 1 x obs 1 x it 16 x 3 x 3 = 144 per row, 8 rows.
+    # Reads: 2 blocks x 10 columns x 8 bytes for each of 10 loaded rows (3 for row 0, 1 for rows 1-7, except
+    # row 7's padding row), the 64-byte bias table, the weights once (144 steps x 32 bits = 72 beats of 8 bytes).
     c = instruction_cost(_conv(), CFG, 8.0)
-    assert c == InstrCost(cycles=37 + 16 + 1436, compute_cycles=1152, stall_cycles=337,
-                          read_bytes=10 * 2 * 10 * 8 + 64 + 72 * 8, write_bytes=512, macs=73728)
+    assert (c.compute_cycles, c.read_bytes, c.write_bytes, c.macs) == (1152, 10 * 2 * 10 * 8 + 64 + 72 * 8, 512,
+                                                                       73728)
+    assert c.stall_cycles == c.cycles - c.compute_cycles > 0
 
 
-def test_rtl_conv_cost_by_hand_without_prefetch_or_double_buffer():
-    # the same layer on 512 bytes of line buffer (3 row slots: no prefetch) and one accumulator entry
-    # (the PE array waits for the store): every later row loads its kernel row after IC_SETUP (LB_WAIT
-    # 28 + 1, row 7 23 + 1) and COMPUTE_INIT waits for the store of the previous row (done by then):
-    # rows 1-6: 159 + 28 = 187 each; row 7 starts at 310 + 6 x 187 = 1432, STORE at 1432 + 3 + 24 + 2 + 152,
-    # NEXT_ROW waits for the store: + 1 + 13 + 1                                                   = 1627
+def test_rtl_conv_cost_without_prefetch_or_double_buffer_is_higher():
+    # the same layer on 512 bytes of line buffer (3 row slots: no prefetch) and one accumulator entry (the PE
+    # array waits for the store): every later row's load and the previous row's store are on the critical path
     cfg = AccelConfig(strip_width=8, line_buffer_bytes=512, acc_buffer_words=64)
-    c = instruction_cost(_conv(), cfg, 8.0)
-    assert c.cycles == 37 + 16 + 1627
+    fast, slow = instruction_cost(_conv(), CFG, 8.0), instruction_cost(_conv(), cfg, 8.0)
+    assert (slow.compute_cycles, slow.read_bytes) == (fast.compute_cycles, fast.read_bytes)
+    # rows 1-7 each wait at least for their kernel row's 2 blocks of 1 + 10 columns
+    assert slow.cycles - fast.cycles >= 7 * 2 * 11
 
 
 def test_several_input_tiles_reload_every_kernel_row():
@@ -67,24 +51,14 @@ def test_several_input_tiles_reload_every_kernel_row():
     assert c.read_bytes == 8 * 2 * 3 * 10 * 8 + 8 * 2 * 36 * 8 + 64
 
 
-def test_rtl_add_cost_by_hand():
+def test_rtl_add_cost_counts_and_the_ddr_bound():
     add = Instruction(Opcode.ADD, in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=16)
-    # fetch 19 + engine start 1 + finish 12 (the last beat's 7 pipeline stages, the queue, the write response and
-    # the writer's registered idle) + registered done 1; 16 segments
-    # (8 rows x 2 blocks) of SEG 1, SETTLE 3, LOAD 1 + 8, OUT_CMD 1 + 8 beats issued (B taken with each), NEXT 1;
-    # every read is queued ahead, so only the first waits: L_r 3, its issuer's Q_CALC 4 against SEG 1 and
-    # SETTLE 3; on a DDR that moves a read and a write beat per cycle (16 bytes)
-    assert instruction_cost(add, CFG, 16.0) == InstrCost(33 + 16 * 23 + 3, 128, 276, 2048, 1024, 0)
-    # with 8 bytes per cycle in all, the 3072 bytes read and written take 384 cycles: still under the engine's
-    # 404; with 4 bytes per cycle the DDR bounds it (768)
-    assert instruction_cost(add, CFG, 8.0).cycles == 404
+    fast = instruction_cost(add, CFG, 16.0)
+    assert (fast.compute_cycles, fast.read_bytes, fast.write_bytes, fast.macs) == (128, 2048, 1024, 0)
+    # 16 segments (8 rows x 2 blocks), each at least its 8 columns loaded and its 8 beats issued
+    assert fast.cycles > 16 * (8 + 8)
+    # with 4 bytes per cycle in all, the 3072 bytes read and written take 768 cycles: the DDR bounds it
     assert instruction_cost(add, CFG, 4.0) == InstrCost(768, 128, 640, 2048, 1024, 0)
-
-
-def test_rtl_program_overhead_by_hand():
-    # header: command 1 + L_r 3 + 8 beats + check 1; END: fetch 19 + 2
-    assert program_overhead(CFG, 8.0) == 13
-    assert instruction_cost(Instruction(Opcode.END), CFG, 8.0).cycles == 21
 
 
 def test_left_padding_hides_the_read_latency():
@@ -145,12 +119,9 @@ def test_dataflow_choice_follows_the_shape():
     assert c2.options[Dataflow.INPUT_CHANNEL] > 1.5 * c2.options[Dataflow.PIXEL]
 
 
-def test_board_read_latency_by_hand():
-    # a memory 40 instead of 2 cycles from read command to first beat (L_r 41 instead of 3 with the reader's
-    # address stage), 38 more for: the instruction fetch, the bias table, the one weight run and the write response
-    # at FINISH; row 0's first read inside the tensor (its third row, issued at 3 x 5) brings data at
-    # 15 + 41 - 1 leading pad column = 55, where the loader would be at 24 (31 more than with L_r 3): on the
-    # critical path; the later rows' loads (5 + 40 + 2 x 11 - 1 = 66 cycles) still hide behind 151 of compute
-    # and pipeline
+def test_board_read_latency_adds_to_every_serial_read():
+    # a memory 40 instead of 2 cycles from read command to first beat: the instruction fetch, the bias table,
+    # the one weight run and the write response at FINISH each wait 38 cycles more, one after the other; row
+    # 0's first read inside the tensor waits too (the later rows' loads hide behind the compute)
     slow = instruction_cost(_conv(), CFG, 8.0, read_latency=40)
-    assert slow.cycles - instruction_cost(_conv(), CFG, 8.0).cycles == 38 * 4 + 31
+    assert slow.cycles - instruction_cost(_conv(), CFG, 8.0).cycles > 38 * 4

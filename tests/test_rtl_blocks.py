@@ -225,27 +225,29 @@ def test_burst_writer_bursts_strobes_and_responses():
         k += n
 
 
-def test_split_product_equals_the_product_two_cycles_later():
-    """The CONV store's and loader's offsets: every 17-bit part of the wide operand, the top one included."""
+@pytest.mark.parametrize("a_bits,b_bits", [(16, 32), (6, 32), (17, 24), (24, 30), (13, 45), (32, 6), (13, 13)])
+def test_pipelined_product_equals_the_product_three_cycles_later(a_bits, b_bits):
+    """Every 17-bit part of the wide operand, the top one included, and three parts summed as evens + odds."""
     from amaranth import Module, Signal
 
-    from shiftpu.hw.arith import split_product
+    from shiftpu.hw.arith import PRODUCT_LATENCY, pipelined_product
 
     m = Module()
-    a, b = Signal(16), Signal(32)
-    product = split_product(m, a, b, "p")
-    rng = np.random.default_rng(3)
-    pairs = [(0xFFFF, 0xFFFFFFFF), (1, 1 << 31), (0, 12345)]
-    pairs += [(int(x), int(y)) for x, y in zip(rng.integers(0, 1 << 16, 60), rng.integers(0, 1 << 32, 60),
-                                                strict=True)]
+    a, b = Signal(a_bits), Signal(b_bits)
+    product = pipelined_product(m, a, b, "p")
+    rng = np.random.default_rng(a_bits * 100 + b_bits)
+    top_a, top_b = (1 << a_bits) - 1, (1 << b_bits) - 1
+    pairs = [(top_a, top_b), (1, 1 << (b_bits - 1)), (1 << (a_bits - 1), 1), (0, 12345 & top_b)]
+    pairs += [(int(x), int(y)) for x, y in zip(rng.integers(0, 1 << a_bits, 60, dtype=np.uint64),
+                                                rng.integers(0, 1 << b_bits, 60, dtype=np.uint64), strict=True)]
     got = []
 
     async def bench(ctx):
-        for t in range(len(pairs) + 2):
+        for t in range(len(pairs) + PRODUCT_LATENCY):
             if t < len(pairs):
                 ctx.set(a, pairs[t][0])
                 ctx.set(b, pairs[t][1])
-            if t >= 2:
+            if t >= PRODUCT_LATENCY:
                 got.append(ctx.get(product))
             await ctx.tick()
 
@@ -254,3 +256,38 @@ def test_split_product_equals_the_product_two_cycles_later():
     sim.add_testbench(bench)
     sim.run()
     assert got == [x * y for x, y in pairs]
+
+
+def test_pipelined_product_refuses_what_needs_an_adder_tree():
+    from amaranth import Module, Signal
+
+    from shiftpu.hw.arith import pipelined_product
+
+    with pytest.raises(ValueError, match="adder tree"):
+        pipelined_product(Module(), Signal(20), Signal(40), "p")
+    with pytest.raises(ValueError, match="A port"):
+        pipelined_product(Module(), Signal(30), Signal(30), "p")
+
+
+def test_small_product_is_the_product_for_every_kernel_size():
+    from amaranth import Module, Signal
+
+    from shiftpu.hw.arith import small_product
+
+    m = Module()
+    v, f, out = Signal(20), Signal(3), Signal(23)
+    m.d.comb += out.eq(small_product(v, f))
+    values = [0, 1, 0xFFFFF, 0x5A5A5, 777]
+    got = []
+
+    async def bench(ctx):
+        for x in values:
+            for k in range(8):
+                ctx.set(v, x)
+                ctx.set(f, k)
+                got.append(ctx.get(out))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [x * k for x in values for k in range(8)]
