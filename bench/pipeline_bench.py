@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shiftpu.sw.bench_run import N_ARENAS, BenchOptions, run_bench
+from shiftpu.sw.bench_run import BenchOptions, run_bench
 from shiftpu.sw.device_backends import RuntimeBackend, open_accelerator
 from shiftpu.sw.executor import Executor
 from shiftpu.sw.pipeline import Pipeline
-from shiftpu.sw.pipeline_model import ArenaPool, ModelStages
+from shiftpu.sw.pipeline_model import ArenaPool, ModelStages, arenas_wanted
 
 DEMO = Path(__file__).resolve().parents[1] / "shiftpu" / "models" / "shapes_detector.onnx"
 
@@ -113,7 +113,8 @@ def sequential_vs_pipelined(folder: Path, photos: Path, frames: int = 100, round
     probe = Executor(folder)
     accel = open_accelerator(RuntimeBackend.GOLDEN, probe.compiled.config, probe.compiled.board)
     executor = Executor(probe.compiled, backend=accel)
-    pool = ArenaPool([accel.arena(probe.compiled.manifest["arena_bytes"]) for _ in range(N_ARENAS)])
+    pool = ArenaPool([accel.arena(probe.compiled.manifest["arena_bytes"])
+                      for _ in range(arenas_wanted(probe.manifest))])
     stages = ModelStages(executor, pool).stages()
     images = [img for _, img in load_folder(photos)]
     seq_fps, pipe_fps = [], []
@@ -136,7 +137,8 @@ def soak(folder: Path, frames: int) -> dict:
     probe = Executor(folder)
     accel = open_accelerator(RuntimeBackend.GOLDEN, probe.compiled.config, probe.compiled.board)
     executor = Executor(probe.compiled, backend=accel)
-    pool = ArenaPool([accel.arena(probe.compiled.manifest["arena_bytes"]) for _ in range(N_ARENAS)])
+    pool = ArenaPool([accel.arena(probe.compiled.manifest["arena_bytes"])
+                      for _ in range(arenas_wanted(probe.manifest))])
     spec = executor.inputs[0]
     rng = np.random.default_rng(0)
     bank = [rng.uniform(-1, 1, size=tuple(spec["shape"])).astype(spec["dtype"]) for _ in range(16)]

@@ -41,6 +41,7 @@ def run(with_rtl: bool = True) -> dict:
 
     from shiftpu.boards import load_board
     from shiftpu.compiled.cpu_timing import measure_cpu_times
+    from shiftpu.compiled.pipeline_stages import schedule_stages
     from shiftpu.compiler.driver import compile_model
     from shiftpu.compiler.estimate import estimate, with_cpu_times
     from shiftpu.compiler.perf import Schedule
@@ -82,7 +83,7 @@ def run(with_rtl: bool = True) -> dict:
                     "fps": est["fps"], "cycles": est["cycles"], "utilization": est["utilization"],
                     "ddr_mib": round(est["ddr_bytes"] / 2**20, 2), "kind": "estimated", "target_utilization": 0.85,
                     "clock_mhz": est["clock_mhz"], "clock_source": est["clock_source"],
-                    "clock_label": est["clock_label"], "frame": with_cpu_times(est, cpu)["frame"]}
+                    "clock_label": est["clock_label"], "frame": with_cpu_times(est, cpu, schedule_stages(r.manifest))["frame"]}
     if with_rtl:
         result["perf_vs_rtl"] = perf_vs_rtl()
     return result
@@ -213,16 +214,19 @@ def cpu_markdown(r: dict) -> list[str]:
         lines.append(f"| {reg['index']} | whole region (one session call) | | {reg['median_ms']} |")
         lines += [f"| {reg['index']} | {n['name']} | {n['op']} | {'n/a' if n['median_ms'] is None else n['median_ms']} |"
                   for n in reg["nodes"]]
-    lines += ["", "Frame time: fabric (estimated, at each board's clock above) + CPU (measured here) in sequence, and "
-              "pipelined (the CPU regions of one frame beside the fabric of the next: the longer of the two):", "",
+    lines += ["", "Frame time: fabric (estimated, at each board's clock above) + CPU regions (measured here) in "
+              "sequence, and pipelined (each CPU region a stage of its own beside the fabric stages, which share the "
+              "accelerator: a frame leaves every max(fabric total, each region) ms; estimated; pre- and "
+              "postprocessing not included):", "",
               "| board | schedule | fabric ms (estimated) | CPU ms (measured here) | sequential ms | pipelined ms | "
-              "pipelined fps | bound by |", "|---|---|---|---|---|---|---|---|"]
+              "pipelined fps | bound by | bottleneck stage |", "|---|---|---|---|---|---|---|---|---|"]
     for name, by_sched in r["boards"].items():
         for sched, b in by_sched.items():
             if "frame" in b:
                 f = b["frame"]
                 lines.append(f"| {name} | {sched} | {f['fabric_ms']} | {f['cpu_ms']} | {f['sequential_ms']} | "
-                             f"{f['pipelined_ms']} | {f['pipelined_fps']} | {f['bound_by']} |")
+                             f"{f['pipelined_ms']} | {f['pipelined_fps']} | {f['bound_by']} | "
+                             f"{f.get('bottleneck', f['bound_by'])} |")
     return lines
 
 

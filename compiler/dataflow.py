@@ -8,6 +8,8 @@ accelerator lacks DEPTHWISE, a depthwise convolution runs as a dense one with a 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from shiftpu.arch.isa import Dataflow
@@ -35,37 +37,34 @@ def best_tiling(op: ConvOp, x: QTensor, y: QTensor, dataflow: Dataflow,
     return best[1], best[2].cycles, best[2].utilization(cfg)
 
 
-def densify(op: ConvOp) -> None:
-    """Turn a depthwise CONV into the equivalent dense one (weight o, i is zero unless i == o)."""
+def densify(op: ConvOp) -> ConvOp:
+    """The dense CONV equivalent to a depthwise one (weight o, i is zero unless i == o)."""
     c, _, kh, kw = op.weights.shape
     dense = np.zeros((c, c, kh, kw), dtype=op.weights.dtype)
     dense[np.arange(c), np.arange(c)] = op.weights[:, 0]
-    op.weights = dense
-    op.depthwise = False
+    return replace(op, weights=dense, depthwise=False)
 
 
 def choose(op: ConvOp, x: QTensor, y: QTensor, model: CostModel,
-           allowed: frozenset[Dataflow] = frozenset(Dataflow)) -> None:
-    """Set ``op.dataflow``, ``op.tiling`` and ``op.options`` (utilisation per dataflow considered).
+           allowed: frozenset[Dataflow] = frozenset(Dataflow)) -> ConvOp:
+    """``op`` with its ``dataflow``, ``tiling`` and ``options`` (utilisation per dataflow considered) chosen.
 
     A dataflow for which no tiling passes ``shiftpu.arch.limits`` is skipped; a depthwise convolution
     whose DEPTHWISE mapping is not allowed or does not fit runs as a dense one.
     """
     if op.depthwise and Dataflow.DEPTHWISE not in allowed:
-        densify(op)
+        op = densify(op)
     results, problems = _evaluate(op, x, y, model, allowed)
     if not results and op.depthwise:
-        densify(op)
+        op = densify(op)
         results, problems = _evaluate(op, x, y, model, allowed)
     if not results:
         if problems:
             raise problems[0]
         names = ", ".join(sorted(df.name for df in allowed))
         raise CompileError(f"node '{op.name}': no dense dataflow among the accelerator's ({names})")
-    op.options = {df: r[2] for df, r in results.items()}
     pick = min(results, key=lambda df: results[df][1])
-    op.dataflow = pick
-    op.tiling = results[pick][0]
+    return replace(op, options={df: r[2] for df, r in results.items()}, dataflow=pick, tiling=results[pick][0])
 
 
 def _evaluate(op: ConvOp, x: QTensor, y: QTensor, model: CostModel, allowed: frozenset[Dataflow]) -> tuple[dict[Dataflow, tuple[ConvTiling, int, float]], list[CompileError]]:

@@ -1,4 +1,7 @@
-"""``compile_model``: quantized ONNX -> typed IR -> passes -> code generation -> compiled folder."""
+"""``compile_model``: quantized ONNX -> typed IR -> passes -> code generation -> compiled folder.
+
+``compile_from_ir`` does the same from the graph dumped after any pass (``--dump-ir``, ``compiler/irfile.py``).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from shiftpu.compiled.folder import FORMAT_NAME, FORMAT_VERSION, MODEL_FILE, reg
 from shiftpu.compiler.codegen import SegmentImage, generate, layer_ids
 from shiftpu.compiler.estimate import estimate, format_table, simulation_estimate
 from shiftpu.compiler.ir import ConcatOp, ConvOp, CpuNode, FabricOp, Graph, QTensor
+from shiftpu.compiler.irfile import IrFileError, pass_dump, read_ir
 from shiftpu.compiler.onnx_import import shape_of
 from shiftpu.compiler.partition import (
     CPU_RUNTIME,
@@ -27,7 +31,7 @@ from shiftpu.compiler.partition import (
     partition_lines,
     plan_partition,
 )
-from shiftpu.compiler.passes import BACKEND_PASSES, CompileOptions, run_pipeline
+from shiftpu.compiler.passes import BACKEND_PASSES, CompileOptions, passes_after, run_pipeline
 from shiftpu.compiler.perf import READ_LATENCY, Schedule
 from shiftpu.compiler.regions import region_model
 
@@ -165,23 +169,55 @@ def compile_model(model: str | Path | onnx.ModelProto, board: str, out_dir: str 
                   dump_passes: str | Path | None = None,
                   dataflows: frozenset[Dataflow] = frozenset(Dataflow),
                   schedule: Schedule = Schedule.RTL,
-                  input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> CompileResult:
+                  input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                  dump_ir: str | Path | None = None) -> CompileResult:
     """Compile a quantized ONNX model for a board; with ``out_dir``, write the compiled folder.
 
     ``dataflows`` restricts the PE-array mappings to those the target accelerator implements; ``schedule``
     is how it overlaps loads and computation (the cost model that chooses tilings and dataflows);
-    ``input_shapes`` fixes symbolic input dimensions (by input name, "" for the only input).
+    ``input_shapes`` fixes symbolic input dimensions (by input name, "" for the only input). ``dump_passes`` and
+    ``dump_ir`` are folders for the graph after import and after each pass, as text and as IR files
+    (``compiler/irfile.py``, which :func:`compile_from_ir` restarts from).
     """
     opts = compile_options(board, dataflows, schedule)
     proto, bound, source = load_model(model, input_shapes)
-    dump_dir = Path(dump_passes) if dump_passes is not None else None
-    graph = run_pipeline(plan_partition(proto, opts, dump_dir), opts, dump_dir, BACKEND_PASSES)
+    observe = pass_dump(board, Path(source).name, opts, dump_passes, dump_ir)
+    graph = run_pipeline(plan_partition(proto, opts, observe), opts, observe, BACKEND_PASSES)
+    return _generate(graph, opts, board, Path(source).name, out_dir, bound)
+
+
+def compile_from_ir(path: str | Path, board: str, out_dir: str | Path | None = None,
+                    dump_passes: str | Path | None = None,
+                    dataflows: frozenset[Dataflow] = frozenset(Dataflow),
+                    schedule: Schedule = Schedule.RTL,
+                    dump_ir: str | Path | None = None) -> CompileResult:
+    """Continue a compilation from an IR file (written by ``dump_ir``) with the passes after the one it was
+    dumped after: the same result, and the same compiled folder, as the compilation that wrote it. The board and
+    options must be those of that compilation (``IrFileError`` otherwise)."""
+    opts = compile_options(board, dataflows, schedule)
+    ir = read_ir(path)
+    if ir.board != board or ir.options != opts:
+        differ = [k for k, v in opts.to_dict().items() if ir.options.to_dict()[k] != v]
+        given = f"board {board}" + (f", other {', '.join(differ)}" if differ else "")
+        raise IrFileError(f"{path}: dumped compiling for board {ir.board} (dataflows "
+                          f"{', '.join(sorted(df.name.lower() for df in ir.options.dataflows))}, schedule "
+                          f"{ir.options.schedule.value}), not for {given}: restart it with that compilation's "
+                          "--board, --dataflows and --schedule")
+    observe = pass_dump(board, ir.source, opts, dump_passes, dump_ir)
+    graph = run_pipeline(ir.graph, opts, observe, passes_after(ir.after))
+    return _generate(graph, opts, board, ir.source, out_dir, [])
+
+
+def _generate(graph: Graph, opts: CompileOptions, board: str, source: str, out_dir: str | Path | None,
+              bound: list[str]) -> CompileResult:
+    """Code generation, estimate, report and manifest of a graph after the whole pipeline; with ``out_dir``, the
+    compiled folder written."""
     images = generate(graph, opts.config)
     names = {k: op.name for k, op in enumerate(graph.fabric_ops())}
     est = estimate([img.instructions + [Instruction(Opcode.END)] for img in images], opts.config,
-                   opts.ddr_bytes_per_cycle, names, board, schedule, opts.read_latency)
+                   opts.ddr_bytes_per_cycle, names, board, opts.schedule, opts.read_latency)
     report = partition_report(graph, board, est)
-    manifest = build_manifest(graph, images, board, opts, Path(source).name, est)
+    manifest = build_manifest(graph, images, board, opts, source, est)
     if out_dir is not None:
         regions = {region_file(r.index): region_model(graph.model, r).SerializeToString() for r in graph.cpu_regions}
         write_folder(Path(out_dir), manifest, {f"segment{i.segment.index}.bin": i.image for i in images}, graph.model,

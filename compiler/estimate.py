@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Instruction, Opcode
+from shiftpu.boards import load_board
 from shiftpu.boards.clock import ClockSource, FpsClock, fps_clock
-from shiftpu.compiled.cpu_timing import CpuTimes
+from shiftpu.compiled.cpu_timing import CpuTimes, format_cpu_nodes
+from shiftpu.compiled.folder import CompiledFolder
+from shiftpu.compiled.pipeline_stages import PipelineModel, PlannedStage, StageKind, StageTime
 from shiftpu.compiler.perf import READ_LATENCY, Schedule, instruction_cost, program_overhead
 
 
@@ -53,18 +57,19 @@ def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_
         ddr_bytes_per_cycle /= ratio
         read_latency = math.ceil(read_latency * ratio - 1e-9)
     layers: list[LayerEstimate] = []
-    total = 0
+    segment_cycles: list[int] = []
     for seg, prog in enumerate(programs):
-        total += program_overhead(cfg, ddr_bytes_per_cycle, schedule, read_latency)
+        segment_cycles.append(program_overhead(cfg, ddr_bytes_per_cycle, schedule, read_latency))
         for i in prog:
             c = instruction_cost(i, cfg, ddr_bytes_per_cycle, schedule, read_latency)
-            total += c.cycles
+            segment_cycles[-1] += c.cycles
             if i.opcode is Opcode.END:
                 continue
             layers.append(LayerEstimate(
                 i.layer_id, names.get(i.layer_id, f"layer{i.layer_id}"), seg, i.opcode.name,
                 i.dataflow.name if i.opcode is Opcode.CONV else None, c.macs, c.cycles, c.compute_cycles,
                 c.stall_cycles, round(c.utilization(cfg), 4), c.read_bytes, c.write_bytes))
+    total = sum(segment_cycles)
     macs = sum(la.macs for la in layers)
     util = sum(la.macs * la.utilization for la in layers) / macs if macs else 0.0
     secs = total / (clock.clock_mhz * 1e6)
@@ -81,6 +86,9 @@ def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_
         "utilization": round(util, 4),
         "overall_pe_utilization": round(macs / (total * cfg.macs_per_cycle), 4) if total else 0.0,
         "ddr_bytes": sum(la.ddr_bytes for la in layers),
+        #: per fabric segment (one accelerator start each): what the pipeline's fabric stages add up
+        "segments": [{"segment": k, "cycles": c, "latency_ms": round(c / (clock.clock_mhz * 1e3), 4)}
+                     for k, c in enumerate(segment_cycles)],
         "layers": [asdict(la) | {"ddr_bytes": la.ddr_bytes} for la in layers],
     }
 
@@ -116,49 +124,70 @@ def format_table(est: dict) -> str:
     return "\n".join(lines)
 
 
-def with_cpu_times(est: dict, cpu: CpuTimes) -> dict:
+def estimate_folder(compiled: CompiledFolder, schedule: Schedule | None = None) -> dict:
+    """The estimate of a compiled folder on its board (its DDR bandwidth and latency), for ``schedule`` (default:
+    the one it was compiled for)."""
+    board = load_board(compiled.board)
+    names = {la["layer_id"]: la["name"] for la in compiled.manifest["layers"]}
+    sched = schedule or Schedule(compiled.manifest["estimate"].get("schedule", "rtl"))
+    return estimate(compiled.programs(), compiled.config, board.ddr_bytes_per_cycle, names, compiled.board, sched,
+                    board.ddr_read_latency_cycles)
+
+
+def fabric_source(est: dict) -> str:
+    """How the fabric stages' times of an estimate were found, for the label beside each figure."""
+    return f"estimated (performance model, {est['schedule']} schedule, at {est['clock_mhz']:g} MHz, {est['clock_label']})"
+
+
+def stage_model(est: dict, plan: list[PlannedStage], stage_ms: Mapping[str, float], source: str) -> PipelineModel:
+    """The pipeline model of the stages ``plan`` names: each fabric stage the estimate's time of its segments, every
+    other stage its time in ``stage_ms`` (by stage name) from ``source`` (e.g. measured on this host)."""
+    seg_ms = [seg["cycles"] / (est["clock_mhz"] * 1e3) for seg in est["segments"]]
+    fabric = fabric_source(est)
+    return PipelineModel(tuple(
+        StageTime(p.name, p.kind, sum(seg_ms[k] for k in p.indices), fabric) if p.kind is StageKind.FABRIC
+        else StageTime(p.name, p.kind, stage_ms[p.name], source) for p in plan))
+
+
+def with_cpu_times(est: dict, cpu: CpuTimes, plan: list[PlannedStage]) -> dict:
     """The estimate with the CPU side's time beside it: ``cpu`` (per region and node, measured on this host) and
-    ``frame``, one frame end to end. Sequentially a frame takes the fabric time plus the CPU time; pipelined, the CPU
-    regions of one frame run while the fabric computes another, so a frame takes the longer of the two and that
-    stage bounds the rate. The fabric time is estimated at the estimate's clock; the CPU time is this host's, not a
-    board's ARM core."""
-    fabric_ms = est["latency_ms"]
-    cpu_ms = round(cpu.total_ms, 4)
-    pipelined = max(fabric_ms, cpu_ms)
-    sequential = round(fabric_ms + cpu_ms, 4)
-    bound = "fabric" if fabric_ms >= cpu_ms else "cpu"
+    ``frame``, one frame end to end through the schedule's stages ``plan`` (:func:`schedule_stages` of the
+    manifest; pre- and postprocessing not included). Sequentially a frame takes the fabric time plus every CPU
+    region's; pipelined, each CPU region is a stage of its own beside the fabric stages (which share the
+    accelerator), so frames leave at the pace of the slowest of the fabric total and each region, the bottleneck.
+    The fabric time is estimated at the estimate's clock; the CPU time is this host's, not a board's ARM core."""
+    cpu_kind = f"{cpu.label}; not the board's ARM"
+    model = stage_model(est, plan, {f"cpu{r.index}": r.median_ms for r in cpu.regions}, cpu_kind)
     return est | {"cpu": cpu.to_json(), "frame": {
-        "fabric_ms": fabric_ms,
-        "fabric_kind": f"estimated (performance model, at {est['clock_mhz']:g} MHz, {est['clock_label']})",
-        "cpu_ms": cpu_ms,
-        "cpu_kind": f"{cpu.label}; not the board's ARM",
-        "sequential_ms": sequential,
-        "pipelined_ms": pipelined,
-        "sequential_fps": round(1e3 / sequential, 3) if sequential else 0.0,
-        "pipelined_fps": round(1e3 / pipelined, 3) if pipelined else 0.0,
-        "bound_by": bound,
+        "fabric_ms": round(model.fabric_ms, 4),
+        "fabric_kind": fabric_source(est),
+        "cpu_ms": round(model.cpu_ms, 4),
+        "cpu_kind": cpu_kind,
+        "sequential_ms": round(model.latency_ms, 4),
+        "pipelined_ms": round(model.interval_ms, 4),
+        "sequential_fps": round(model.sequential_fps, 3),
+        "pipelined_fps": round(model.fps, 3),
+        "bound_by": "fabric" if model.bottleneck_is_fabric else "cpu",
+        "bottleneck": model.bottleneck,
+        "pipeline": model.to_json(),
     }}
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def format_cpu_table(est: dict) -> str:
     """The CPU regions and nodes of an estimate from :func:`with_cpu_times`, and the frame summary."""
-    cpu, frame = est["cpu"], est["frame"]
-    lines = [f"CPU regions and nodes ({cpu['runtime']}; {cpu['label']}; not the board's ARM)",
-             f"{'region':>6} {'node':<34} {'op':<22} {'ms':>10}"]
-    for r in cpu["regions"]:
-        lines.append(f"{r['index']:>6} {'(whole region, one session call)':<34} {'':<22} {_ms(r['median_ms']):>10}")
-        lines += [f"{'':>6} {n['name'][:34]:<34} {n['op'][:22]:<22} {_ms(n['median_ms']):>10}" for n in r["nodes"]]
-    other = "CPU" if frame["bound_by"] == "fabric" else "fabric"
+    frame = est["frame"]
+    lines = format_cpu_nodes(est["cpu"])
     lines += [
         f"frame: fabric {frame['fabric_ms']} ms ({frame['fabric_kind']}), CPU {frame['cpu_ms']} ms "
         f"({frame['cpu_kind']})",
-        f"sequential (fabric + CPU): {frame['sequential_ms']} ms, {frame['sequential_fps']} fps; pipelined "
-        f"(CPU regions of one frame beside the fabric of another; max of the two): {frame['pipelined_ms']} ms, "
-        f"{frame['pipelined_fps']} fps, bound by the {frame['bound_by'] if frame['bound_by'] == 'fabric' else 'CPU'} "
-        f"(the {other} stage is hidden behind it)",
+        "pipeline stages (ms per frame; pre- and postprocessing not included):",
+    ]
+    lines += [f"  {s['name']:<12} {s['ms']:>10.4f} ms  ({s['source']})" for s in frame["pipeline"]["stages"]]
+    lines += [
+        f"sequential (fabric + every CPU region): {frame['sequential_ms']} ms per frame, {frame['sequential_fps']} fps "
+        f"(estimated); pipelined (each CPU region a stage beside the fabric stages): a frame every "
+        f"{frame['pipelined_ms']} ms, {frame['pipelined_fps']} fps (estimated), bottleneck: {frame['bottleneck']} "
+        f"({'the fabric' if frame['bound_by'] == 'fabric' else 'a CPU stage'}; the other stages are hidden behind it)",
+        "assumptions: " + "; ".join(frame["pipeline"]["assumptions"]),
     ]
     return "\n".join(lines)

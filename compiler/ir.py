@@ -5,12 +5,16 @@ operations (:class:`ConvOp`, :class:`PoolOp`, :class:`AddOp`, :class:`MoveOp`, :
 and write quantized tensors (:class:`QTensor`, integers with a power-of-two scale), and CPU nodes
 (:class:`CpuNode`, an ONNX node left to the processor, with the reason it is not on the fabric). Consecutive CPU
 nodes form a :class:`CpuRegion`, which the runtime executes as one onnxruntime session. Passes fill in tiling,
-dataflow, partition, CPU regions and placement; ``Graph.describe()`` prints it for ``--dump-passes``.
+dataflow, partition, CPU regions and placement, each returning a new graph and leaving its input as it was (the
+graphs share what a pass does not change, so nothing a graph holds is changed in place).
+``Graph.describe()`` prints a graph for ``--dump-passes``; ``compiler/irfile.py`` writes it as JSON for ``--dump-ir``
+and reads it back for ``--from-ir``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
@@ -103,9 +107,14 @@ class FabricOp:
     act: Activation = Activation.NONE
     leaky_shift: int = 0
 
+    @classmethod
+    def op_kind(cls) -> str:
+        """The kind of the operations of this class: the opcode's name (CONV for ConvOp)."""
+        return cls.__name__.removesuffix("Op").upper()
+
     @property
     def kind(self) -> str:
-        return type(self).__name__.removesuffix("Op").upper()
+        return self.op_kind()
 
     def describe(self) -> str:
         return f"fab  {self.kind:<18} {self.name}: {', '.join(self.inputs)} -> {self.output}{self._extra()}"
@@ -257,6 +266,16 @@ class Graph:
 
     def cpu_nodes(self) -> list[CpuNode]:
         return [s for s in self.steps if isinstance(s, CpuNode)]
+
+    def substitute(self, new: Mapping[int, Step]) -> Graph:
+        """The graph with each step whose ``id`` is a key of ``new`` replaced by its value, in the steps, the
+        segments and the CPU regions alike."""
+        def sub(st: Step) -> Step:
+            return new.get(id(st), st)
+
+        return replace(self, steps=[sub(st) for st in self.steps],
+                       segments=[Segment(s.index, [sub(op) for op in s.ops]) for s in self.segments],
+                       cpu_regions=[replace(r, nodes=[sub(n) for n in r.nodes]) for r in self.cpu_regions])
 
     def describe(self) -> str:
         """A readable listing: tensors, steps (in order), segments, placements."""

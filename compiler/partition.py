@@ -22,7 +22,7 @@ from shiftpu.compiled.cpu_ops import has_kernel
 from shiftpu.compiler.codegen import layer_ids
 from shiftpu.compiler.ir import CompileError, ConcatOp, CpuNode, FabricOp, Graph
 from shiftpu.compiler.onnx_import import ModelError, load_onnx, prepare
-from shiftpu.compiler.passes import PARTITION_PASSES, CompileOptions, run_pipeline
+from shiftpu.compiler.passes import PARTITION_PASSES, CompileOptions, PassObserver, run_pipeline
 from shiftpu.compiler.perf import Schedule
 from shiftpu.compiler.qdq import fold_qdq
 
@@ -99,10 +99,10 @@ def compile_options(board: str, dataflows: frozenset[Dataflow] = frozenset(Dataf
                           read_latency=b.ddr_read_latency_cycles)
 
 
-def plan_partition(model: onnx.ModelProto, opts: CompileOptions, dump_dir: Path | None = None) -> Graph:
+def plan_partition(model: onnx.ModelProto, opts: CompileOptions, observe: PassObserver | None = None) -> Graph:
     """QDQ folding and the partition passes of a prepared model (``onnx_import.prepare``); refusals raise
-    ``CompileError``. With ``dump_dir``, the graph after import and after each pass is written there."""
-    return run_pipeline(fold_qdq(model, opts.config), opts, dump_dir, PARTITION_PASSES)
+    ``CompileError``. ``observe`` sees the graph after import and after each pass (``compiler/irfile.py`` dumps)."""
+    return run_pipeline(fold_qdq(model, opts.config), opts, observe, PARTITION_PASSES)
 
 
 def load_model(model: str | Path | onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None

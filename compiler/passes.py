@@ -1,13 +1,17 @@
-"""The compiler's passes over the IR and the pipeline that runs them (optionally dumping after each).
+"""The compiler's passes over the IR and the pipeline that runs them (optionally observing the graph after each).
 
-Each pass is a small function ``pass_(graph, options) -> graph``; :data:`PIPELINE` lists them in order.
+Each pass is a small function ``pass_(graph, options) -> graph`` that returns a new graph and leaves its input as it
+was: what it changes it rebuilds (``dataclasses.replace``, ``Graph.substitute``), what it does not change it shares,
+and nothing is changed in place, so every intermediate graph stays valid (QONNX's transformations copy the model
+for the same reason); a pass that only checks returns its input. :data:`PIPELINE` lists the passes in order; :func:`run_pipeline` runs a contiguous part of it,
+which is how a compilation restarts from the graph dumped after any pass (``compiler/irfile.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from typing import Any
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Dataflow
@@ -49,15 +53,28 @@ class CompileOptions:
     def cost_model(self) -> CostModel:
         return CostModel(self.config, self.ddr_bytes_per_cycle, self.schedule, self.read_latency)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON values (the dataflows sorted by name)."""
+        return {"config": self.config.to_dict(), "ddr_bytes_per_cycle": self.ddr_bytes_per_cycle,
+                "dataflows": sorted(df.name for df in self.dataflows), "schedule": self.schedule.value,
+                "reuse_arena": self.reuse_arena, "read_latency": self.read_latency}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompileOptions:
+        return cls(AccelConfig.from_dict(data["config"]), float(data["ddr_bytes_per_cycle"]),
+                   frozenset(Dataflow[name] for name in data["dataflows"]), Schedule(data["schedule"]),
+                   bool(data["reuse_arena"]), int(data["read_latency"]))
+
 
 def remove_dead_cpu_nodes(graph: Graph, opts: CompileOptions) -> Graph:
     """Drop CPU nodes whose results nothing reads (e.g. a flatten that a Gemm on the fabric no longer needs)."""
+    steps = graph.steps
     while True:
-        needed = set(graph.outputs) | {n for st in graph.steps for n in st.inputs}
-        dead = [st for st in graph.steps if isinstance(st, CpuNode) and not needed & set(st.outputs)]
-        if not dead:
-            return graph
-        graph.steps = [st for st in graph.steps if not any(st is d for d in dead)]
+        needed = set(graph.outputs) | {n for st in steps for n in st.inputs}
+        kept = [st for st in steps if not isinstance(st, CpuNode) or needed & set(st.outputs)]
+        if len(kept) == len(steps):
+            return replace(graph, steps=kept)
+        steps = kept
 
 
 def lower_concat(graph: Graph, opts: CompileOptions) -> Graph:
@@ -66,26 +83,26 @@ def lower_concat(graph: Graph, opts: CompileOptions) -> Graph:
     An input with another scale or format, or already stored inside another tensor, gets a MOVE into
     its range instead.
     """
+    tensors, aliases = dict(graph.tensors), dict(graph.aliases)
     steps: list[Step] = []
     for st in graph.steps:
         if isinstance(st, ConcatOp):
-            out = graph.tensors[st.output]
+            out = tensors[st.output]
             c0, parts = 0, []
             for k, name in enumerate(st.inputs):
-                t = graph.tensors[name]
-                if t.exp == out.exp and t.fmt == out.fmt and name not in graph.aliases and name not in parts:
+                t = tensors[name]
+                if t.exp == out.exp and t.fmt == out.fmt and name not in aliases and name not in parts:
                     part = name
                 else:
                     part = f"{out.name}/part{k}"
-                    graph.tensors[part] = QTensor(part, (1, *t.chw), out.fmt, out.exp)
+                    tensors[part] = QTensor(part, (1, *t.chw), out.fmt, out.exp)
                     steps.append(MoveOp(f"{st.name}/move{k}", [name], part, st.sources, out_shift=out.exp - t.exp))
-                graph.aliases[part] = (out.name, c0)
+                aliases[part] = (out.name, c0)
                 parts.append(part)
                 c0 += t.chw[0]
-            st.inputs = parts
+            st = replace(st, inputs=parts)
         steps.append(st)
-    graph.steps = steps
-    return graph
+    return replace(graph, steps=steps, tensors=tensors, aliases=aliases)
 
 
 def _deps(steps: list[Step]) -> tuple[list[set[int]], list[list[int]]]:
@@ -123,23 +140,23 @@ def partition(graph: Graph, opts: CompileOptions) -> Graph:
             if waiting[j] == 0:
                 ready.append(j)
         ready.sort()
-    graph.steps = [steps[i] for i in order]
-    graph.segments = []
+    ordered = [steps[i] for i in order]
+    segments: list[Segment] = []
     previous_on_fabric = False
-    for st in graph.steps:
+    for st in ordered:
         on_fabric = isinstance(st, FabricOp)
         if on_fabric:
             if not previous_on_fabric:
-                graph.segments.append(Segment(len(graph.segments), []))
-            graph.segments[-1].ops.append(st)
+                segments.append(Segment(len(segments), []))
+            segments[-1].ops.append(st)
         previous_on_fabric = on_fabric
-    return graph
+    return replace(graph, steps=ordered, segments=segments)
 
 
 def group_cpu_regions(graph: Graph, opts: CompileOptions) -> Graph:
     """Each run of consecutive CPU steps becomes a CPU region (one onnxruntime session at run time)."""
-    graph.cpu_regions = group_regions(graph)
-    return graph
+    steps, regions = group_regions(graph)
+    return replace(graph, steps=steps, cpu_regions=regions)
 
 
 def check_cpu_regions(graph: Graph, opts: CompileOptions) -> Graph:
@@ -153,19 +170,20 @@ def check_cpu_regions(graph: Graph, opts: CompileOptions) -> Graph:
 
 def choose_dataflow(graph: Graph, opts: CompileOptions) -> Graph:
     """Tiling and dataflow of every CONV (by the performance model); dimension checks of all others."""
+    chosen: dict[int, Step] = {}
     for op in graph.fabric_ops():
         x, y = graph.tensors[op.inputs[0]], graph.tensors[op.output]
         if isinstance(op, ConvOp):
-            dataflow_choice.choose(op, x, y, opts.cost_model, opts.dataflows)
+            chosen[id(op)] = dataflow_choice.choose(op, x, y, opts.cost_model, opts.dataflows)
         else:
             check_dims(op.name, *(graph.tensors[n] for n in op.inputs), y)
-    return graph
+    return graph.substitute(chosen)
 
 
 def allocate(graph: Graph, opts: CompileOptions) -> Graph:
     """Place every tensor the fabric reads or writes in the activation arena (see compiler/arena.py)."""
-    graph.placements, graph.arena_bytes = allocate_arena(graph, opts.config, opts.reuse_arena)
-    return graph
+    placements, arena_bytes = allocate_arena(graph, opts.config, opts.reuse_arena)
+    return replace(graph, placements=placements, arena_bytes=arena_bytes)
 
 
 Pass = Callable[[Graph, CompileOptions], Graph]
@@ -187,17 +205,30 @@ BACKEND_PASSES: list[tuple[str, Pass]] = [
 PIPELINE: list[tuple[str, Pass]] = PARTITION_PASSES + BACKEND_PASSES
 
 
-def run_pipeline(graph: Graph, opts: CompileOptions, dump_dir: Path | None = None,
+#: The name of the graph before the first pass (QDQ folding's result).
+IMPORT = "import"
+#: What :func:`run_pipeline` calls with each graph: its number (0 after import, k after the k-th pass of
+#: :data:`PIPELINE`), the name of the pass that made it, and the graph.
+PassObserver = Callable[[int, str, Graph], None]
+
+
+def run_pipeline(graph: Graph, opts: CompileOptions, observe: PassObserver | None = None,
                  passes: list[tuple[str, Pass]] = PIPELINE) -> Graph:
-    """Run ``passes`` (a contiguous part of :data:`PIPELINE`, all of it by default); with ``dump_dir``, write the
-    graph after each pass as text, numbered by its place in the pipeline (and after import, before the first)."""
-    start = PIPELINE.index(passes[0]) if passes else 0
-    if dump_dir is not None:
-        dump_dir.mkdir(parents=True, exist_ok=True)
-        if start == 0:
-            (dump_dir / "00_import.txt").write_text(graph.describe())
+    """Run ``passes`` (a contiguous part of :data:`PIPELINE`, all of it by default); ``observe`` sees the graph after
+    each pass, numbered by its place in the pipeline (and the one given, when ``passes`` starts the pipeline)."""
+    start = PIPELINE.index(passes[0]) if passes else len(PIPELINE)
+    if observe is not None and start == 0:
+        observe(0, IMPORT, graph)
     for k, (name, fn) in enumerate(passes, start=start + 1):
         graph = fn(graph, opts)
-        if dump_dir is not None:
-            (dump_dir / f"{k:02d}_{name}.txt").write_text(graph.describe())
+        if observe is not None:
+            observe(k, name, graph)
     return graph
+
+
+def passes_after(name: str) -> list[tuple[str, Pass]]:
+    """The passes of :data:`PIPELINE` that follow the pass called ``name`` (all of them after :data:`IMPORT`)."""
+    names = [IMPORT] + [n for n, _ in PIPELINE]
+    if name not in names:
+        raise CompileError(f"the pipeline has no pass '{name}' (its passes: {', '.join(names)})")
+    return PIPELINE[names.index(name):]

@@ -10,6 +10,8 @@ where it is not installed, the ONNX operator set) cannot run it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import onnx
 from onnx import helper
 
@@ -33,11 +35,11 @@ def _reads(st: Step) -> list[str]:
     return node_reads(st.node) if isinstance(st, CpuNode) else list(st.inputs)
 
 
-def group_regions(graph: Graph) -> list[CpuRegion]:
-    """The regions of an ordered graph: each maximal run of consecutive CPU steps, with its border tensors.
-
-    Sets ``region`` on every CPU node.
+def group_regions(graph: Graph) -> tuple[list[Step], list[CpuRegion]]:
+    """The regions of an ordered graph: each maximal run of consecutive CPU steps, with its border tensors; and the
+    graph's steps with ``region`` set on every CPU node (new CPU nodes: the graph's own are left as they are).
     """
+    steps: list[Step] = []
     regions: list[CpuRegion] = []
     current: CpuRegion | None = None
     region_of_step: list[int | None] = []
@@ -46,12 +48,13 @@ def group_regions(graph: Graph) -> list[CpuRegion]:
             if current is None:
                 current = CpuRegion(len(regions), [])
                 regions.append(current)
-            st.region = current.index
+            st = replace(st, region=current.index)
             current.nodes.append(st)
             region_of_step.append(current.index)
         else:
             current = None
             region_of_step.append(None)
+        steps.append(st)
     constants = {i.name for i in graph.model.graph.initializer}
     # who reads each value from outside a region: a region index, or -1 for the fabric and the model outputs
     readers: dict[str, set[int]] = {name: {-1} for name in graph.outputs}
@@ -64,7 +67,7 @@ def group_regions(graph: Graph) -> list[CpuRegion]:
         region.inputs = list(dict.fromkeys(x for x in reads if x not in made and x not in constants))
         region.outputs = [o for n in region.nodes for o in n.outputs
                           if o and readers.get(o, set()) - {region.index}]
-    return regions
+    return steps, regions
 
 
 def _value_info(types: dict[str, onnx.ValueInfoProto], name: str, region: CpuRegion) -> onnx.ValueInfoProto:

@@ -5,7 +5,8 @@ QuantizeLinear (a CPU node), packs quantized tensors into the activation arena (
 runs each fabric segment with one ``run_program`` on the backend and each CPU region (the CPU nodes between
 two segments) with one onnxruntime session call (shiftpu.compiled.cpu_regions; the numpy kernels of
 shiftpu.compiled.cpu_ops where onnxruntime is absent), and returns the model outputs. ``prepare`` / ``execute`` /
-``finish`` split a run for pipelining; a backend given by name comes from
+``finish`` split a run for pipelining, and ``execute_step`` runs one step of ``execute`` (the pipeline's
+stages); a backend given by name comes from
 :func:`shiftpu.sw.device_backends.open_model`.
 """
 
@@ -21,6 +22,7 @@ from shiftpu.arch.isa import encode_program
 from shiftpu.arch.layout import pack_activation, unpack_activation
 from shiftpu.compiled.cpu_regions import CpuRuntime, CpuRuntimeError, load_regions
 from shiftpu.compiled.folder import CompiledFolder, read_folder
+from shiftpu.compiled.pipeline_stages import ScheduleStep, StepKind, schedule_steps
 from shiftpu.errors import ShiftpuError
 from shiftpu.sim.accelerator import Accelerator, RunStats
 from shiftpu.sw.device_backends import BackendError, open_model
@@ -63,8 +65,8 @@ class Executor:
             self.cpu_regions = load_regions(len(m["cpu_regions"]), self.compiled.region_bytes, cpu_runtime)
         except CpuRuntimeError as e:
             raise ExecutorError(f"{self.compiled.path}: {e}") from None
-        #: the frame's steps in order: ("region", k) runs CPU region k, ("segment", k) fabric segment k
-        self.steps = self._steps(m)
+        #: the frame's steps in order: CPU region k or fabric segment k
+        self.steps = schedule_steps(m)
         if isinstance(backend, str):
             try:
                 backend = open_model(backend, self.compiled.config, self.compiled.board)
@@ -80,17 +82,6 @@ class Executor:
         self._parts: dict[str, set[str]] = {}
         for name, container in self._container.items():
             self._parts.setdefault(container, set()).add(name)
-
-    @staticmethod
-    def _steps(m: dict) -> list[tuple[str, int]]:
-        """The schedule with each CPU region's nodes (consecutive in it) collapsed into one step."""
-        region_of = {node: r["index"] for r in m["cpu_regions"] for node in r["nodes"]}
-        steps: list[tuple[str, int]] = []
-        for step in m["schedule"]:
-            s = ("region", region_of[step["cpu"]]) if "cpu" in step else ("segment", step["segment"])
-            if not steps or steps[-1] != s:
-                steps.append(s)
-        return steps
 
     # -- one frame --------------------------------------------------------------------------------
 
@@ -128,12 +119,16 @@ class Executor:
 
     def execute(self, frame: Frame) -> Frame:
         """Run the schedule: CPU regions (one session call each) and fabric segments in order."""
-        for kind, k in self.steps:
-            if kind == "region":
-                frame.values.update(self.cpu_regions[k].run(frame.values))
-            else:
-                self._run_segment(frame, self.manifest["segments"][k])
+        for step in self.steps:
+            self.execute_step(frame, step)
         return frame
+
+    def execute_step(self, frame: Frame, step: ScheduleStep) -> None:
+        """Run one step of the schedule on a frame whose earlier steps have run (the pipeline's stages call it)."""
+        if step.kind is StepKind.REGION:
+            frame.values.update(self.cpu_regions[step.index].run(frame.values))
+        else:
+            self._run_segment(frame, self.manifest["segments"][step.index])
 
     def finish(self, frame: Frame) -> list[np.ndarray]:
         """The model outputs of a finished frame."""

@@ -1,22 +1,33 @@
-"""A compiled model as three pipeline stages, with double-buffered device activation arenas.
+"""A compiled model as pipeline stages, with device activation arenas handed from frame to frame.
+
+The stages are those of :func:`shiftpu.compiled.pipeline_stages.frame_stages`:
 
 * preprocess (CPU): image -> letterbox -> model input, checked by the executor;
-* fabric: the frame takes the next of two device arenas (``ACT_BASE`` alternates between them) and
-  runs the executor's schedule in it (fabric segments on the accelerator, zero copy; CPU nodes such as
-  the input QuantizeLinear in numpy); the outputs are copied out and the arena returns to the pool;
+* one stage per CPU region (``cpu<k>``: one onnxruntime session call, e.g. the input QuantizeLinear or a Softmax
+  between two fabric segments), so a region of frame n runs while the fabric computes frame n+1;
+* one stage per run of consecutive fabric segments (``fabric``, or ``fabric<k>`` where CPU regions split the
+  fabric work): the segments run on the accelerator in the frame's device arena, zero copy. The fabric stages
+  share the one accelerator and take turns (a lock). The first of them takes the next free arena of the pool
+  (``ACT_BASE`` changes from frame to frame); the frame keeps it through the CPU regions between fabric stages,
+  whose tensors it holds, and the last fabric stage returns it, once its outputs are copied out;
 * postprocess (CPU): the outputs, decoded into detections when the model is a detector.
+
+Each stage runs exactly the executor's steps in the executor's order on the frame's own values, so the outputs
+equal those of :meth:`Executor.run` bit for bit.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from shiftpu.compiled.pipeline_stages import PlannedStage, StageKind, frame_stages
 from shiftpu.sw.detection import DecodeParams, Detections, decode
 from shiftpu.sw.executor import Executor, Frame
 from shiftpu.sw.pipeline import Stage
@@ -46,6 +57,11 @@ class ArenaPool:
     def release(self, arena: np.ndarray) -> None:
         self._free.put(arena)
 
+    @property
+    def available(self) -> int:
+        """Arenas free now (all of them once every frame has ended)."""
+        return self._free.qsize()
+
     def close(self) -> None:
         self._closed.set()
 
@@ -58,14 +74,23 @@ class FrameResult:
     detections: Detections | None = None
 
 
+def arenas_wanted(manifest: dict) -> int:
+    """Arenas for every stage from the first fabric stage to the last to hold a frame, and one more frame to wait
+    ready: 2 where one fabric stage runs all segments (then ``ACT_BASE`` alternates between two arenas)."""
+    fabric = [i for i, p in enumerate(frame_stages(manifest)) if p.kind is StageKind.FABRIC]
+    return fabric[-1] - fabric[0] + 2 if fabric else 1
+
+
 @dataclass
 class _InFlight:
     frame: Frame
     letterbox: Letterbox | None
+    arena: np.ndarray | None = None  #: the pool's arena the frame holds, from its first fabric stage to its last
 
 
 class ModelStages:
-    """The stages of one compiled model; ``arenas`` (device buffers) enable zero-copy double buffering."""
+    """The stages of one compiled model; ``arenas`` (device buffers) enable zero-copy runs, one arena per frame
+    between its first and last fabric stage (:func:`arenas_wanted` of them let every such stage work at once)."""
 
     def __init__(self, executor: Executor, arenas: ArenaPool | None = None, decode_params: DecodeParams | None = None,
                  head: Callable[[list[np.ndarray]], np.ndarray] | None = None):
@@ -75,9 +100,18 @@ class ModelStages:
         self.head = head or (lambda outs: outs[0])
         spec = executor.inputs[0]
         self.input_shape = tuple(spec["shape"])
+        self.plan = frame_stages(executor.manifest)
+        fabric = [i for i, p in enumerate(self.plan) if p.kind is StageKind.FABRIC]
+        self._first_fabric = fabric[0] if fabric else None
+        self._last_fabric = fabric[-1] if fabric else None
+        self._accelerator = threading.Lock()  # one accelerator: the fabric stages take turns
+        #: seconds each fabric stage waited, summed over frames: for a free arena (the first fabric stage) and for the
+        #: accelerator (while another fabric stage runs); each stage's thread adds to its own entry
+        self.wait_s = {p.name: 0.0 for p in self.plan if p.kind is StageKind.FABRIC}
 
     def stages(self) -> list[Stage]:
-        return [Stage("preprocess", self.preprocess), Stage("fabric", self.fabric), Stage("postprocess", self.postprocess)]
+        ends = {StageKind.PREPROCESS: self.preprocess, StageKind.POSTPROCESS: self.postprocess}
+        return [Stage(p.name, ends.get(p.kind) or self._schedule_stage(i, p)) for i, p in enumerate(self.plan)]
 
     def preprocess(self, item: Any) -> _InFlight:
         lb = None
@@ -89,18 +123,49 @@ class ModelStages:
             x = image_to_tensor(img)
         return _InFlight(self.executor.prepare(x), lb)
 
-    def fabric(self, job: _InFlight) -> _InFlight:
-        if self.arenas is not None:
-            arena = self.arenas.acquire()
-            arena[:] = 0
-            job.frame.arena = arena
-        try:
-            self.executor.execute(job.frame)
-        finally:
-            if self.arenas is not None:
-                self.arenas.release(job.frame.arena)
-                job.frame.arena = np.zeros(0, np.uint8)
-        return job
+    def _schedule_stage(self, position: int, planned: PlannedStage) -> Callable[[_InFlight], _InFlight]:
+        """The function of a CPU-region or fabric stage: its steps of the executor's schedule on the frame."""
+        takes_arena = position == self._first_fabric
+        returns_arena = position == self._last_fabric
+        fabric = planned.kind is StageKind.FABRIC
+
+        def run(job: _InFlight) -> _InFlight:
+            try:
+                if fabric:
+                    waited = self._take_arena(job) if takes_arena else 0.0
+                    t0 = time.perf_counter()
+                    with self._accelerator:
+                        self.wait_s[planned.name] += waited + time.perf_counter() - t0
+                        for step in planned.steps:
+                            self.executor.execute_step(job.frame, step)
+                else:
+                    for step in planned.steps:
+                        self.executor.execute_step(job.frame, step)
+            except BaseException:  # the frame ends here (failed, or the run stops): its arena goes back
+                self._return_arena(job)
+                raise
+            if returns_arena:
+                self._return_arena(job)
+            return job
+
+        return run
+
+    def _take_arena(self, job: _InFlight) -> float:
+        """Give the frame a free arena of the pool, zeroed; returns the seconds it waited for one."""
+        if self.arenas is None:
+            return 0.0
+        t0 = time.perf_counter()
+        arena = self.arenas.acquire()
+        waited = time.perf_counter() - t0
+        arena[:] = 0
+        job.arena = job.frame.arena = arena
+        return waited
+
+    def _return_arena(self, job: _InFlight) -> None:
+        if job.arena is not None:
+            self.arenas.release(job.arena)
+            job.arena = None
+            job.frame.arena = np.zeros(0, np.uint8)
 
     def postprocess(self, job: _InFlight) -> FrameResult:
         outs = self.executor.finish(job.frame)

@@ -10,7 +10,7 @@ from qdq_graphs import QdqBuilder
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Dataflow, Instruction, Opcode
 from shiftpu.compiler.driver import compile_model
-from shiftpu.compiler.perf import InstrCost, Schedule, conv_compute, instruction_cost, program_overhead
+from shiftpu.compiler.perf import InstrCost, Schedule, conv_compute, instruction_cost
 
 OVERLAPPED = Schedule.OVERLAPPED
 

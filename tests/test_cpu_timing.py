@@ -1,5 +1,6 @@
 """CPU time of the CPU regions, measured on this host: one entry per region and per node, labelled; `shiftpu
-estimate --cpu-times` and the bench's frame figures (pipelined = the longer stage, sequential = the sum)."""
+estimate --cpu-times` and the bench's frame figures (pipelined = the slowest of the fabric total and each CPU region,
+named as the bottleneck; sequential = the sum)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from typer.testing import CliRunner
 
 from bench.run import cpu_markdown
 from shiftpu.cli.main import app
-from shiftpu.compiled.cpu_timing import CpuTimes, NodeTime, RegionTime, measure_cpu_times
+from shiftpu.compiled.cpu_timing import CpuTimes, NodeTime, RegionTime, host_processor, measure_cpu_times
 from shiftpu.compiled.folder import read_folder
+from shiftpu.compiled.pipeline_stages import schedule_stages
 from shiftpu.compiler.driver import compile_model
 from shiftpu.compiler.estimate import format_cpu_table, with_cpu_times
 
 runner = CliRunner()
-LABEL = f"measured on this host ({platform.machine()}, {os.cpu_count()} cores), median of 3 runs"
+HOST = ", ".join(filter(None, [host_processor(), platform.machine(), f"{os.cpu_count()} cores"]))
+LABEL = f"measured on this host ({HOST}), median of 3 runs"
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,7 @@ def test_one_entry_per_region_and_node(tail):
     assert t.total_ms == sum(r.median_ms for r in t.regions)
     data = t.to_json()
     assert data["label"] == LABEL and data["machine"] == platform.machine() and data["cores"] == os.cpu_count()
+    assert data["host"] == HOST and data["processor"] == host_processor()
     assert [len(r["nodes"]) for r in data["regions"]] == [len(e) for e in expected]
 
 
@@ -74,24 +78,32 @@ def _times(region_ms: list[float]) -> CpuTimes:
     return CpuTimes("onnxruntime", 5, "x86_64", 2, regions)
 
 
-@pytest.mark.parametrize("fabric_ms,region_ms,bound", [(2.0, [0.5, 0.25], "fabric"), (1.0, [0.75, 1.5], "cpu")])
-def test_frame_pipelined_is_max_sequential_is_sum(fabric_ms, region_ms, bound):
-    est = {"latency_ms": fabric_ms, "clock_mhz": 100.0, "clock_label": "board clock"}
+@pytest.mark.parametrize("segment_cycles,region_ms,bound,bottleneck", [
+    ([100_000, 100_000], [0.5, 0.25, 1.0], "fabric", "fabric0+fabric1"),
+    ([50_000, 50_000], [0.75, 1.5, 0.0], "cpu", "cpu1"),
+])
+def test_frame_pipelined_is_the_slowest_stage_sequential_is_sum(segment_cycles, region_ms, bound, bottleneck):
+    est = {"latency_ms": sum(segment_cycles) / 1e5, "clock_mhz": 100.0, "clock_label": "board clock",
+           "schedule": "rtl", "segments": [{"segment": k, "cycles": c} for k, c in enumerate(segment_cycles)]}
+    plan = schedule_stages({"cpu_regions": [{"index": k, "nodes": [10 * k]} for k in range(3)],
+                            "schedule": [{"cpu": 0}, {"segment": 0}, {"cpu": 10}, {"segment": 1}, {"cpu": 20}]})
+    fabric_ms = sum(segment_cycles) / 1e5
     cpu_ms = sum(region_ms)
-    frame = with_cpu_times(est, _times(region_ms))["frame"]
+    frame = with_cpu_times(est, _times(region_ms), plan)["frame"]
     assert frame["fabric_ms"] == fabric_ms and frame["cpu_ms"] == cpu_ms
-    assert frame["pipelined_ms"] == max(fabric_ms, cpu_ms)
+    assert frame["pipelined_ms"] == max(fabric_ms, *region_ms)
     assert frame["sequential_ms"] == fabric_ms + cpu_ms
-    assert frame["pipelined_fps"] == round(1e3 / max(fabric_ms, cpu_ms), 3)
-    assert frame["bound_by"] == bound
+    assert frame["pipelined_fps"] == round(1e3 / max(fabric_ms, *region_ms), 3)
+    assert frame["bound_by"] == bound and frame["bottleneck"] == bottleneck
+    assert [s["name"] for s in frame["pipeline"]["stages"]] == ["cpu0", "fabric0", "cpu1", "fabric1", "cpu2"]
     assert "measured on this host (x86_64, 2 cores), median of 5 runs" in frame["cpu_kind"]
     assert "not the board's ARM" in frame["cpu_kind"]
     assert frame["fabric_kind"].startswith("estimated") and "100 MHz" in frame["fabric_kind"]
-    text = format_cpu_table(with_cpu_times(est, _times(region_ms)))
-    assert f"bound by the {'fabric' if bound == 'fabric' else 'CPU'}" in text
+    text = format_cpu_table(with_cpu_times(est, _times(region_ms), plan))
+    assert f"bottleneck: {bottleneck}" in text and "assumptions:" in text
     r = {"cpu": _times(region_ms).to_json(), "boards": {"b": {"rtl": {"frame": frame}}}}
     md = "\n".join(cpu_markdown(r))
-    assert "median of 5 runs" in md and f"| b | rtl | {fabric_ms} | {cpu_ms} |" in md
+    assert "median of 5 runs" in md and f"| b | rtl | {fabric_ms} | {cpu_ms} |" in md and f"| {bottleneck} |" in md
 
 
 def test_cli_estimate_cpu_times(tail):
@@ -105,12 +117,15 @@ def test_cli_estimate_cpu_times(tail):
                       "sequential_fps", "pipelined_fps", "bound_by"}
     assert f["fabric_ms"] == data["latency_ms"]
     assert f["cpu_ms"] == data["cpu"]["total_ms"]
-    assert f["pipelined_ms"] == max(f["fabric_ms"], f["cpu_ms"])
+    region_ms = [r["median_ms"] for r in data["cpu"]["regions"]]
+    assert f["pipelined_ms"] == round(max(f["fabric_ms"], *region_ms), 4)
     assert f["sequential_ms"] == round(f["fabric_ms"] + f["cpu_ms"], 4)
-    assert f["bound_by"] == ("fabric" if f["fabric_ms"] >= f["cpu_ms"] else "cpu")
+    assert f["bound_by"] == ("fabric" if f["fabric_ms"] >= max(region_ms) else "cpu")
+    assert [s["name"] for s in f["pipeline"]["stages"]] == ["cpu0", "fabric0", "cpu1", "fabric1", "cpu2"]
     text = runner.invoke(app, ["estimate", str(tail), "--cpu-times", "--cpu-runs", "3"])
     assert text.exit_code == 0, text.output
     assert LABEL in text.stdout and "Softmax" in text.stdout and "pipelined" in text.stdout
+    assert f"bottleneck: {f['bottleneck']}" in text.stdout
     assert "not the board's ARM" in text.stdout
     plain = runner.invoke(app, ["estimate", str(tail), "--json"])
     assert "cpu" not in json.loads(plain.stdout)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch.nn.functional as F
 from torch import fx, nn
 
 from shiftpu.arch.numerics import Activation
@@ -160,6 +161,28 @@ class _Exporter:
         (y,) = self.b.node("Resize", [x.name, "", scales], node.name, mode="nearest",
                            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
         return self.b.requantize_like(y, x, node.name)
+
+    def _mean(self, node: fx.Node) -> Value:
+        """Global average pooling: GlobalAveragePool (a 1 x 1 map kept) or ReduceMean over H and W (dropped);
+        the ActQuant after it gives the result its scale."""
+        x = _quantized(self.value(node.args[0]), node)
+        if node.op == "call_module":
+            size = self.modules[node.target].output_size
+            keep = True
+        elif node.target is F.adaptive_avg_pool2d:
+            size, keep = _arg(node, 1, "output_size", None), True
+        else:  # torch.mean(x, dims, keepdim) or x.mean(dims, keepdim)
+            dims = _arg(node, 1, "dim", None)
+            dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+            size = 1 if sorted(int(d) % 4 for d in dims if d is not None) == [2, 3] else None
+            keep = bool(_arg(node, 2, "keepdim", False))
+        if size not in (1, (1, 1), [1, 1]):
+            raise QatError(f"{describe(node)}: only global average pooling (a 1 x 1 output, a mean over H and W) "
+                           "is supported")
+        if keep:
+            return self.b.node("GlobalAveragePool", [x.name], node.name)[0]
+        axes = self.b.constant(f"{node.name}_axes", np.array([2, 3], dtype=np.int64))
+        return self.b.node("ReduceMean", [x.name, axes], node.name, keepdims=0)[0]
 
     def _identity(self, node: fx.Node) -> Value:
         return self.value(node.args[0])

@@ -31,12 +31,13 @@ class FxOp(Enum):
     MAXPOOL = auto()
     FLATTEN = auto()
     UPSAMPLE = auto()  #: nearest-neighbour upsampling
+    MEAN = auto()  #: global average pooling (AdaptiveAvgPool2d to 1 x 1, a mean over H and W)
     IDENTITY = auto()  #: dropout and identity: nothing at inference
     OTHER = auto()
 
 
 #: Operations that produce new values, so that a quantizer follows them (after a fused activation).
-PRODUCERS = frozenset({FxOp.QCONV, FxOp.QLINEAR, FxOp.ADD, FxOp.CONCAT})
+PRODUCERS = frozenset({FxOp.QCONV, FxOp.QLINEAR, FxOp.ADD, FxOp.CONCAT, FxOp.MEAN})
 #: Operations that only move or select values, so their output keeps the input's scale.
 PASS_THROUGH = frozenset({FxOp.MAXPOOL, FxOp.FLATTEN, FxOp.UPSAMPLE, FxOp.IDENTITY})
 #: Activations that fuse into requantisation.
@@ -57,6 +58,7 @@ _MODULES: tuple[tuple[type, FxOp], ...] = (
     (nn.MaxPool2d, FxOp.MAXPOOL),
     (nn.Flatten, FxOp.FLATTEN),
     (nn.Upsample, FxOp.UPSAMPLE),
+    (nn.AdaptiveAvgPool2d, FxOp.MEAN),
     (nn.Dropout, FxOp.IDENTITY),
     (nn.Identity, FxOp.IDENTITY),
 )
@@ -72,9 +74,11 @@ _FUNCTIONS = {
     F.max_pool2d: FxOp.MAXPOOL,
     torch.flatten: FxOp.FLATTEN,
     F.interpolate: FxOp.UPSAMPLE,
+    F.adaptive_avg_pool2d: FxOp.MEAN,
+    torch.mean: FxOp.MEAN,
     F.dropout: FxOp.IDENTITY,
 }
-_METHODS = {"add": FxOp.ADD, "relu": FxOp.RELU, "flatten": FxOp.FLATTEN}
+_METHODS = {"add": FxOp.ADD, "relu": FxOp.RELU, "flatten": FxOp.FLATTEN, "mean": FxOp.MEAN}
 
 
 def classify(node: fx.Node, modules: dict[str, nn.Module]) -> FxOp:

@@ -2,10 +2,10 @@
 
 ``prepare_qat`` traces the model with torch.fx, folds each BatchNorm2d into the Conv2d before it, swaps
 Conv2d/Linear for QConv2d/QLinear, and puts an ActQuant after the input and after every value-producing
-operation (convolution, linear, add, concat), behind its ReLU/LeakyReLU when one follows. Max pooling,
-flatten, nearest upsampling and dropout keep their input's scale, exactly as the exported graph does. A
-LeakyReLU slope that is not 2^-k is rounded to the nearest 2^-k (as ``shiftpu quantize`` does), so that the
-model trains with the slope the fabric runs.
+operation (convolution, linear, add, concat, global average pooling), behind its ReLU/LeakyReLU when one
+follows. Max pooling, flatten, nearest upsampling and dropout keep their input's scale, exactly as the exported
+graph does. A LeakyReLU slope that is not 2^-k is rounded to the nearest 2^-k (as ``shiftpu quantize`` does), so
+that the model trains with the slope the fabric runs.
 """
 
 from __future__ import annotations
@@ -109,6 +109,8 @@ def _quant_point(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node,
         return users[0], classify(users[0], modules) in NON_NEGATIVE
     if classify(node, modules) is FxOp.CONCAT:
         return node, all(_non_negative(a, modules) for a in node.args[0])
+    if classify(node, modules) is FxOp.MEAN:
+        return node, _non_negative(node.args[0], modules)
     return node, False
 
 

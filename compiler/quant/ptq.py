@@ -3,8 +3,9 @@
 The float model is normalised (``fold``), optionally equalised across layer pairs (``equalize``, kept only
 where it raises the quantized model's output SQNR on the calibration data), run on calibration data to choose
 a power-of-two scale per activation tensor (minimising the squared error), and its Conv/Gemm weights are
-quantized to shift levels with per-output-channel power-of-two scales. The layers are quantized in graph
-order; each one sees the output of the layers already quantized, so its weights, scales and bias are chosen
+quantized to shift levels with per-output-channel power-of-two scales (each layer in its own weight code and
+output width where ``PtqOptions.layer_formats`` says so: mixed precision, ``mixed``). The layers are quantized
+in graph order; each one sees the output of the layers already quantized, so its weights, scales and bias are chosen
 to minimise its output error on the calibration data given the errors before it (``layeropt``: bias
 correction, scale search, rounding). A BatchNormalization that stays float is re-estimated so that its output
 statistics on the quantized model match the float model's. The QDQ graph is written with the same builder as
@@ -15,7 +16,8 @@ DequantizeLinear and a QuantizeLinear, and the report says which and why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum, auto
 
 import numpy as np
@@ -46,6 +48,22 @@ EQUALISATION_MIN_GAIN_DB = 0.05
 
 
 @dataclass(frozen=True)
+class LayerFormat:
+    """The formats of one Conv/Gemm layer: its weight code and the width of the activation it outputs."""
+
+    weight_code: WeightCode = WeightCode.SHIFT4
+    act_bits: int = 8
+
+    def __post_init__(self) -> None:
+        ActFormat(self.act_bits)  # refuses widths other than 4 and 8
+
+    @property
+    def label(self) -> str:
+        """``one-term/8``, ``two-term/4``, ..."""
+        return f"{'one' if self.weight_code is WeightCode.SHIFT4 else 'two'}-term/{self.act_bits}"
+
+
+@dataclass(frozen=True)
 class PtqOptions:
     """How a float model is shift-quantized after training."""
 
@@ -68,6 +86,9 @@ class PtqOptions:
     #: LeakyReLU slopes that are not 2^-k: rounded to the nearest (on the fabric, the change reported) or kept
     #: (float, on the CPU).
     leaky_slope: LeakySlope = LeakySlope.ROUND
+    #: Per-layer formats (mixed precision, ``mixed``), by layer name as the report gives it; a layer not named
+    #: takes ``weight_code`` and ``act_bits``, as does every activation that is not a layer's output.
+    layer_formats: Mapping[str, LayerFormat] = field(default_factory=dict)
 
     @classmethod
     def fast(cls, weight_code: WeightCode = WeightCode.SHIFT4, act_bits: int = 8,
@@ -75,6 +96,10 @@ class PtqOptions:
         """No calibration-driven weight method: nearest rounding and weight-error scales (the quickest)."""
         return cls(weight_code, act_bits, adaround=False, scale_search=False, bias_correction=False,
                    equalize=False, bn_reestimate=False, leaky_slope=leaky_slope)
+
+    def layer_format(self, layer: str) -> LayerFormat:
+        """The formats of the layer called ``layer``."""
+        return self.layer_formats.get(layer) or LayerFormat(self.weight_code, self.act_bits)
 
     @property
     def layer_methods(self) -> LayerMethods:
@@ -96,6 +121,33 @@ class Role(Enum):
     MEAN = auto()  #: GlobalAveragePool, ReduceMean over H and W: new values, new scale
     ACT = auto()  #: ReLU, LeakyReLU, Clip(0, top) (e.g. ReLU6); fused into the layer before it where it can be
     FLOAT = auto()  #: stays float on the CPU
+
+
+def _fused_activations(model: onnx.ModelProto, g: GraphIndex,
+                       roles: dict[int, tuple[Role, str]]) -> dict[int, onnx.NodeProto]:
+    """Layer or Add node -> the activation node fused into its requantisation (its only consumer)."""
+    fused: dict[int, onnx.NodeProto] = {}
+    for n in model.graph.node:
+        if roles[id(n)][0] in (Role.LAYER, Role.COMBINE) and n.op_type != "Concat":
+            users = g.consumers.get(n.output[0], [])
+            if len(users) == 1 and roles[id(users[0])][0] is Role.ACT and n.output[0] not in g.graph_outputs:
+                fused[id(n)] = users[0]
+    return fused
+
+
+def quantized_layers(folded: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, bool]]:
+    """The Conv/Gemm layers of a folded float model (``fold_float_model``) in graph order, each with the tensor
+    its output format applies to (the output of its fused activation, if any) and whether that is signed."""
+    g = GraphIndex(folded)
+    roles = {id(n): _role(n, g) for n in folded.graph.node}
+    fused = _fused_activations(folded, g, roles)
+    out = []
+    for n in folded.graph.node:
+        if roles[id(n)][0] is Role.LAYER:
+            act = fused.get(id(n))
+            out.append((n, n.output[0] if act is None else act.output[0],
+                        act is None or _activation(act) is not Activation.RELU))
+    return out
 
 
 def _leaky_k(node: onnx.NodeProto) -> int | None:
@@ -183,13 +235,9 @@ class _Quantizer:
         self.report = PtqReport(n_calibration=len(data))
         self.layer_tensors: dict[str, tuple[str, str]] = {}  # layer name -> (float tensor, quantized dq name)
         self.roles = {id(n): _role(n, self.g) for n in folded.graph.node}
-        self.fused: dict[int, onnx.NodeProto] = {}
-        for n in folded.graph.node:
-            if self.roles[id(n)][0] in (Role.LAYER, Role.COMBINE) and n.op_type != "Concat":
-                users = self.g.consumers.get(n.output[0], [])
-                if len(users) == 1 and self.roles[id(users[0])][0] is Role.ACT and n.output[0] not in self.g.graph_outputs:
-                    self.fused[id(n)] = users[0]
+        self.fused = _fused_activations(folded, self.g, self.roles)
         self.fused_acts = {id(a) for a in self.fused.values()}
+        self.layer_inputs: dict[str, tuple[str, str]] = {}  # layer name -> (float input, quantized dq name)
         self.float_inputs: dict[str, np.ndarray] = {}  # layer input -> float model values (first samples)
         self.n_layers = 0
 
@@ -208,8 +256,8 @@ class _Quantizer:
                 names.update(i for i in n.input if self.g.const(i) is None)
         self.stats = collect_stats(self.model, self.data, sorted(names))
 
-    def fmt(self, signed: bool) -> ActFormat:
-        return ActFormat(self.options.act_bits, signed)
+    def fmt(self, signed: bool, bits: int | None = None) -> ActFormat:
+        return ActFormat(bits or self.options.act_bits, signed)
 
     def quantized(self, name: str) -> QTensor:
         """The quantized form of a tensor, quantizing a float one (from the input or a CPU op) on first use."""
@@ -226,8 +274,8 @@ class _Quantizer:
         v = self.env[name]
         return v.name if isinstance(v, QTensor) else v
 
-    def requantize(self, y: str, out: str, signed: bool) -> QTensor:
-        fmt = self.fmt(signed)
+    def requantize(self, y: str, out: str, signed: bool, bits: int | None = None) -> QTensor:
+        fmt = self.fmt(signed, bits)
         q = self.b.quantize(y, choose_exponent(self.stats[out].values, fmt), fmt, out)
         self.env[out] = q
         return q
@@ -279,8 +327,9 @@ class _Quantizer:
                       b_float: np.ndarray) -> tuple[ShiftWeights, np.ndarray, tuple[tuple[str, float], ...]]:
         """Shift weights, the float bias to quantize, and the SQNR after each calibration-driven method."""
         methods = self.options.layer_methods
+        code = self.options.layer_format(node_label(node)).weight_code
         if not (methods.bias_correction or methods.scale_search or methods.rounding):
-            return quantize_weights(w_float, self.options.weight_code), b_float, ()
+            return quantize_weights(w_float, code), b_float, ()
         xf = self.float_inputs[node.input[0]]
         xq = self.quantized_values(x.name, len(xf))
         n = min(len(xf), len(xq))
@@ -292,7 +341,7 @@ class _Quantizer:
             geo = ConvGeometry()
         rng = np.random.default_rng([self.options.seed, self.n_layers])
         stats = LayerStats.collect(xf[:n], xq[:n], geo, rng)
-        result = optimise_layer(w_float, b_float, stats, self.options.weight_code, methods, rng)
+        result = optimise_layer(w_float, b_float, stats, code, methods, rng)
         return result.weights, result.bias, result.steps
 
     def layer(self, node: onnx.NodeProto) -> None:
@@ -311,8 +360,9 @@ class _Quantizer:
         else:
             y = self.b.gemm(x, w, bias, name)
         y, out, act = self.activation(node, y)
-        q = self.requantize(y, out, signed=act is not Activation.RELU)
+        q = self.requantize(y, out, signed=act is not Activation.RELU, bits=self.options.layer_format(name).act_bits)
         self.layer_tensors[name] = (out, q.name)
+        self.layer_inputs[name] = (node.input[0], x.name)
         act_node = self.fused.get(id(node))
         label = _activation_label(act_node, self.g) if act_node is not None else "none"
         self.report.layers.append(LayerReport(name, node.op_type, sqnr_db(w_float, w.dequantize()), float("nan"),
@@ -427,17 +477,24 @@ class _Quantizer:
         return model, self.report
 
     def measure(self, model: onnx.ModelProto, renamed: dict[str, str]) -> None:
-        """Fill in the output SQNR of every layer (against the float model quantized, equalised and with its slopes
-        rounded) and of the model outputs (against the float model as given), on the first REPORT_SAMPLES samples."""
+        """Fill in the input and output SQNR of every layer (against the float model quantized, equalised and with
+        its slopes rounded) and of the model outputs (against the float model as given), on the first REPORT_SAMPLES
+        samples."""
         input_name, _ = input_spec(model)
         data = self.data[:REPORT_SAMPLES]
         float_names = [f for f, _ in self.layer_tensors.values()]
         quant_names = [renamed.get(q, q) for _, q in self.layer_tensors.values()] + list(self.g.graph_outputs)
-        ref = _run(self.model, input_name, data, list(dict.fromkeys(float_names)))
+        float_inputs = [f for f, _ in self.layer_inputs.values()]
+        quant_inputs = [renamed.get(q, q) for _, q in self.layer_inputs.values()]
+        ref = _run(self.model, input_name, data,
+                   list(dict.fromkeys(float_names + [f for f in float_inputs if f != input_name])))
+        ref[input_name] = data
         ref.update(_run(self.reference, input_name, data, list(self.g.graph_outputs)))
-        got = _run(model, input_name, data, list(dict.fromkeys(quant_names)))
+        got = _run(model, input_name, data, list(dict.fromkeys(quant_names + quant_inputs)))
         for i, r in enumerate(self.report.layers):
-            self.report.layers[i] = replace(r, output_sqnr_db=sqnr_db(ref[float_names[i]], got[quant_names[i]]))
+            x = got[quant_inputs[i]]
+            self.report.layers[i] = replace(r, output_sqnr_db=sqnr_db(ref[float_names[i]], got[quant_names[i]]),
+                                            input_sqnr_db=sqnr_db(ref[float_inputs[i]][: len(x)], x))
         for name in self.g.graph_outputs:
             self.report.output_sqnr_db[name] = sqnr_db(ref[name], got[name])
 
@@ -477,8 +534,13 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray,
                          "takes a float model (use `shiftpu check`, or `shiftpu import-qonnx` for QONNX/QCDQ graphs)")
     folded = fold_float_model(model)
     g = GraphIndex(folded)
-    if not any(_role(n, g)[0] is Role.LAYER for n in folded.graph.node):
+    layers = [node_label(n) for n in folded.graph.node if _role(n, g)[0] is Role.LAYER]
+    if not layers:
         raise ModelError("the model has no quantizable layer (Conv, Gemm or MatMul with constant weights)")
+    unknown = sorted(set(options.layer_formats) - set(layers))
+    if unknown:
+        raise ModelError(f"layer_formats names {', '.join(map(repr, unknown))}, not a layer of the model; its layers "
+                         f"are {', '.join(map(repr, layers))}")
     _, shape = input_spec(folded)
     data = validate_calibration(calibration, shape)
     reference = folded
@@ -514,7 +576,8 @@ def _equalise(folded: onnx.ModelProto, data: np.ndarray,
     g = GraphIndex(folded)
     reference = _run(folded, input_name, sample, list(g.graph_outputs))
     tensors = _run(folded, input_name, sample, list(dict.fromkeys(p.tensor for p in pairs)))
-    fast = PtqOptions.fast(options.weight_code, options.act_bits, options.leaky_slope)
+    fast = replace(PtqOptions.fast(options.weight_code, options.act_bits, options.leaky_slope),
+                   layer_formats=options.layer_formats)
 
     def score(m: onnx.ModelProto) -> float:
         return _output_sqnr(reference, _Quantizer(m, sample, fast).run()[0], sample)

@@ -23,6 +23,8 @@ class LayerReport:
     #: (method, SQNR in dB of the layer's pre-activation output on the calibration data after it), in the
     #: order applied, starting with "nearest" (empty when no calibration-driven method ran)
     steps: tuple[tuple[str, float], ...] = ()
+    #: the float model's layer input vs the quantized model's: output minus input SQNR is what the layer loses
+    input_sqnr_db: float = float("nan")
 
 
 @dataclass(frozen=True)

