@@ -90,7 +90,7 @@ class BurstSplitter(wiring.Component):
         beats = Signal(9)
         last = Signal()
         shift = _size_code(p)
-        limit = _burst_limit(addr, shift, p.cfg.max_burst_beats)
+        limit = Signal(9)  # the burst limit at addr, kept in a register beside it
         mb = log2(p.cfg.max_burst_beats)
         # left <= limit (limit <= max_burst_beats): the high bits of left clear, and a (mb + 1)-bit comparison
         fits = (left[mb + 1:] == 0) & (left[:mb + 1] <= limit)
@@ -103,11 +103,13 @@ class BurstSplitter(wiring.Component):
             self.burst.valid.eq(busy & settled), self.burst.payload.addr.eq(addr), self.burst.payload.beats.eq(beats),
         ]
         with m.If(held & ~busy):
-            m.d.sync += [addr.eq(held_cmd.addr), left.eq(held_cmd.beats), busy.eq(1), settled.eq(0), held.eq(0)]
+            m.d.sync += [addr.eq(held_cmd.addr), left.eq(held_cmd.beats), busy.eq(1), settled.eq(0), held.eq(0),
+                         limit.eq(_burst_limit(held_cmd.addr, shift, p.cfg.max_burst_beats))]
         with m.Elif(busy & ~settled):
             m.d.sync += [beats.eq(Mux(fits, left, limit)), last.eq(fits), settled.eq(1)]
         with m.Elif(self.burst.valid & self.burst.ready):
-            m.d.sync += [addr.eq(addr + (beats << shift)), left.eq(left - beats), settled.eq(0)]
+            m.d.sync += [addr.eq(addr + (beats << shift)), left.eq(left - beats), settled.eq(0),
+                         limit.eq(_limit_after(addr, limit, shift, p.cfg.max_burst_beats))]
             with m.If(last):
                 m.d.sync += busy.eq(0)
         assert READ_ADDRESS_LATENCY == 3, "hold, take, settle: the latency the cycle model counts"
@@ -126,6 +128,20 @@ def _burst_limit(addr, shift: int, max_burst: int):
     low = index[:mb]
     near = index[mb:].all() & (low != 0)
     return Mux(near, max_burst - low, max_burst)
+
+
+def _limit_after(addr, limit, shift: int, max_burst: int):
+    """The burst limit at the address after a burst of ``limit`` beats from ``addr`` (every burst but a
+    command's last is that long), from registers and without the addition: a burst shorter than ``max_burst``
+    ended at a 4 KiB boundary; a full one moved the beat index's high bits up by one."""
+    index_bits = log2(BOUNDARY_4K) - shift
+    mb = log2(max_burst)
+    if mb >= index_bits:  # every burst ends at the boundary
+        return 1 << index_bits
+    index = addr[shift:log2(BOUNDARY_4K)]
+    low = index[:mb]
+    near_next = (index[mb:] == (1 << (index_bits - mb)) - 2) & (low != 0)
+    return Mux(limit != max_burst, max_burst, Mux(near_next, max_burst - low, max_burst))
 
 
 def _address_channel(m: Module, burst, prefix: str, port, ready_gate=1) -> None:

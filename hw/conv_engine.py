@@ -31,6 +31,7 @@ from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.isa import Dataflow
 from shiftpu.arch.latency import CONV_IC_SETUP, CONV_SETUP, CONV_TILE_SETUP, CONV_W_SETUP
+from shiftpu.arch.numerics import NEGATIVE_ZERO_CODE, SHIFT_CODE_BITS
 from shiftpu.arch.regmap import ErrorCode
 from shiftpu.hw.arith import pipelined_product, small_product
 from shiftpu.hw.axi_master import transfer_layout, write_beat_layout
@@ -78,7 +79,10 @@ class ConvEngine(wiring.Component):
         p = self.p
         cfg = p.cfg
         m = Module()
-        i = self.instr
+        # the engine's own copy of the instruction (it holds from LATCH, DECODE_CHECK cycles before start): the
+        # sequencer's register drives only the copies, not every engine's logic across the chip
+        i = Signal.like(self.instr, name="conv_instr")
+        m.d.sync += i.eq(self.instr)
         P, PO, CB, G = cfg.pe_px, cfg.pe_oc, p.cb, p.out_group
         lp, lpo, lcb, lg = log2(P), log2(PO), log2(CB), log2(G)
         lbb = log2(p.beat_bytes)
@@ -287,6 +291,22 @@ class ConvEngine(wiring.Component):
             qp_wr.addr.eq(qp_n >> lpo), qp_wr.data.eq(Cat(qp_gear.words.payload[:QP_RECORD.size]).replicate(PO)),
         ]
 
+        # -- illegal weight codes (negative zero, in any term) among the steps written, in registered stages: the
+        # codes of each lane, then the lanes of the run; the instruction fails at FINISH --
+        beat_mask = Signal(p.w_lanes)  # lanes of this cycle's beat that belong to the run
+        lane_bad, mask_q = Signal(p.w_lanes), Signal(p.w_lanes)
+        code_bad = Signal()  # sticky for the instruction
+        nibbles = p.step_bits // SHIFT_CODE_BITS
+        wr_bits = wb.wr_data.as_value()
+        if narrow_steps:
+            m.d.sync += lane_bad.eq(Cat(*(
+                Cat(*(wr_bits.word_select(lane * nibbles + k, SHIFT_CODE_BITS) == NEGATIVE_ZERO_CODE
+                      for k in range(nibbles))).any() for lane in range(p.w_lanes))))
+        else:
+            m.d.sync += lane_bad.eq(Cat(*(wr_bits.word_select(k, SHIFT_CODE_BITS) == NEGATIVE_ZERO_CODE
+                                          for k in range(nibbles))).any())
+        m.d.sync += [mask_q.eq(beat_mask), code_bad.eq(code_bad | (lane_bad & mask_q).any())]
+
         blocked = Signal()  # the main FSM waits for the loader or the store
         w_loaded = Signal()  # the weight buffer holds this (output tile, input tile)'s weights (registered)
         m.d.sync += w_loaded.eq(w_valid & (w_o0 == o0) & (w_i0 == i0))
@@ -296,7 +316,7 @@ class ConvEngine(wiring.Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [x0.eq(0), o0.eq(0), w_valid.eq(0), err_code.eq(0)]
+                    m.d.sync += [x0.eq(0), o0.eq(0), w_valid.eq(0), err_code.eq(0), code_bad.eq(0)]
                     m.next = "SETUP"
             with m.State("SETUP"):
                 with m.If(wait_cycles(m, CONV_SETUP, "setup")):
@@ -385,7 +405,8 @@ class ConvEngine(wiring.Component):
                                  w_gear.beats.payload.eq(self.rd_data.payload), w_gear.words.ready.eq(1),
                                  wb.wr_data.eq(w_gear.words.payload)]
                 mask = Cat(*((w_lane0 <= lane) & (w_left > lane - w_lane0) for lane in range(p.w_lanes)))
-                m.d.comb += [wb.wr_addr.eq(w_waddr), wb.wr_en.eq(w_valid_beat), wb.wr_mask.eq(mask)]
+                m.d.comb += [wb.wr_addr.eq(w_waddr), wb.wr_en.eq(w_valid_beat), wb.wr_mask.eq(mask),
+                             beat_mask.eq(Mux(w_valid_beat, mask, 0))]
                 with m.If(w_valid_beat):
                     m.d.sync += [w_left.eq(w_left - room), w_lane0.eq(0), w_waddr.eq(w_waddr + p.w_lanes)]
                     with m.If(last_beat):
@@ -435,7 +456,9 @@ class ConvEngine(wiring.Component):
                             m.next = "FINISH"
             with m.State("FINISH"):  # done and failed leave from registers, a cycle later (ENGINE_DONE)
                 with m.If(self.wr_idle & ~store.busy & loader.idle):
-                    m.d.sync += [done.eq(1), failed.eq(err_code != 0)]
+                    m.d.sync += [done.eq(1), failed.eq((err_code != 0) | code_bad)]
+                    with m.If(code_bad & (err_code == 0)):  # the run finishes, then refuses its weights
+                        m.d.sync += err_code.eq(ErrorCode.BAD_FIELD)
                     m.next = "IDLE"
         waiting = ("QP_CMD", "QP_DATA", "W_SETUP", "W_CMD", "W_DATA", "FINISH")
         m.d.comb += self.stall.eq(blocked | Cat(*(fsm.ongoing(st) for st in waiting)).any())

@@ -50,7 +50,9 @@ class EltwiseEngine(wiring.Component):
     def elaborate(self, platform):
         p = self.p
         m = Module()
-        i = self.instr
+        # the engine's own copy of the instruction (see the CONV engine)
+        i = Signal.like(self.instr, name="elt_instr")
+        m.d.sync += i.eq(self.instr)
         CB = p.cb
         lcb = log2(CB)
         K = p.cfg.max_kernel
@@ -67,7 +69,7 @@ class EltwiseEngine(wiring.Component):
 
         # -- per-instruction values, registered (the instruction holds from LATCH, DECODE_CHECK cycles and more
         # before start) --
-        assert PRODUCT_LATENCY + 1 <= DECODE_CHECK, "the plane sizes settle before the engine starts"
+        assert 1 + PRODUCT_LATENCY + 1 <= DECODE_CHECK, "the plane sizes settle before the engine starts"
         is_pool, is_add, up_sh, s2 = Signal(), Signal(), Signal(), Signal()
         kh_m1, out_h_m1, last_blk = Signal(3), Signal(16), Signal(16)
         kw_ok = Signal(K)  # window column j (0: the newest) is inside the kernel

@@ -113,6 +113,8 @@ def test_burst_reader_splits_bursts_and_keeps_order():
     dut = BurstReader(p)
     commands = [(int(rng.integers(0, 3 * 4096 // 8)) * 8, int(rng.integers(1, 90))) for _ in range(12)]
     commands.append((4096 - 8 * 3, 20))  # straddles a 4 KiB boundary
+    commands.append((3 * 4096 - 8 * 40, 70))  # full bursts up to the boundary, then one that ends at it
+    commands.append((4 * 4096 - 8 * 16, 40))  # a full burst that ends exactly at the boundary
     bursts: list[tuple[int, int]] = []
     received: list[int] = []
     pending: list[int] = []
@@ -159,6 +161,14 @@ def test_burst_reader_splits_bursts_and_keeps_order():
     for addr, n in bursts:
         assert 1 <= n <= CFG.max_burst_beats
         assert addr // 4096 == (addr + 8 * n - 1) // 4096, f"burst at 0x{addr:x} x{n} crosses 4 KiB"
+    # and each burst is as long as it may be: the rest of the command, max_burst_beats, or up to the boundary
+    expected_bursts = []
+    for addr, n in commands:
+        while n:
+            beats = min(n, CFG.max_burst_beats, (4096 - addr % 4096) // 8)
+            expected_bursts.append((addr, beats))
+            addr, n = addr + 8 * beats, n - beats
+    assert bursts == expected_bursts
 
 
 def test_burst_writer_bursts_strobes_and_responses():

@@ -1,8 +1,9 @@
 """An illegal weight code is refused on every backend with the golden model's error, before anything runs.
 
-The RTL reads the "negative zero" code as a weight and finishes with wrong output, so the runtime checks the
-weights of every CONV when a program goes to a backend that does not run the golden model: the RTL simulation
-(before Verilator starts) and the driver (when it uploads a program, for the board and the simulated devices).
+The runtime checks the weights of every CONV when a program goes to a backend that does not run the golden
+model: the RTL simulation (before Verilator starts) and the driver (when it uploads a program, for the board and
+the simulated devices), so that nothing runs. The RTL checks them too, as they stream in (a code spoiled in memory
+after the upload): the instruction fails with the same error at the same instruction.
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ def test_the_rtl_simulation_refuses_it_before_it_starts(monkeypatch):
     image = program()
     e = _error(RtlAccelerator(CFG), with_illegal_code(image.const, 1), image.act)
     assert (e.code, e.pc, str(e)) == (ErrorCode.BAD_FIELD, 1, MESSAGE)
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("pc", [0, 1])
+def test_the_rtl_itself_fails_the_instruction_with_the_code(pc):
+    """Past the software check (a weight spoiled in memory after the upload), the CONV engine finds the code as
+    the weights stream in and fails the instruction with the golden model's error at its instruction."""
+    from shiftpu.arch.regmap import Status
+
+    image = program()
+    rtl = RtlAccelerator(CFG)
+    result = rtl.run_raw(with_illegal_code(image.const, pc), image.act.copy())
+    assert result["STATUS"] >> Status.ERROR & 1
+    assert (ErrorCode(result["ERROR_CODE"]), result["PC"]) == (ErrorCode.BAD_FIELD, pc)
+    assert rtl.run_raw(image.const, image.act.copy())["STATUS"] >> Status.ERROR & 1 == 0
 
 
 def test_the_driver_refuses_it_when_it_loads_the_program():
