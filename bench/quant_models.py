@@ -213,16 +213,17 @@ def set_bn_statistics(model, images: np.ndarray, batch: int = 16) -> None:
     model.eval()
 
 
-def float_onnx(model, size: int):
-    """The float model as ONNX (opset 17), its BatchNormalization nodes kept, input ``input`` [N, 3, size, size]
-    with a symbolic batch."""
+def float_onnx(model, size: int, batch: int | None = None):
+    """The float model as ONNX (opset 17), its BatchNormalization nodes kept, input ``input`` [N, 3, size, size]:
+    N symbolic, or fixed to ``batch`` (what ``shiftpu compile`` takes)."""
     import onnx
     import torch
 
     buf = io.BytesIO()
+    dynamic = None if batch else {"input": {0: "N"}, "output": {0: "N"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(1, 3, size, size), buf, dynamo=False, opset_version=17,
+        torch.onnx.export(model, torch.zeros(batch or 1, 3, size, size), buf, dynamo=False, opset_version=17,
                           do_constant_folding=False, input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "N"}, "output": {0: "N"}})
+                          dynamic_axes=dynamic)
     return onnx.load_from_string(buf.getvalue())

@@ -119,6 +119,24 @@ def test_equalisation_is_exact_and_kept_where_it_helps(flatten):
     assert "cross-layer equalisation" in "\n".join(with_eq.lines()) and "kept" in "\n".join(with_eq.lines())
 
 
+def test_equalisation_candidates_are_scored_without_the_report_measurement(monkeypatch):
+    """Each equalisation candidate is quantized only to be scored: the report's SQNR measurement (a run with
+    every layer's input and output kept) is made once, for the model returned, and its figures are unchanged."""
+    from shiftpu.compiler.quant import ptq
+
+    x = np.random.default_rng(0).normal(size=(32, 4, 8, 8)).astype(np.float32)
+    options = replace(PtqOptions.fast(), equalize=True)
+    q_before, before = quantize_model(_unbalanced(False), x, options)
+    measured = []
+    original = ptq._Quantizer.measure
+    monkeypatch.setattr(ptq._Quantizer, "measure", lambda self, *a: (measured.append(1), original(self, *a))[1])
+    q_after, after = quantize_model(_unbalanced(False), x, options)
+    (step,) = after.equalisation
+    assert step.kept and len(measured) == 1
+    assert q_after.SerializeToString() == q_before.SerializeToString()
+    assert after.output_sqnr_db == before.output_sqnr_db and after.layers == before.layers
+
+
 def _run_tensor(model: onnx.ModelProto, x: np.ndarray, name: str) -> np.ndarray:
     m = onnx.ModelProto()
     m.CopyFrom(model)

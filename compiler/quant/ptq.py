@@ -450,7 +450,10 @@ class _Quantizer:
             self.env[orig] = new
         self.report.float_nodes.append(FloatNode(node_label(node), node.op_type, reason))
 
-    def run(self) -> tuple[onnx.ModelProto, PtqReport]:
+    def run(self, measure: bool = True) -> tuple[onnx.ModelProto, PtqReport]:
+        """The quantized model and its report; ``measure=False`` leaves out the report's SQNR measurement
+        (a run of the float and the quantized model on REPORT_SAMPLES samples with every layer's input and output
+        kept), for a quantization that is only scored (an equalisation candidate)."""
         input_name, shape = input_spec(self.model)
         self.b.reserve(list(self.g.graph_outputs))
         self.env[input_name] = self.b.float_input(input_name, shape)
@@ -473,7 +476,8 @@ class _Quantizer:
             self.b.output(value, out.name)
             renamed[value] = out.name
         model = self.b.build(producer="shiftpu.compiler.quant.ptq")
-        self.measure(model, renamed)
+        if measure:
+            self.measure(model, renamed)
         return model, self.report
 
     def measure(self, model: onnx.ModelProto, renamed: dict[str, str]) -> None:
@@ -580,7 +584,7 @@ def _equalise(folded: onnx.ModelProto, data: np.ndarray,
                    layer_formats=options.layer_formats)
 
     def score(m: onnx.ModelProto) -> float:
-        return _output_sqnr(reference, _Quantizer(m, sample, fast).run()[0], sample)
+        return _output_sqnr(reference, _Quantizer(m, sample, fast).run(measure=False)[0], sample)
 
     current = score(folded)
     steps = []
