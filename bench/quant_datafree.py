@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quant_ptq import accuracy, digits_splits, run_onnx, train_float
+from bench.quant_ptq import accuracy, add_digits_options, digits_splits, run_onnx, train_float
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Calibration sets measured, in table order: (key, label).
@@ -129,12 +129,9 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archs", nargs="+", default=["pooled", "strided"], choices=["pooled", "strided"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (one model each)")
-    ap.add_argument("--epochs", type=int, default=40, help="float training epochs")
-    ap.add_argument("--calib", type=int, default=256, help="real calibration images (first of the training split)")
+    add_digits_options(ap, calib_help="real calibration images (first of the training split)",
+                       threads_help="torch threads (training and synthesis)")
     ap.add_argument("--samples", type=int, default=128, help="synthesised calibration inputs")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (training and synthesis)")
     ap.add_argument("--write", action="store_true", help="write bench/results/quant_datafree.json and .md")
     args = ap.parse_args(argv)
 

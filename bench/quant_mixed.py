@@ -127,11 +127,7 @@ def _markdown(rows: list[dict], args, when: str, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archs", nargs="+", default=["pooled", "strided"], choices=["pooled", "strided"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (one model each)")
-    ap.add_argument("--epochs", type=int, default=40, help="float training epochs")
-    ap.add_argument("--calib", type=int, default=256, help="calibration images (first of the training split)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    digits.add_digits_options(ap)
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/results alone")
     args = ap.parse_args(argv)
 

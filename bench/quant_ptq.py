@@ -127,13 +127,20 @@ def quantize_and_measure(float_model, calib: np.ndarray, test, reference: np.nda
     return Measured(accuracy(logits, test.labels), sqnr_db(reference, logits), seconds, report)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_digits_options(ap: argparse.ArgumentParser, calib_help: str = "calibration images (first of the training "
+                       "split)", threads_help: str = "torch threads for training") -> None:
+    """The options every digits benchmark takes: the models (architectures, seeds, epochs), the calibration images
+    and torch's threads."""
     ap.add_argument("--archs", nargs="+", default=["pooled", "strided"], choices=["pooled", "strided"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (one model each)")
     ap.add_argument("--epochs", type=int, default=40, help="float training epochs")
-    ap.add_argument("--calib", type=int, default=256, help="calibration images (first of the training split)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    ap.add_argument("--calib", type=int, default=256, help=calib_help)
+    ap.add_argument("--threads", type=int, default=1, help=threads_help)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_digits_options(ap)
     ap.add_argument("--report", action="store_true", help="print the PTQ report of each new one-term model")
     args = ap.parse_args(argv)
 
