@@ -369,7 +369,8 @@ def _targets(result: dict) -> list[str]:
         for tag, run in y["runs"].items():
             what = "every calibration-driven method" + (", --mixed-precision" if tag == "mixed" else "")
             lines.append(f"| `shiftpu quantize`, Tiny-YOLOv2 512x512, {what}: < 10 min on 2 cores | "
-                         f"{_wall(run)}; load average {run['load_before'][0]:.2f} when it started | "
+                         f"{_wall(run)}; load average {run['load_before'][0]:.2f} at start, "
+                         f"{run['load_after'][0]:.2f} at end | "
                          f"{'yes' if run['exit'] == 0 and run['wall_s'] < 600 else 'no'} |")
     return lines + [""]
 
@@ -417,7 +418,8 @@ def _structures_section(part: dict) -> list[str]:
     lines += ["", "Output SQNR: of the 1,000 logits against the float model's, on the held-out test crops (the target's "
               "figure); on the calibration crops as the PTQ report gives it (its first 32). Where the default is "
               "much better on the calibration crops than on the test crops, the rounding and bias of the last layers "
-              "fit the few calibration images (wide layers, fewer patch rows than inputs). With random weights the "
+              "fit the few calibration images (wide layers, fewer patch rows than inputs; the classifier has one row "
+              "per image); more crops narrow that gap and raise the SQNR on the test crops. With random weights the "
               "logits are close together, so top-1 agreement is a harsh proxy.", ""]
     return lines
 
@@ -439,16 +441,19 @@ def _yolo_section(part: dict) -> list[str]:
              "rounding optimisation, scale search, bias correction, equalisation, BatchNorm re-estimation, LeakyReLU "
              "slopes rounded); mixed precision: a copy of ultra96v2 with two-term weight codes, budget halfway "
              f"between all one-term ({part['one_term_bytes']} bytes) and all two-term ({part['two_term_bytes']}): "
-             f"{part['budget']} weight bytes. A run is stopped after {part['timeout_s'] / 60:.0f} min.", "",
-             "| run | command | wall time | load average at start | model output SQNR (calibration set) |",
+             f"{part['budget']} weight bytes. A run is stopped after {part['timeout_s'] / 60:.0f} min. The machine's "
+             "two cores were shared with synthesis jobs that others started during the runs (the load columns).", "",
+             "| run | command | wall time | load average (1 min) at start / end | model output SQNR (calibration set) |",
              "|---|---|---|---|---|"]
     for tag, run in part["runs"].items():
         sqnr = "; ".join(s.replace("model output ", "") for s in run["output_sqnr"]) or "-"
-        lines.append(f"| {tag} | `{run['command']}` | {_wall(run)} | {run['load_before'][0]:.2f} | {sqnr} |")
+        lines.append(f"| {tag} | `{run['command']}` | {_wall(run)} | {run['load_before'][0]:.2f} / "
+                     f"{run['load_after'][0]:.2f} | {sqnr} |")
     est = part.get("sensitivity_estimate")
     if est:
         lines += ["", f"Mixed precision's sensitivity pass (`sensitivity.curvatures`): one Hutchinson probe of one "
-                  f"weight tensor took {est['one_probe_s']:.0f} s (measured: two runs of the float model per "
+                  f"weight tensor took {est['one_probe_s']:.0f} s (measured after the mixed run, at its load: two runs of "
+                  "the float model per "
                   f"calibration sample, {est['samples']} samples); the pass makes {est['probes']} probes of each of "
                   f"{est['tensors']} tensors (every layer's weights and output), about {est['estimated_s'] / 60:.0f} "
                   "min (estimated), before the PTQ itself."]
@@ -457,6 +462,25 @@ def _yolo_section(part: dict) -> list[str]:
         lines += ["", f"Where the time of the default run goes: `{prof['command']}`, {_wall(prof)} under the profiler; "
                   "cumulative time per step (nested steps are part of the one above them):", ""]
         lines += [f"- {ln}" for ln in prof["lines"]]
+    equalised = [ln for ln in part["runs"].get("default", {}).get("log_tail", []) if "cross-layer equalisation" in ln]
+    kept = sum(ln.endswith(" kept") and "not kept" not in ln for ln in equalised)
+    lines += ["", "What the time is spent on, and what would shorten it (not done here: each changes what the PTQ "
+              "computes or how long it searches):", "",
+              f"- Equalisation scores each candidate pair with a whole fast PTQ (activation statistics on every "
+              f"calibration sample) and a run of the quantized model; here {kept} of {len(equalised)} pairs were "
+              "kept (BatchNorm-trained layers are already balanced). Scoring on fewer samples, or skipping pairs whose "
+              "factors are all within 2x of 1, would save most of it.",
+              "- The per-layer methods are dominated by the two 1,024-channel 3x3 layers (9,216 inputs per output "
+              "channel): the rounding sweeps and every layer output error evaluation cost channels x inputs^2 "
+              "multiply-adds (about 10^11); the float term of `LayerStats.output_mse` is the same in every "
+              "evaluation of a layer and could be computed once.",
+              "- Mixed precision's sensitivity pass runs the float model twice per calibration sample per probe "
+              "(finite differences), 16 probes per tensor: with 2 x 9 tensors at 512x512 that alone exceeds the "
+              "10 minutes many times over. Fewer samples or probes for large inputs, or one probe batch for all "
+              "tensors, would be needed.",
+              "- The model is exported with a static batch: with a symbolic batch dimension the edge Pad of the "
+              "stride-1 max pool is not folded into the MaxPool and stays float on the CPU (`compiler/quant/fold.py` "
+              "`_fold_pads` asks every dimension of the Pad's input to be >= 1, and a symbolic batch is 0)."]
     return lines + [""]
 
 
@@ -473,13 +497,14 @@ def _datafree_mixed_section(result: dict) -> list[str]:
         p = result["mixed"]
         parts = []
         for mode, s in p["summary"].items():
-            parts.append(f"{mode} PTQ: mean accuracy one-term {s['one_term']:.2f}, mixed {s['mixed']:.2f}, two-term "
+            label = {"nearest": "Nearest rounding", "calibrated": "Calibrated PTQ"}[mode]
+            parts.append(f"{label}: mean accuracy one-term {s['one_term']:.2f}, mixed {s['mixed']:.2f}, two-term "
                          f"{s['two_term']:.2f}; mixed >= the better uniform model in {s['better_uniform']} of "
                          f"{p['models']}, >= the uniform model within the budget in {s['within_budget_uniform']} of "
                          f"{p['models']}")
         lines.append(f"- Mixed precision at a weight-byte budget halfway between all one-term and all two-term: "
                      f"`{p['command']}`, measured {p['measured']} ({_load(p)}); table and frontier in "
-                     f"[quant_mixed.md](quant_mixed.md). " + "; ".join(parts)
+                     f"[quant_mixed.md](quant_mixed.md). " + ". ".join(parts)
                      + f". Over the budget: {p['over_budget']} of {p['models']}.")
     return lines + [""]
 
