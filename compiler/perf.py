@@ -27,7 +27,8 @@ accelerator cycle (``min(board bandwidth / clock, AXI bytes per beat)``).
 CONV, for each column strip (width ``sw``) and output-channel tile (``ot`` channels):
 
 * ``compute_row = sum over input tiles (it channels) of C(sw, ot, it)`` with ``C`` the formula of the
-  dataflow (PIXEL ``ceil(sw/pe_px)·ceil(ot/pe_oc)·it·kh·kw``; INPUT_CHANNEL ``sw·ceil(ot/pe_oc)·ceil(it/pe_px)·kh·kw``;
+  dataflow (PIXEL ``ceil(sw/pe_px)·ceil(ot/pe_oc)·ceil(it/pe_ic)·kh·kw``; INPUT_CHANNEL
+  ``sw·ceil(ot/pe_oc)·ceil(it/pe_px)·kh·kw``;
   DEPTHWISE ``ceil(sw/pe_px)·ceil(ot/pe_oc)·kh·kw``).
 * input bytes: the strip's input columns ``cols = min((sw−1)·stride + kw, in_w)``, ``ceil(it/cb)·cb`` bytes per
   pixel. With one input tile the K-row line buffer fetches every input row of the strip once (``rows =
@@ -71,7 +72,7 @@ from shiftpu.arch.latency import (
     READ_ADDRESS_LATENCY,
     pool_tree_stages,
 )
-from shiftpu.arch.layout import QPARAM_BYTES, ceil_div
+from shiftpu.arch.layout import QPARAM_BYTES, ceil_div, weight_lanes
 
 #: Cycles to fetch and decode one instruction (64 bytes) before its work starts.
 INSTR_OVERHEAD = 16
@@ -126,7 +127,7 @@ def _tiles(total: int, tile: int) -> list[tuple[int, int]]:
 def conv_compute(dataflow: Dataflow, sw: int, ot: int, it: int, kh: int, kw: int, cfg: AccelConfig) -> int:
     """PE-array cycles of one (row, input tile) step (docs/architecture.md)."""
     if dataflow is Dataflow.PIXEL:
-        return ceil_div(sw, cfg.pe_px) * ceil_div(ot, cfg.pe_oc) * it * kh * kw
+        return ceil_div(sw, cfg.pe_px) * ceil_div(ot, cfg.pe_oc) * ceil_div(it, cfg.pe_ic) * kh * kw
     if dataflow is Dataflow.INPUT_CHANNEL:
         return sw * ceil_div(ot, cfg.pe_oc) * ceil_div(it, cfg.pe_px) * kh * kw
     return ceil_div(sw, cfg.pe_px) * ceil_div(ot, cfg.pe_oc) * kh * kw
@@ -244,10 +245,9 @@ def _weight_load(i: Instruction, cfg: AccelConfig, o0: int, i0: int, it: int, ob
     po = cfg.pe_oc
     if i.depthwise:
         channels, run = 1, 1
-    elif i.dataflow is Dataflow.INPUT_CHANNEL:
-        channels, run = ceil_div(i.in_c, cfg.pe_px) * cfg.pe_px, ceil_div(it, cfg.pe_px) * cfg.pe_px
-    else:
-        channels, run = i.in_c, it
+    else:  # the layout's channels: rounded up to whole lane groups (pe_px for INPUT_CHANNEL, pe_ic for PIXEL)
+        lanes = weight_lanes(i.dataflow, cfg)
+        channels, run = ceil_div(i.in_c, lanes) * lanes, ceil_div(it, lanes) * lanes
     steps = run * khkw
     step_bits = po * cfg.weight_code.bits
     total = 0.0

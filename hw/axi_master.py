@@ -5,6 +5,11 @@ bursts of at most ``max_burst_beats`` that never cross a 4 KiB boundary (:class:
 length is computed into a register before it is offered, so the first address goes out three cycles after the
 command is taken (it waits in a command register first) and a command's later bursts every other cycle; several bursts may be outstanding, and data
 moves through valid/ready streams. A SLVERR/DECERR response sets a sticky error flag, cleared by ``clear``.
+
+``drain`` (the soft reset, :mod:`shiftpu.hw.soft_reset`) ends what is in flight within the AXI4 rules: no new burst
+is addressed (an address already offered stays offered until it is taken), the reader accepts and drops the beats
+of the bursts already addressed, and the writer completes its addressed bursts with WSTRB 0 and takes every
+response. ``idle`` then says nothing is outstanding.
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ class BurstSplitter(wiring.Component):
     previous one's last burst has gone. The next burst's length and whether it is the command's last are
     computed into registers in the cycle after the address or the beats left change, and the burst is offered
     the cycle after that (READ_ADDRESS_LATENCY after the command for the first burst).
+
+    ``abort`` (a level) drops the command register and the rest of the command being split; a burst already
+    offered stays offered until it is taken (AXI4 lets no VALID fall before its READY), and commands arriving
+    meanwhile are taken and dropped.
     """
 
     def __init__(self, p: HwParams):
@@ -78,6 +87,7 @@ class BurstSplitter(wiring.Component):
             "cmd": In(stream.Signature(transfer_layout(p))),
             "burst": Out(stream.Signature(burst_layout(p))),
             "busy": Out(1),
+            "abort": In(1),
         })
 
     def elaborate(self, platform):
@@ -111,6 +121,11 @@ class BurstSplitter(wiring.Component):
             m.d.sync += [addr.eq(addr + (beats << shift)), left.eq(left - beats), settled.eq(0),
                          limit.eq(_limit_after(addr, limit, shift, p.cfg.max_burst_beats))]
             with m.If(last):
+                m.d.sync += busy.eq(0)
+        offered = self.burst.valid & ~self.burst.ready  # must stay offered
+        with m.If(self.abort):
+            m.d.sync += held.eq(0)
+            with m.If(~offered):
                 m.d.sync += busy.eq(0)
         assert READ_ADDRESS_LATENCY == 3, "hold, take, settle: the latency the cycle model counts"
         return m
@@ -161,7 +176,9 @@ class BurstReader(wiring.Component):
     A new command is taken into the splitter's command register while the previous one's addresses are
     issued, and its data may still be on the way: a client can queue the reads of several rows and hide the memory's latency behind the
     data of the earlier ones (AXI4 returns the bursts of one ID in order). The R channel is the data stream
-    itself (R beats come only for the addresses issued).
+    itself (R beats come only for the addresses issued). While ``drain`` is high, R beats are taken and dropped
+    (the data stream offers none); ``idle`` (registered) says no command is pending and every addressed burst
+    has delivered its RLAST beat.
     """
 
     def __init__(self, p: HwParams):
@@ -171,6 +188,8 @@ class BurstReader(wiring.Component):
             "data": Out(stream.Signature(unsigned(p.beat_bits))),
             "error": Out(1),
             "clear": In(1),
+            "drain": In(1),
+            "idle": Out(1),
             **read_port_members(p),
         })
 
@@ -179,7 +198,17 @@ class BurstReader(wiring.Component):
         m.submodules.splitter = splitter = BurstSplitter(self.p)
         wiring.connect(m, wiring.flipped(self.cmd), splitter.cmd)
         _address_channel(m, splitter.burst, "ar", self)
-        m.d.comb += [self.data.valid.eq(self.rvalid), self.data.payload.eq(self.rdata), self.rready.eq(self.data.ready)]
+        m.d.comb += [
+            splitter.abort.eq(self.drain), self.data.payload.eq(self.rdata),
+            self.data.valid.eq(self.rvalid & ~self.drain), self.rready.eq(self.data.ready | self.drain),
+        ]
+        ar_fire = self.arvalid & self.arready
+        last_fire = self.rvalid & self.rready & self.rlast
+        outstanding = Signal(16)  # bursts addressed whose RLAST beat has not come
+        m.d.sync += outstanding.eq(outstanding + ar_fire - last_fire)
+        idle = Signal()
+        m.d.sync += idle.eq(~splitter.busy & (outstanding == 0))
+        m.d.comb += self.idle.eq(idle)
         error = Signal()
         with m.If(self.clear):
             m.d.sync += error.eq(0)
@@ -197,6 +226,10 @@ class BurstWriter(wiring.Component):
     runs ahead of its address, and a client whose data trails its command through a pipeline can queue its next
     command early. ``idle`` also waits for every write response, so that a later read sees the data; it is
     registered, so it rises a cycle after the last response and falls a cycle after a command is taken.
+
+    While ``drain`` is high, the beats still owed to the bursts already addressed go out as filler beats (WDATA
+    and WSTRB 0) instead of the data stream's, except that a data beat already offered on W and not yet taken
+    (``holding``, registered) goes out first, unchanged: its producer must keep it until then.
     """
 
     def __init__(self, p: HwParams):
@@ -207,6 +240,8 @@ class BurstWriter(wiring.Component):
             "idle": Out(1),
             "error": Out(1),
             "clear": In(1),
+            "drain": In(1),
+            "holding": Out(1),
             **write_port_members(p),
         })
 
@@ -218,7 +253,8 @@ class BurstWriter(wiring.Component):
         wiring.connect(m, wiring.flipped(self.cmd), splitter.cmd)
         _address_channel(m, splitter.burst, "aw", self, ready_gate=bursts.w_rdy)
         aw_fire = self.awvalid & self.awready
-        m.d.comb += [bursts.w_en.eq(aw_fire), bursts.w_data.eq(splitter.burst.payload.beats)]
+        m.d.comb += [splitter.abort.eq(self.drain), bursts.w_en.eq(aw_fire),
+                     bursts.w_data.eq(splitter.burst.payload.beats)]
 
         # data side: one burst at a time, its length from the queue; WLAST from a register
         w_left = Signal(9)  # beats of the burst still to send
@@ -226,10 +262,14 @@ class BurstWriter(wiring.Component):
         w_last = Signal()  # w_left == 1
         w_fire = self.wvalid & self.wready
         take = ~w_active | (w_fire & w_last)
+        holding = Signal()  # the data stream's beat is on W, not yet taken
+        fill = Signal()  # draining with no data beat to finish: filler beats
+        m.d.sync += holding.eq(self.data.valid & w_active & ~fill & ~self.wready)
         m.d.comb += [
-            self.wdata.eq(self.data.payload.data), self.wstrb.eq(self.data.payload.strb), self.wlast.eq(w_last),
-            self.wvalid.eq(self.data.valid & w_active), self.data.ready.eq(self.wready & w_active),
-            bursts.r_en.eq(take), self.bready.eq(1),
+            fill.eq(self.drain & ~holding), self.holding.eq(holding),
+            self.wdata.eq(Mux(fill, 0, self.data.payload.data)), self.wstrb.eq(Mux(fill, 0, self.data.payload.strb)),
+            self.wlast.eq(w_last), self.wvalid.eq((self.data.valid | fill) & w_active),
+            self.data.ready.eq(self.wready & w_active & ~fill), bursts.r_en.eq(take), self.bready.eq(1),
         ]
         with m.If(take):
             m.d.sync += [w_active.eq(bursts.r_rdy), w_left.eq(bursts.r_data), w_last.eq(bursts.r_data == 1)]

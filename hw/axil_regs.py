@@ -2,6 +2,8 @@
 
 Offsets, access types and bit positions all come from ``shiftpu.arch.regmap``. The counters
 (cycles, stall cycles, AXI beats, retired instructions) are cleared by START and count while busy.
+CTRL.SOFT_RESET gives a one-cycle ``soft_reset`` pulse (:mod:`shiftpu.hw.soft_reset` does the rest) and sets
+STATUS.ABORTED, clearing DONE, ERROR and ERROR_CODE.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ class RegisterFile(wiring.Component):
         self.p = p
         super().__init__({
             **axil_members(),
-            "start": Out(1),  # one-cycle pulse: CTRL.START written while idle
+            "start": Out(1),  # one-cycle pulse: CTRL.START written while idle (and without SOFT_RESET)
+            "soft_reset": Out(1),  # one-cycle pulse: CTRL.SOFT_RESET written
             "const_base": Out(32),
             "act_base": Out(32),
-            "busy": In(1),
+            "busy": In(1),  # a run or a soft reset's drain
             "finish": In(1),  # one-cycle pulse at the end of a run
             "failed": In(1),  # with finish: the run stopped on an error
             "error_code": In(8),
@@ -55,6 +58,7 @@ class RegisterFile(wiring.Component):
         m = Module()
         done = Signal()
         error = Signal()
+        aborted = Signal()
         code = Signal(8)
         irq_enable = Signal()
         irq_status = Signal()
@@ -78,7 +82,8 @@ class RegisterFile(wiring.Component):
         with m.If(wr_fire):
             with m.Switch(self.awaddr):
                 with m.Case(OFFSET["CTRL"]):
-                    m.d.comb += start_req.eq(self.wdata[Ctrl.START])
+                    m.d.comb += [start_req.eq(self.wdata[Ctrl.START]),
+                                 self.soft_reset.eq(self.wdata[Ctrl.SOFT_RESET])]
                 with m.Case(OFFSET["IRQ_ENABLE"]):
                     m.d.sync += irq_enable.eq(self.wdata[Irq.DONE])
                 with m.Case(OFFSET["IRQ_STATUS"]):
@@ -87,13 +92,13 @@ class RegisterFile(wiring.Component):
                     m.d.sync += const_base.eq(self.wdata)
                 with m.Case(OFFSET["ACT_BASE"]):
                     m.d.sync += act_base.eq(self.wdata)
-        m.d.comb += [self.start.eq(start_req & ~self.busy), self.const_base.eq(const_base),
+        m.d.comb += [self.start.eq(start_req & ~self.busy & ~self.soft_reset), self.const_base.eq(const_base),
                      self.act_base.eq(act_base)]
 
         # -- run state and counters --
         with m.If(self.start):
-            m.d.sync += [done.eq(0), error.eq(0), code.eq(0), cycles.eq(0), stalls.eq(0), retired.eq(0),
-                         rd_beats.eq(0), wr_beats.eq(0)]
+            m.d.sync += [done.eq(0), error.eq(0), aborted.eq(0), code.eq(0), cycles.eq(0), stalls.eq(0),
+                         retired.eq(0), rd_beats.eq(0), wr_beats.eq(0)]
         with m.Else():
             with m.If(self.busy):
                 m.d.sync += cycles.eq(cycles + 1)
@@ -105,17 +110,18 @@ class RegisterFile(wiring.Component):
                 m.d.sync += rd_beats.eq(rd_beats + 1)
             with m.If(self.wr_beat):
                 m.d.sync += wr_beats.eq(wr_beats + 1)
-        with m.If(self.finish):
-            m.d.sync += [done.eq(~self.failed), error.eq(self.failed), code.eq(self.error_code)]
-        with m.If(self.finish):
-            m.d.sync += irq_status.eq(1)
+        with m.If(self.soft_reset):  # a run finishing in this very cycle counts as cut off
+            m.d.sync += [done.eq(0), error.eq(0), aborted.eq(1), code.eq(0)]
+        with m.Elif(self.finish):
+            m.d.sync += [done.eq(~self.failed), error.eq(self.failed), code.eq(self.error_code), irq_status.eq(1)]
         with m.Elif(ack_irq):
             m.d.sync += irq_status.eq(0)
         m.d.comb += self.irq.eq(irq_status & irq_enable)
 
         # -- reads --
         values = {
-            "STATUS": (self.busy << Status.BUSY) | (done << Status.DONE) | (error << Status.ERROR),
+            "STATUS": ((self.busy << Status.BUSY) | (done << Status.DONE) | (error << Status.ERROR)
+                       | (aborted << Status.ABORTED)),
             "ERROR_CODE": code, "IRQ_ENABLE": irq_enable, "IRQ_STATUS": irq_status,
             "CONST_BASE": const_base, "ACT_BASE": act_base,
             "CYCLES_LO": cycles[:32], "CYCLES_HI": cycles[32:], "STALL_LO": stalls[:32], "STALL_HI": stalls[32:],

@@ -1,11 +1,12 @@
 """The CONV compute loop: walks one (output row, input tile) over the PE array, all three dataflows.
 
-Loop nest, innermost first: kernel column ``kx``, kernel row ``ky``, input step ``ii`` (an input channel for
-PIXEL, a group of pe_px input channels for INPUT_CHANNEL, one step for DEPTHWISE), then the pixel ``slot``
+Loop nest, innermost first: kernel column ``kx``, kernel row ``ky``, input step ``ii`` (a group of pe_ic input
+channels for PIXEL, one on each lane of the PEs; a group of pe_px input channels for INPUT_CHANNEL; one step for
+DEPTHWISE), then the pixel ``slot``
 (INPUT_CHANNEL visits the pe_px pixels of a group one by one), the output block ``ob`` (pe_oc channels) and
 the pixel group ``pg`` (pe_px output columns). Every buffer address is stepped from registers (no product
 of loop counters per cycle): the line-buffer word is ``row slot base + block offset + column``, the weight
-step counts up by one per cycle.
+step counts up by one per cycle (a group of ``lanes`` steps: pe_ic for PIXEL, pe_px for INPUT_CHANNEL).
 
 Pipeline (CONV_COMPUTE_LATENCY stages from the loop counters to the accumulators): C1 partial address sums,
 C2 the buffer addresses, C3 the block RAMs, C4 the block RAMs' output registers, C5 the buffers' rotated
@@ -66,7 +67,7 @@ class ConvCompute(wiring.Component):
             "lb_rd_stride": Out(2),
             "lb_rd_data": In(data.ArrayLayout(unsigned(p.cb * 8), p.cfg.pe_px)),
             "wb_rd_addr": Out(WB_ADDR_BITS),
-            "wb_rd_data": In(data.ArrayLayout(unsigned(p.step_bits), p.cfg.pe_px)),
+            "wb_rd_data": In(data.ArrayLayout(unsigned(p.step_bits), p.wb_read_steps)),
             "acc_rd_addr": Out(entries),
             "acc_rd_data": In(acc_layout(p)),
             "acc_wr_addr": Out(entries),
@@ -79,13 +80,14 @@ class ConvCompute(wiring.Component):
         cfg = p.cfg
         m = Module()
         i = self.instr
-        P, PO, CB = cfg.pe_px, cfg.pe_oc, p.cb
-        lp, lcb = log2(P), log2(CB)
+        P, PO, L, CB = cfg.pe_px, cfg.pe_oc, cfg.pe_ic, p.cb
+        lp, ll, lcb = log2(P), log2(L), log2(CB)
         # the instruction's mapping, registered (the instruction holds from long before start)
         dw, ic_mode = Signal(), Signal()
-        ch_inc = Signal(range(max(PO, P, 1) + 1))  # channels a step advances: pe_oc (DEPTHWISE), pe_px (IC) or 1
+        # channels a step advances: pe_oc (DEPTHWISE), pe_px (INPUT_CHANNEL) or pe_ic (PIXEL)
+        ch_inc = Signal(range(max(PO, P, L) + 1))
         m.d.sync += [dw.eq(i.depthwise), ic_mode.eq(i.dataflow == Dataflow.INPUT_CHANNEL),
-                     ch_inc.eq(Mux(dw, PO, Mux(ic_mode, P, 1)))]
+                     ch_inc.eq(Mux(dw, PO, Mux(ic_mode, P, L)))]
         s = i.stride
 
         m.submodules.pe = pe = PEArray(p)
@@ -123,7 +125,7 @@ class ConvCompute(wiring.Component):
         blk_off = Signal(16)  # line buffer words from the first block of the tile to this step's block
         col_pg = Signal(16)  # (pg << lp) * stride
         col_slot = Signal(16)  # slot * stride (INPUT_CHANNEL)
-        wstep = Signal(16)  # weight step of the block: (ii * kh + ky) * kw + kx
+        wstep = Signal(16)  # weight step group of the block: (ii * kh + ky) * kw + kx
         wb_base = Signal(WB_ADDR_BITS)
         chl_start = Mux(dw, self.o0[:lcb], self.i0[:lcb]) if lcb else 0
         chl_next = Signal(lcb + 1)
@@ -186,30 +188,44 @@ class ConvCompute(wiring.Component):
         m.d.sync += [
             lb_row.eq(self.slot_base[rslot] + blk_off),
             lb_col.eq(col_pg + Mux(ic_mode, col_slot, 0) + kx),
-            wb_addr1.eq(wb_base + Mux(ic_mode, wstep << lp, wstep)),
+            wb_addr1.eq(wb_base + Mux(ic_mode, wstep << lp, Mux(dw, wstep, wstep << ll))),
             lb_addr.eq(lb_row + lb_col),
             wb_addr.eq(wb_addr1),
         ]
         m.d.comb += [self.lb_rd_addr.eq(lb_addr), self.lb_rd_stride.eq(s), self.wb_rd_addr.eq(wb_addr)]
 
         # -- C6: operands. Each column's word rotated so that byte t holds channel lane + t (mod cb): PIXEL takes
-        # byte 0 of its column, DEPTHWISE byte r for row r, INPUT_CHANNEL byte j of the one pixel's word for
-        # column j --
+        # bytes 0 .. pe_ic - 1 of its column (one per lane), DEPTHWISE byte r for row r, INPUT_CHANNEL byte j of the
+        # one pixel's word for column j; lanes 1 .. pe_ic - 1 get zero codes outside PIXEL --
         t5 = tags[5]
-        codes = data.View(data.ArrayLayout(data.ArrayLayout(unsigned(cfg.weight_code.bits), PO), P), self.wb_rd_data)
+        codes = data.View(data.ArrayLayout(data.ArrayLayout(unsigned(cfg.weight_code.bits), PO), p.wb_read_steps),
+                          self.wb_rd_data)
         rot = []
         for j in range(P):
             col_bytes = [self.lb_rd_data[j].word_select(b, 8) for b in range(CB)]
             rot.append(Cat(*rotate_words(m, col_bytes, t5.chl, 8, f"col{j}")) if lcb else self.lb_rd_data[j])
+
+        def act(byte):
+            return Mux(i.in_signed, byte.as_signed(), byte)
+
         for r in range(PO):
             for j in range(P):
                 byte = Mux(ic_mode, rot[0].word_select(j % CB, 8),
                            Mux(dw, rot[j].word_select(r % CB, 8), rot[j].word_select(0, 8)))
                 a = Signal(signed(ACT_WIDTH), name=f"act_{r}_{j}")
                 c = Signal(cfg.weight_code.bits, name=f"code_{r}_{j}")
-                m.d.sync += [a.eq(Mux(i.in_signed, byte.as_signed(), byte)),
-                             c.eq(Mux(ic_mode, codes[j][r], codes[0][r]))]
+                m.d.sync += [a.eq(act(byte)), c.eq(Mux(ic_mode, codes[j][r], codes[0][r]))]
                 m.d.comb += [pe.acts[r * P + j].eq(a), pe.codes[r * P + j].eq(c)]
+        pixel_mode = ~ic_mode & ~dw
+        for lane in range(1, L):
+            for j in range(P):
+                a = Signal(signed(ACT_WIDTH), name=f"act_col{j}_l{lane}")
+                m.d.sync += a.eq(act(rot[j].word_select(lane, 8)))
+                m.d.comb += pe.lane_acts[j * (L - 1) + lane - 1].eq(a)
+            for r in range(PO):
+                c = Signal(cfg.weight_code.bits, name=f"code_row{r}_l{lane}")
+                m.d.sync += c.eq(Mux(pixel_mode, codes[lane][r], 0))
+                m.d.comb += pe.lane_codes[r * (L - 1) + lane - 1].eq(c)
 
         # -- C7 .. C9: the PE array (terms, then the row adder tree's stages); C9: accumulate (partial sums read
         # in C8 arrive now); C10: a finished block goes to the buffer --

@@ -83,8 +83,8 @@ class ConvEngine(wiring.Component):
         # sequencer's register drives only the copies, not every engine's logic across the chip
         i = Signal.like(self.instr, name="conv_instr")
         m.d.sync += i.eq(self.instr)
-        P, PO, CB, G = cfg.pe_px, cfg.pe_oc, p.cb, p.out_group
-        lp, lpo, lcb, lg = log2(P), log2(PO), log2(CB), log2(G)
+        P, PO, L, CB, G = cfg.pe_px, cfg.pe_oc, cfg.pe_ic, p.cb, p.out_group
+        lp, lpo, ll, lcb, lg = log2(P), log2(PO), log2(L), log2(CB), log2(G)
         lbb = log2(p.beat_bytes)
         dw = i.depthwise
         ic_mode = i.dataflow == Dataflow.INPUT_CHANNEL
@@ -124,7 +124,7 @@ class ConvEngine(wiring.Component):
             out_row.eq(i.out_w << lcb), out_plane.eq(out_hw << lcb),
             in_base.eq(self.act_base + i.in_addr), out_base.eq(self.act_base + i.out_addr),
             w_base.eq(self.const_base + i.w_addr),
-            w_channels.eq(Mux(dw, 1, Mux(ic_mode, ((i.in_c + P - 1) >> lp) << lp, i.in_c))),
+            w_channels.eq(Mux(dw, 1, Mux(ic_mode, ((i.in_c + P - 1) >> lp) << lp, ((i.in_c + L - 1) >> ll) << ll))),
             r_new.eq(Mux(s < i.kh, s, i.kh)),
             nblk_out.eq((i.out_c + CB - 1) >> lcb),
             single_tile.eq(dw | (i.ic_tile >= i.in_c)),
@@ -188,11 +188,12 @@ class ConvEngine(wiring.Component):
         prefetch = Signal()  # kh + r_new row slots fit: the next row loads while this one computes
         lb_bad = Signal()
         slots_fit = Signal(n_slot_bases)  # bit k: k row slots fit the line buffer
-        n_groups_ic = (it + P - 1) >> lp
+        n_groups_ic = (it + P - 1) >> lp  # INPUT_CHANNEL: groups of pe_px channels
+        n_groups_px = (it + L - 1) >> ll  # PIXEL: groups of pe_ic channels (the PEs' lanes)
         m.d.sync += [
             nblk.eq(((i0 + it - 1) >> lcb) - (i0 >> lcb) + 1), blk_lo.eq(i0 >> lcb),
-            it_w.eq(Mux(dw, 1, Mux(ic_mode, n_groups_ic, it))),
-            it_run.eq(Mux(dw, 1, Mux(ic_mode, n_groups_ic << lp, it))),
+            it_w.eq(Mux(dw, 1, Mux(ic_mode, n_groups_ic, n_groups_px))),
+            it_run.eq(Mux(dw, 1, Mux(ic_mode, n_groups_ic << lp, n_groups_px << ll))),
             it_w_m1.eq(it_w - 1), wb_over.eq(wb_use > p.wb_depth),
             prefetch.eq(single_tile & slots_fit.bit_select(pf_slots, 1)),
             lb_bad.eq(~slots_fit.bit_select(i.kh, 1)),

@@ -84,9 +84,14 @@ class HwParams:
         return max(1, self.beat_bits // self.step_bits)
 
     @property
+    def wb_read_steps(self) -> int:
+        """Consecutive weight steps read per cycle: pe_px input channels (INPUT_CHANNEL) or pe_ic (PIXEL)."""
+        return max(self.cfg.pe_px, self.cfg.pe_ic)
+
+    @property
     def wb_banks(self) -> int:
-        """Weight buffer banks: enough for pe_px steps read and w_lanes steps written per cycle."""
-        return max(self.cfg.pe_px, self.w_lanes)
+        """Weight buffer banks: enough for wb_read_steps steps read and w_lanes steps written per cycle."""
+        return max(self.wb_read_steps, self.w_lanes)
 
     @property
     def wb_depth(self) -> int:

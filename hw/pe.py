@@ -7,7 +7,7 @@ terms added (term 1 in the low nibble).
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -25,6 +25,27 @@ def shift_term(act, code4):
     shifted = act << (ecode - 1)[:3]
     magnitude = Mux(ecode == 0, 0, shifted)
     return Mux(sign, -magnitude, magnitude)
+
+
+def negated_shift_term(act, neg_act, code4):
+    """:func:`shift_term` from ``act`` and its negation ``neg_act``, computed once where many PEs share ``act``:
+    the sign picks the operand and the PE only shifts it (no negation per term)."""
+    ecode = code4[:SHIFT_CODE_BITS - 1]
+    operand = Mux(code4[SHIFT_CODE_BITS - 1], neg_act, act)
+    return Mux(ecode == 0, 0, operand << (ecode - 1)[:3])
+
+
+def code_value(code, weight_code: WeightCode):
+    """The integer weight of a code (0 or +-2^e; two-term: the sum of both terms), as a signed value: the
+    multiplicand of a PE lane that multiplies in a DSP slice."""
+    def term(code4):
+        ecode = code4[:SHIFT_CODE_BITS - 1]
+        power = Mux(ecode == 0, 0, Const(1, unsigned(MAX_WEIGHT_EXPONENT + 1)) << (ecode - 1)[:3])
+        return Mux(code4[SHIFT_CODE_BITS - 1], -power, power)
+    value = term(code[:SHIFT_CODE_BITS])
+    if weight_code is WeightCode.SHIFT8_TWO_TERM:
+        value = value + term(code[SHIFT_CODE_BITS:])
+    return value
 
 
 class ShiftAddPE(wiring.Component):

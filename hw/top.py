@@ -1,4 +1,4 @@
-"""The accelerator: register file, sequencer with its engines, and the AXI4 burst engines.
+"""The accelerator: register file, sequencer with its engines, the AXI4 burst engines and the soft reset.
 
 Top-level ports (names kept stable for the Vivado IP): ``clk``, ``rst``, the AXI4 master ``m_axi_*``,
 the AXI4-Lite slave ``s_axi_*`` and ``irq``.
@@ -6,7 +6,7 @@ the AXI4-Lite slave ``s_axi_*`` and ``irq``.
 
 from __future__ import annotations
 
-from amaranth import Module
+from amaranth import Module, ResetInserter
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
@@ -15,6 +15,7 @@ from shiftpu.hw.axi_master import BurstReader, BurstWriter, read_port_members, w
 from shiftpu.hw.axil_regs import RegisterFile, axil_members
 from shiftpu.hw.params import HwParams
 from shiftpu.hw.sequencer import Sequencer
+from shiftpu.hw.soft_reset import SoftReset
 
 #: Name of the generated top module.
 TOP_NAME = "shiftpu_accel"
@@ -50,7 +51,10 @@ class Accelerator(wiring.Component):
         m.submodules.regs = regs = RegisterFile(p)
         m.submodules.reader = reader = BurstReader(p)
         m.submodules.writer = writer = BurstWriter(p)
-        m.submodules.seq = seq = Sequencer(p)
+        seq = Sequencer(p)
+        m.submodules.soft_reset = soft_reset = SoftReset()
+        # CTRL.SOFT_RESET: the sequencer, its engines and its fetch at their power-on state while the AXI4 side drains
+        m.submodules.seq = ResetInserter(soft_reset.hold)(seq)
 
         def wire_port(block, prefix, members):
             for name, member in members.items():
@@ -72,7 +76,11 @@ class Accelerator(wiring.Component):
             seq.start.eq(regs.start), seq.const_base.eq(regs.const_base), seq.act_base.eq(regs.act_base),
             seq.rd_error.eq(reader.error), seq.wr_error.eq(writer.error), seq.wr_idle.eq(writer.idle),
             reader.clear.eq(seq.clear_errors), writer.clear.eq(seq.clear_errors),
-            regs.busy.eq(seq.busy), regs.finish.eq(seq.finish), regs.failed.eq(seq.failed),
+            soft_reset.request.eq(regs.soft_reset), soft_reset.reader_idle.eq(reader.idle),
+            soft_reset.writer_idle.eq(writer.idle), soft_reset.writer_holding.eq(writer.holding),
+            reader.drain.eq(soft_reset.drain), writer.drain.eq(soft_reset.drain),
+            regs.busy.eq(seq.busy | soft_reset.busy), regs.finish.eq(seq.finish & ~soft_reset.busy),
+            regs.failed.eq(seq.failed),
             regs.error_code.eq(seq.error_code), regs.pc.eq(seq.pc), regs.retire.eq(seq.retire),
             regs.stall.eq(seq.stall),
             regs.rd_beat.eq(self.m_axi_rvalid & self.m_axi_rready),

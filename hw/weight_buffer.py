@@ -1,9 +1,9 @@
 """The weight buffer: weight steps (pe_oc shift codes each) of one output tile x input tile.
 
 Oc block ``ob``'s run of ``n`` steps sits at ``ob * n`` in DDR order. Steps live in banks by
-``address mod banks`` (banks = max(pe_px, steps per AXI beat)), so one cycle writes all the steps of a
-beat and reads the pe_px consecutive steps ``a .. a + pe_px - 1``: the PIXEL and DEPTHWISE dataflows use
-the first, INPUT_CHANNEL all of them (one step per input-channel lane). Reads take two cycles (the block
+``address mod banks`` (banks = max(pe_px, pe_ic, steps per AXI beat)), so one cycle writes all the steps of a
+beat and reads the ``max(pe_px, pe_ic)`` consecutive steps ``a ..``: DEPTHWISE uses the first, PIXEL the first
+pe_ic (one step per input-channel lane of the PEs), INPUT_CHANNEL the first pe_px (one per column). Reads take two cycles (the block
 RAM's, then a register after the lane rotation); a write is registered before it reaches the banks, so a
 step written in cycle ``t`` can be read from cycle ``t + 2``.
 """
@@ -23,7 +23,8 @@ ADDR_BITS = 20
 
 
 class WeightBuffer(wiring.Component):
-    """Up to ``w_lanes`` consecutive steps written and pe_px consecutive steps read (two cycles latency) per cycle.
+    """Up to ``w_lanes`` consecutive steps written and ``wb_read_steps`` consecutive steps read (two cycles latency)
+    per cycle.
 
     ``wr_addr`` is the address of write lane 0; lanes with ``wr_mask`` set are written.
     """
@@ -36,7 +37,7 @@ class WeightBuffer(wiring.Component):
             "wr_mask": In(p.w_lanes),
             "wr_en": In(1),
             "rd_addr": In(ADDR_BITS),
-            "rd_data": Out(data.ArrayLayout(unsigned(p.step_bits), p.cfg.pe_px)),
+            "rd_data": Out(data.ArrayLayout(unsigned(p.step_bits), p.wb_read_steps)),
         })
 
     def elaborate(self, platform):
@@ -73,6 +74,6 @@ class WeightBuffer(wiring.Component):
             m.d.sync += out_q.eq(rd.data)
             outs.append(out_q)
         lanes = rotate_words(m, outs, addr_qq[:sel], p.step_bits, "lanes") if sel else outs
-        for j in range(p.cfg.pe_px):
+        for j in range(p.wb_read_steps):
             m.d.sync += self.rd_data[j].eq(lanes[j])
         return m

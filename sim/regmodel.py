@@ -4,7 +4,9 @@ The simulated devices put this behind their register reads and writes. On ``CTRL
 constant and activation segments at ``CONST_BASE`` and ``ACT_BASE`` in a :class:`PhysicalMemory`, runs
 an :class:`~shiftpu.sim.accelerator.Accelerator` backend (golden model or RTL simulation) on them in a
 worker thread, then sets ``STATUS``, ``ERROR_CODE``, ``PC``, the counters and ``IRQ_STATUS`` as
-docs/architecture.md "A run" describes. The driver above it cannot tell it from the hardware.
+docs/architecture.md "A run" describes. ``CTRL.SOFT_RESET`` cuts the run off as the hardware does
+(``shiftpu.arch.regmap.SOFT_RESET_SEMANTICS``; the drain takes no time here). The driver above it cannot tell it
+from the hardware.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ class RegisterModel:
     """The accelerator's registers; START runs ``backend`` on ``memory`` in a worker thread.
 
     ``hang_next_run`` makes the next START set BUSY and never finish (a hung accelerator, for
-    testing timeouts); only :meth:`reset` (re-downloading the bitstream) recovers from it, as on hardware.
-    The backend works on a copy of the activation segment, written back when the run ends unless the model was
-    reset meanwhile: as on hardware, a run cut off by a reset never writes memory afterwards.
+    testing timeouts); ``CTRL.SOFT_RESET`` or :meth:`reset` (re-downloading the bitstream) recovers from it, as on
+    hardware. The backend works on a copy of the activation segment, written back when the run ends unless the
+    model was reset meanwhile: as on hardware, a run cut off by a reset never writes memory afterwards.
     """
 
     def __init__(self, backend: Accelerator, memory: PhysicalMemory,
@@ -90,6 +92,9 @@ class RegisterModel:
             if reg.access is Access.RW:
                 self._regs[offset] = value
                 return
+            if reg.name == "CTRL" and value & (1 << Ctrl.SOFT_RESET):
+                self._soft_reset()
+                return  # START written with it is ignored
             start = reg.name == "CTRL" and value & (1 << Ctrl.START)
             if not start or self._regs[OFFSET["STATUS"]] & (1 << Status.BUSY):
                 return  # START is ignored while busy
@@ -102,6 +107,16 @@ class RegisterModel:
         self._worker = threading.Thread(target=self._run, args=(const_base, act_base, generation),
                                         name="shiftpu-accelerator", daemon=True)
         self._worker.start()
+
+    def _soft_reset(self) -> None:
+        """CTRL.SOFT_RESET (lock held): the run in flight is cut off and never writes memory or registers; DONE,
+        ERROR, ERROR_CODE and PC cleared, ABORTED set; the base registers, IRQ_ENABLE, IRQ_STATUS and the counters
+        kept."""
+        self._generation += 1
+        self.failure = None
+        self._regs[OFFSET["STATUS"]] = 1 << Status.ABORTED
+        self._regs[OFFSET["ERROR_CODE"]] = 0
+        self._regs[OFFSET["PC"]] = 0
 
     def _run(self, const_base: int, act_base: int, generation: int) -> None:
         stats: RunStats | None = None

@@ -56,8 +56,9 @@ class Device(Protocol):
         ...
 
     def reset(self) -> str:
-        """Bring a hung accelerator back to its power-on state; returns how, in words. The register map has no
-        soft-reset bit, so on a board this downloads the bitstream again."""
+        """Bring the accelerator back to its power-on state the hard way; returns how, in words. The driver resets
+        through ``CTRL.SOFT_RESET`` first and comes here only when that does not bring the accelerator back (on a
+        board this downloads the bitstream again)."""
         ...
 
 

@@ -159,8 +159,8 @@ class PynqDevice:
         return True
 
     def reset(self) -> str:
-        """Download the bitstream again: the register map has no soft-reset bit, and a new configuration is the
-        only reset of a hung accelerator the hardware offers."""
+        """Download the bitstream again: the reset of an accelerator that ``CTRL.SOFT_RESET`` does not bring back
+        (a bitstream older than the bit, or an AXI4 slave that never completes the bursts in flight)."""
         self.overlay.download()
         self._bind()
-        return "bitstream downloaded again: the register map has no soft-reset bit"
+        return "bitstream downloaded again"

@@ -8,10 +8,12 @@ an :class:`AcceleratorError`.
 What the driver can tell of a faulty run, and does: no DONE in time (:class:`AcceleratorTimeout`), DONE after fewer
 instructions than the program has (:class:`IncompleteRun`), and a write outside the program or the activation
 arena, caught by guard bytes around every buffer it hands the accelerator (:class:`OutOfBoundsWrite`). Each dumps
-the registers, resets the device (the register map has no soft-reset bit: the device's reset is a power-on reset,
-on a board the bitstream downloaded again), frees the driver's own buffers (programs, staging arenas; the arenas
-the caller holds stay, their guards restored) and raises, so that the run's output is never used and the next run
-starts on a clean device. A wrong value written inside the arena is not detectable here: only a comparison with
+the registers, resets the device, frees the driver's own buffers (programs, staging arenas; the arenas the caller
+holds stay, their guards restored) and raises, so that the run's output is never used and the next run starts on a
+clean device. The reset is ``CTRL.SOFT_RESET`` on every device (the run cut off, the AXI4 master drained, STATUS
+reading ABORTED once idle); a device on which it does not come back within :data:`SOFT_RESET_TIMEOUT_S` (a
+bitstream older than the bit, a memory that never answers) gets the device's own power-on reset, on a board the
+bitstream downloaded again. A wrong value written inside the arena is not detectable here: only a comparison with
 the golden model finds it (``shiftpu run --compare``).
 """
 
@@ -33,8 +35,9 @@ from shiftpu.sim.golden import GoldenAccelerator
 from shiftpu.sw.device import Device, DeviceBuffer
 from shiftpu.sw.watchdog import DEFAULT_TIMEOUT_S, Watchdog, WatchdogLimit, program_cycles
 
-__all__ = ["DEFAULT_TIMEOUT_S", "AcceleratorFault", "AcceleratorTimeout", "ConfigMismatchError", "Driver",
-           "DriverAccelerator", "DriverError", "GuardedBuffer", "IncompleteRun", "OutOfBoundsWrite"]
+__all__ = ["DEFAULT_TIMEOUT_S", "SOFT_RESET_DONE", "SOFT_RESET_TIMEOUT_S", "AcceleratorFault", "AcceleratorTimeout",
+           "ConfigMismatchError", "Driver", "DriverAccelerator", "DriverError", "GuardedBuffer", "IncompleteRun",
+           "OutOfBoundsWrite"]
 
 #: Bytes of a known pattern before and after every buffer the driver hands the accelerator (the layout's 64-byte
 #: alignment, so the payload stays aligned): a write just outside a program or an arena lands in them.
@@ -42,6 +45,11 @@ GUARD_BYTES = 64
 GUARD_PATTERN = np.frombuffer(bytes((0xA5 + 37 * i) & 0xFF for i in range(GUARD_BYTES)), dtype=np.uint8)
 #: Registers an error message shows (all of them are in the exception's ``registers``).
 _DUMPED = ("STATUS", "ERROR_CODE", "PC", "INSTR_RETIRED", "CYCLES_LO")
+#: Seconds a soft reset may take to bring the accelerator back to idle before the driver resets the device the hard
+#: way. The drain takes the memory's outstanding bursts, microseconds on a board; the simulated devices need none.
+SOFT_RESET_TIMEOUT_S = 0.5
+#: How the recovery describes a soft reset that worked.
+SOFT_RESET_DONE = "CTRL.SOFT_RESET: the run was cut off, the AXI4 master drained, the accelerator idle again"
 
 
 class DriverError(ShiftpuError):
@@ -296,11 +304,29 @@ class Driver:
     def dump_registers(self) -> dict[str, int]:
         return {reg.name: self.device.read_register(reg.offset) for reg in REGISTERS}
 
+    def soft_reset(self, timeout_s: float = SOFT_RESET_TIMEOUT_S) -> str:
+        """Write ``CTRL.SOFT_RESET`` and wait until STATUS reads ABORTED with BUSY clear; if it does not within
+        ``timeout_s``, reset the device the hard way (:meth:`~shiftpu.sw.device.Device.reset`). Returns how it was
+        reset, in words."""
+        self.device.write_register(OFFSET["CTRL"], 1 << Ctrl.SOFT_RESET)
+        deadline = time.monotonic() + timeout_s
+        sleep = 1e-5
+        while True:
+            status = self.device.read_register(OFFSET["STATUS"])
+            if status == 1 << Status.ABORTED:
+                return SOFT_RESET_DONE
+            if time.monotonic() > deadline:
+                break
+            time.sleep(sleep)
+            sleep = min(sleep * 2, 1e-2)
+        return (f"CTRL.SOFT_RESET left STATUS at 0x{status:x} after {timeout_s:g} s, so the device's own reset: "
+                f"{self.device.reset()}")
+
     def _recover(self, fault: type[AcceleratorFault], detail: str | WatchdogLimit) -> None:
-        """Dump the registers, reset the device, free the driver's own buffers, restore the guards of the caller's
-        arenas, and raise ``fault``."""
+        """Dump the registers, reset the device (:meth:`soft_reset`), free the driver's own buffers, restore the
+        guards of the caller's arenas, and raise ``fault``."""
         dump = self.dump_registers()
-        how = self.device.reset()
+        how = self.soft_reset()
         self._free_owned()
         for buf in self._kept:
             buf.restore_guards()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shiftpu.arch import layout, numerics
@@ -71,10 +71,23 @@ def test_config_hash_is_sensitive_to_every_field():
             changed = cfg.with_(axi_data_bits=128)
         elif f.name in ("axi_addr_bits",):
             changed = cfg.with_(axi_addr_bits=40)
+        elif f.name == "dsp_lanes":
+            changed = cfg.with_(pe_ic=2, dsp_lanes=1)
         else:
             changed = cfg.with_(**{f.name: v * 2})
         hashes.add(changed.config_hash())
     assert len(hashes) == len(fields(AccelConfig)) + 1
+
+
+def test_a_later_field_at_its_neutral_value_keeps_the_hash():
+    # pe_ic came after the first version: at 1 (the hardware before it) it stays out of the hash
+    assert "pe_ic" not in AccelConfig().canonical_json()
+    assert AccelConfig(pe_ic=1).config_hash() == AccelConfig().config_hash()
+    assert '"pe_ic":4' in AccelConfig(pe_ic=4).canonical_json()
+
+
+def test_peak_macs_count_the_lanes():
+    assert AccelConfig(pe_oc=8, pe_px=4, pe_ic=8).macs_per_cycle == 256
 
 
 def test_config_round_trips_through_dict():
@@ -90,6 +103,9 @@ def test_config_round_trips_through_dict():
         ({"pe_px": "8"}, "pe_px must be an integer"),
         ({"weight_code": "SHIFT3"}, "weight_code='SHIFT3'"),
         ({"strip_width": 12}, "strip_width=12 must be a multiple of pe_px=8"),
+        ({"pe_ic": 3}, "pe_ic=3 must be a power of two"),
+        ({"pe_ic": 16}, "pe_ic=16 exceeds the channel block (8 channels"),
+        ({"pe_ic": 4, "dsp_lanes": 3}, "dsp_lanes=3 must be 0..pe_ic/2"),
     ],
 )
 def test_bad_config_names_the_field(data, message):
@@ -311,9 +327,10 @@ def test_activation_layout_round_trip(c, h, w, bus, signed):
 
 
 @given(st.integers(1, 20), st.integers(1, 20), st.integers(1, 4), st.sampled_from(list(Dataflow)),
-       st.sampled_from(list(numerics.WeightCode)))
-def test_weight_layout_round_trip(oc, ic, k, dataflow, code):
-    cfg = AccelConfig(weight_code=code)
+       st.sampled_from(list(numerics.WeightCode)), st.sampled_from([1, 4, 8]))
+@settings(max_examples=60)
+def test_weight_layout_round_trip(oc, ic, k, dataflow, code, pe_ic):
+    cfg = AccelConfig(weight_code=code, pe_ic=pe_ic)
     icg = 1 if dataflow is Dataflow.DEPTHWISE else ic
     pool = numerics.SHIFT4_VALUES if code is numerics.WeightCode.SHIFT4 else numerics.two_term_values()
     w = np.random.default_rng(oc * ic).choice(pool, size=(oc, icg, k, k))
@@ -331,6 +348,8 @@ def test_weight_order_is_the_documented_one():
     # INPUT_CHANNEL: [oc_blk][ic_grp][ky][kx][ic_lane][oc_lane]: (ic 0, oc 1) is again code index 1
     w[0, 1] = -1  # ic lane 1, oc lane 0 -> code index 2 -> low nibble of byte 1, code 9
     assert layout.pack_weights(w, Dataflow.INPUT_CHANNEL, cfg).tolist() == [0x30, 0x09]
+    # PIXEL with 2 input-channel lanes per PE: the same order, with ic groups of pe_ic channels
+    assert layout.pack_weights(w, Dataflow.PIXEL, cfg.with_(pe_ic=2)).tolist() == [0x30, 0x09]
 
 
 def test_qparams_round_trip():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -194,3 +195,17 @@ def test_depthwise_without_the_depthwise_dataflow_runs_dense():
     off_diagonal = op.weights[~np.eye(12, dtype=bool)]
     assert not off_diagonal.any()
     _assert_exact(b.model(), seed=4, forced={Dataflow.PIXEL})
+
+
+@pytest.mark.parametrize("pe_ic", [8, 16])
+@pytest.mark.parametrize("c_in, k, stride", [(3, 3, 2), (20, 3, 1), (40, 1, 1), (17, 5, 2)])
+def test_convs_on_pes_with_lanes_are_exact(tmp_path, pe_ic, c_in, k, stride):
+    """Boards whose PEs sum pe_ic input channels per cycle (PIXEL): channels filling the lanes or not."""
+    board = json.loads((Path(__file__).parents[1] / "boards" / "ultra96v2.json").read_text())
+    board["accel"]["pe_ic"] = pe_ic
+    board["name"] = "ultra96v2-lanes"
+    path = tmp_path / "ultra96v2-lanes.json"
+    path.write_text(json.dumps(board))
+    b = QdqBuilder((c_in, 20, 37), seed=c_in + k)
+    b.output(b.conv(b.x, 24, k, stride=stride, pad=(k // 2,) * 4, act="relu"))
+    _assert_exact(b.model(), str(path), seed=k, forced={Dataflow.PIXEL})

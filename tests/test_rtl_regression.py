@@ -28,6 +28,11 @@ CONFIGS = {
     # more output rows than channels per beat: each output lane chooses among pe_oc / cb rows
     "wide-oc-8x4-axi32": AccelConfig(pe_oc=8, pe_px=4, strip_width=8, axi_data_bits=32, max_burst_beats=8,
                                      line_buffer_bytes=8192, weight_buffer_bytes=4096, acc_buffer_words=512),
+    # PEs with input-channel lanes: 8 lanes filling the 64-bit channel block, with the two-term codes and
+    # 4-bit activations; and the 8x8x8 array of 512 MACs per cycle
+    "lanes-two-term-act4-4x4x8": SMALL.with_(pe_ic=8, dsp_lanes=2, weight_code=WeightCode.SHIFT8_TWO_TERM,
+                                              act_bits=4),
+    "lanes-8x8x8-dsp4": AccelConfig(pe_ic=8, dsp_lanes=4),
 }
 
 

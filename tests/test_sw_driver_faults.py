@@ -17,6 +17,7 @@ from shiftpu.sim.golden import GoldenAccelerator
 from shiftpu.sw.device import SimDevice
 from shiftpu.sw.driver import (
     GUARD_BYTES,
+    SOFT_RESET_DONE,
     AcceleratorTimeout,
     Driver,
     DriverAccelerator,
@@ -147,8 +148,7 @@ def test_a_detected_fault_resets_frees_and_the_next_run_works(fault, error, mess
         accel.run_program(halve_program(), kept)
     size = halve_program().size
     assert message.format(off=ARENA + 3, size=size, end=size + GUARD_BYTES - 1) in str(e.value)
-    assert str(e.value).endswith("the device was reset (register model back to its power-on state) and the driver's "
-                                 "buffers freed")
+    assert str(e.value).endswith(f"the device was reset ({SOFT_RESET_DONE}) and the driver's buffers freed")
     assert e.value.registers["IP_ID"] == 0x55504853
     assert device.memory.allocated_bytes == ARENA + 2 * GUARD_BYTES  # the caller's arena stays, nothing else
     kept[:] = arena_with(X)
@@ -176,7 +176,7 @@ def test_a_run_cut_off_by_the_reset_never_writes_afterwards():
     _run_ok(accel, arena)
 
 
-def test_hang_on_pynq_sim_keeps_the_callers_arena_and_redownloads(tmp_path):
+def test_hang_on_pynq_sim_keeps_the_callers_arena_and_soft_resets(tmp_path):
     pytest.importorskip("pynq")
     from shiftpu.sw.device_pynq import PynqDevice
     from shiftpu.sw.pynq_sim import simulated_device, write_sim_overlay
@@ -190,10 +190,9 @@ def test_hang_on_pynq_sim_keeps_the_callers_arena_and_redownloads(tmp_path):
     _run_ok(accel, arena)
     before = device.overlay.device.model
     before.hang_next_run = True
-    with pytest.raises(AcceleratorTimeout, match=r"bitstream downloaded again: the register map has no soft-reset "
-                                                 r"bit"):
+    with pytest.raises(AcceleratorTimeout, match=r"the device was reset \(CTRL\.SOFT_RESET: "):
         accel.run_program(halve_program(), arena)
-    assert device.overlay.device.model is not before  # a new configuration
+    assert device.overlay.device.model is before  # no new configuration: the soft reset sufficed
     arena[:] = arena_with(X)
     _run_ok(accel, arena)
     ddr = device.overlay.device.default_memory

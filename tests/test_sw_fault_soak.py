@@ -19,7 +19,7 @@ pytest.importorskip("pynq")
 
 from qdq_graphs import QdqBuilder, random_input  # noqa: E402
 
-from shiftpu.arch.regmap import ErrorCode  # noqa: E402
+from shiftpu.arch.regmap import OFFSET, Ctrl, ErrorCode  # noqa: E402
 from shiftpu.boards import load_board  # noqa: E402
 from shiftpu.compiler.driver import compile_model  # noqa: E402
 from shiftpu.sim.accelerator import AcceleratorError  # noqa: E402
@@ -64,7 +64,7 @@ class FaultPlan:
         self.p = [1 - sum(FAULTS.values()), *FAULTS.values()]
         self.drawn: list[str | None] = []
         self.lock = threading.Lock()
-        self.current: FaultyGolden | None = None
+        self.hung: list[threading.Event] = []  #: one per hung run, set when the run is cut off
 
     def draw(self) -> str | None:
         with self.lock:
@@ -73,13 +73,22 @@ class FaultPlan:
             return fault
 
     def backend(self, config) -> FaultyGolden:
-        """The factory the simulated device configures its fabric with: each download retires the previous
-        accelerator (a hung run in it ends without writing anything)."""
+        """The factory the simulated device configures its fabric with."""
+        return FaultyGolden(config, self)
+
+    def hang(self) -> None:
+        """Block until the run is cut off (:meth:`cut_off`)."""
+        cut = threading.Event()
         with self.lock:
-            if self.current is not None:
-                self.current.retired.set()
-            self.current = FaultyGolden(config, self)
-            return self.current
+            self.hung.append(cut)
+        cut.wait()
+
+    def cut_off(self) -> None:
+        """CTRL.SOFT_RESET was written: the hung run ends (it writes nothing: the register model drops it)."""
+        with self.lock:
+            for cut in self.hung:
+                cut.set()
+            self.hung.clear()
 
 
 class FaultyGolden(GoldenAccelerator):
@@ -88,13 +97,12 @@ class FaultyGolden(GoldenAccelerator):
     def __init__(self, config, plan: FaultPlan):
         super().__init__(config)
         self.plan = plan
-        self.retired = threading.Event()
 
     def run_program(self, const, act):
         fault = self.plan.draw()
         if fault == "hang":
-            self.retired.wait()
-            raise RuntimeError("run cut off by a new configuration")
+            self.plan.hang()
+            raise RuntimeError("run cut off by the soft reset")
         if fault == "error":
             raise AcceleratorError(ErrorCode.AXI_READ, 0, "injected")
         stats = super().run_program(const, act)
@@ -127,6 +135,15 @@ def soak(model, frames: int, seed: int) -> Counter:
     cfg = reference.compiled.config
     bit = write_sim_overlay(folder / f"overlay-{seed}-{frames}", load_board(BOARD), cfg)
     device = PynqDevice(bit, pynq_device=simulated_device(plan.backend), name="pynq-sim")
+    registers = device.overlay.device.model
+    write = registers.write
+
+    def write_and_cut_off(offset: int, value: int) -> None:  # the thread of a run cut off by the soft reset ends
+        write(offset, value)
+        if offset == OFFSET["CTRL"] and value & (1 << Ctrl.SOFT_RESET):
+            plan.cut_off()
+
+    registers.write = write_and_cut_off
     accel = DriverAccelerator(Driver(device, timeout_s=HANG_TIMEOUT_S), cfg, load_board(BOARD))
     ddr = device.overlay.device.default_memory
     pool = ArenaPool([accel.arena(reference.manifest["arena_bytes"]) for _ in range(2)])
@@ -159,7 +176,7 @@ def soak(model, frames: int, seed: int) -> Counter:
     assert sum(seen.values()) == frames == len(plan.drawn) and pipeline.stats.failed == frames - seen["good"]
     assert ddr.allocated_bytes <= warm["ddr"]
     assert heap - warm["heap"] < 2 << 20, f"host memory grew by {heap - warm['heap']} bytes"
-    for _ in range(100):  # hung runs end once their accelerator is replaced
+    for _ in range(100):  # hung runs end once they are cut off
         if threading.active_count() <= threads_before:
             break
         threading.Event().wait(0.05)

@@ -21,6 +21,12 @@ class ConfigError(ShiftpuError, ValueError):
     """An AccelConfig is inconsistent or cannot be built."""
 
 
+#: Fields added to the config after its first version, with the value that builds the hardware of before: at
+#: that value a field stays out of the canonical JSON, so configs that do not use it keep their hash (and every
+#: bitstream and compiled folder built under it stays valid).
+HASH_NEUTRAL_VALUES: dict[str, Any] = {"pe_ic": 1, "dsp_lanes": 0}
+
+
 @dataclass(frozen=True)
 class AccelConfig:
     """Parameters of one accelerator instance (all sizes in elements unless the name says bytes)."""
@@ -30,6 +36,13 @@ class AccelConfig:
     #: PE array columns: adjacent output pixels (pixel-parallel), input channels reduced by an adder
     #: tree (input-channel-parallel) or pixels of one channel per row (depthwise).
     pe_px: int = 8
+    #: Input-channel lanes of each PE: in the PIXEL dataflow a PE sums the products of ``pe_ic`` adjacent input
+    #: channels per cycle (1, or a power of two up to the channel block).
+    pe_ic: int = 1
+    #: Lanes of each PE whose product is a DSP slice's multiplier (the weight's value times the activation),
+    #: added to a shifting lane's term in the slice's post-adder; the other lanes shift in LUTs. At most
+    #: pe_ic / 2, with pe_ic <= 8. The same numbers either way: it trades LUTs for DSP slices.
+    dsp_lanes: int = 0
     #: Activation width in bits (8, or 4 for the narrow option; stored one per byte in DDR).
     act_bits: int = 8
     #: Weight coding: one-term 4-bit shift codes or two-term 8-bit codes.
@@ -58,10 +71,18 @@ class AccelConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_code", WeightCode(self.weight_code))
         problems = []
-        for name in ("pe_oc", "pe_px"):
+        for name in ("pe_oc", "pe_px", "pe_ic"):
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
                 problems.append(f"{name}={v} must be a power of two >= 1")
+        if self.pe_ic > self.axi_data_bits // 8:
+            problems.append(f"pe_ic={self.pe_ic} exceeds the channel block ({self.axi_data_bits // 8} channels, one "
+                            f"beat of the {self.axi_data_bits}-bit AXI port)")
+        if self.dsp_lanes < 0 or self.dsp_lanes > self.pe_ic // 2:
+            problems.append(f"dsp_lanes={self.dsp_lanes} must be 0..pe_ic/2 ({self.pe_ic // 2}): each DSP lane is "
+                            f"paired with a shifting lane")
+        elif self.dsp_lanes and self.pe_ic > 8:
+            problems.append(f"dsp_lanes={self.dsp_lanes} needs pe_ic <= 8 (pe_ic={self.pe_ic})")
         if self.act_bits not in (4, 8):
             problems.append(f"act_bits={self.act_bits} must be 4 or 8")
         if self.acc_bits not in (24, 32, 48):
@@ -100,8 +121,8 @@ class AccelConfig:
 
     @property
     def macs_per_cycle(self) -> int:
-        """Peak shift-add operations per cycle of the PE array."""
-        return self.pe_oc * self.pe_px
+        """Peak shift-add operations per cycle of the PE array (the PIXEL dataflow with all its lanes)."""
+        return self.pe_oc * self.pe_px * self.pe_ic
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -153,6 +174,9 @@ class AccelConfig:
     def canonical_json(self) -> str:
         """Field values as sorted, whitespace-free JSON: the input of the config hash."""
         d = self.to_dict()
+        for name, value in HASH_NEUTRAL_VALUES.items():  # fields added later, at the value of the older hardware
+            if d[name] == value:
+                del d[name]
         d["clock_mhz"] = float(self.clock_mhz)  # equal configs hash alike, whether built with 200 or 200.0 MHz
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 

@@ -58,6 +58,9 @@ def generated_sections() -> dict[str, str]:
         "dataflows": _enum_table(Dataflow),
         "activations": _enum_table(Activation),
         "registers": regmap.markdown_table(),
+        "ctrl-bits": _enum_table(regmap.Ctrl),
+        "status-bits": _enum_table(regmap.Status),
+        "soft-reset": regmap.SOFT_RESET_SEMANTICS,
         "error-codes": _enum_table(regmap.ErrorCode),
     }
 

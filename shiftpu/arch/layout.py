@@ -14,7 +14,7 @@ Values are int8 or uint8 bytes (4-bit activations are stored one per byte, sign-
 Weights of a CONV are stored as codes (4-bit: two per byte, low nibble first; two-term: one byte),
 in the order ``[oc_block][ic_group][ky][kx][ic_lane][oc_lane]`` where an oc block is ``pe_oc``
 output channels and an ic group is ``lanes`` input channels: ``lanes = pe_px`` for the
-INPUT_CHANNEL dataflow and 1 otherwise (depthwise: one input channel per output channel).
+INPUT_CHANNEL dataflow, ``pe_ic`` for PIXEL and 1 for depthwise (one input channel per output channel).
 Missing channels are padded with zero codes. The per-channel table holds, for each output channel
 (padded to ``pe_oc``), 8 bytes: int32 bias (little-endian), int8 requantisation shift, 3 zero bytes.
 Every tensor, weight block and table starts at a multiple of :data:`ALIGN` bytes.
@@ -88,8 +88,11 @@ def unpack_activation(buf: np.ndarray, c: int, h: int, w: int, signed: bool, cfg
 
 
 def weight_lanes(dataflow: Dataflow, cfg: AccelConfig) -> int:
-    """Input channels per weight step: pe_px for INPUT_CHANNEL, else 1."""
-    return cfg.pe_px if dataflow is Dataflow.INPUT_CHANNEL else 1
+    """Input channels per weight group (read together in one cycle): pe_px for INPUT_CHANNEL, pe_ic for PIXEL,
+    1 for DEPTHWISE."""
+    if dataflow is Dataflow.INPUT_CHANNEL:
+        return cfg.pe_px
+    return cfg.pe_ic if dataflow is Dataflow.PIXEL else 1
 
 
 def weight_geometry(oc: int, icg: int, kh: int, kw: int, dataflow: Dataflow, cfg: AccelConfig):

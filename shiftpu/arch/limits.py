@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from shiftpu.arch.config import AccelConfig
 from shiftpu.arch.isa import Dataflow, Instruction, Opcode
-from shiftpu.arch.layout import ceil_div
+from shiftpu.arch.layout import ceil_div, weight_lanes
 
 
 def line_buffer_need(instr: Instruction, cfg: AccelConfig) -> int:
@@ -19,8 +19,10 @@ def line_buffer_need(instr: Instruction, cfg: AccelConfig) -> int:
 
 
 def weight_buffer_need(instr: Instruction, cfg: AccelConfig) -> int:
-    """Bytes of weight buffer a CONV needs for one (output tile, input tile)."""
-    per_oc = 1 if instr.depthwise else instr.ic_tile
+    """Bytes of weight buffer a CONV needs for one (output tile, input tile): the input tile's channels rounded up
+    to whole lane groups (:func:`~shiftpu.arch.layout.weight_lanes`), as the weight runs hold them."""
+    lanes = weight_lanes(instr.dataflow, cfg)
+    per_oc = 1 if instr.depthwise else ceil_div(instr.ic_tile, lanes) * lanes
     return ceil_div(instr.oc_tile * per_oc * instr.kh * instr.kw * cfg.weight_code.bits, 8)
 
 
