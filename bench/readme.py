@@ -102,7 +102,7 @@ def boards_table(results: dict) -> str:
         r = res[name]["resources"]
         fps = by_schedule["rtl"]
         clock = fps.get("clock_mhz", cfg.clock_mhz)
-        rows.append((name, f"{cfg.pe_oc}x{cfg.pe_px}, {clock:g} MHz", _cell(r["LUT"]), _cell(r["FF"]), _cell(r["DSP"]),
+        rows.append((name, f"{cfg.array_shape}, {clock:g} MHz", _cell(r["LUT"]), _cell(r["FF"]), _cell(r["DSP"]),
                      _cell(r["BRAM"]), f"{fps['fps']:.1f} fps", f"{_power_w(name, results):.1f} W"))
     return _table(("board", "PE array, clock", "LUT", "FF", "DSP", "BRAM36", "512x512 detector",
                    "power at 512x512"), rows)
@@ -111,7 +111,7 @@ def boards_table(results: dict) -> str:
 def published_table(results: dict) -> str:
     c = results["compiler"]
     cfg = load_board(COMPARED_BOARD).accel
-    ours = (f"shiftpu, {load_board(COMPARED_BOARD).title} ({cfg.pe_oc}x{cfg.pe_px} array)", c["model"],
+    ours = (f"shiftpu, {load_board(COMPARED_BOARD).title} ({cfg.array_shape} array)", c["model"],
             f"{c['boards'][COMPARED_BOARD]['rtl']['fps']:.1f} (estimated)",
             f"{_power_w(COMPARED_BOARD, results):.1f} W (estimated)")
     return _table(("system", "model, input", "fps", "power"), [*PUBLISHED, ours])

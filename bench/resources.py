@@ -33,6 +33,43 @@ def _row(e) -> str:
             f"{e.synth_seconds:.0f} s | 0x{cfg:08x} |")
 
 
+def seed_from_timing(name: str, timing_out: Path) -> bool:
+    """Store the cell counts of the synthesis a timing run made (``shiftpu build-hw --timing -o timing_out``: the
+    same Yosys script, plus writing the netlist) as ``name``'s resource estimate in :data:`CACHE`, so that the
+    resources and the timing come from one Yosys run. False when that run is not for the board's current
+    Verilog."""
+    from shiftpu.boards import load_board
+    from shiftpu.boards.estimate import (
+        BOARD_KIND,
+        ESTIMATE_KINDS,
+        ResourceEstimate,
+        parse_stat_json,
+        resources_from_cells,
+        synth_script,
+    )
+    from shiftpu.boards.rtl import accelerator_verilog, verilog_digest
+
+    board = load_board(name)
+    family = board.yosys_family.value
+    text = accelerator_verilog(board.accel)
+    for run_dir in sorted((timing_out / "timing").glob(f"{family}-*")):
+        stat, verilog = run_dir / "stat.json", run_dir / "accel.v"
+        if not (stat.exists() and verilog.exists() and verilog.read_text() == text):
+            continue
+        cells = parse_stat_json(stat.read_text())
+        log = run_dir / "yosys.log"
+        seconds = log.stat().st_mtime - verilog.stat().st_mtime if log.exists() else 0.0
+        est = ResourceEstimate(board=board.name, part=board.part, yosys_family=family,
+                               config_hash=board.accel.config_hash(), used=resources_from_cells(cells),
+                               available={k: board.resources[BOARD_KIND[k]] for k in ESTIMATE_KINDS}, cells=cells,
+                               synth_seconds=seconds)
+        key = f"{family}-{verilog_digest(text + synth_script(family))}"
+        (CACHE / "estimate").mkdir(parents=True, exist_ok=True)
+        (CACHE / "estimate" / f"{key}.json").write_text(json.dumps(est.to_json(), indent=2) + "\n")
+        return True
+    return False
+
+
 def run(boards: list[str]) -> dict:
     from shiftpu.boards import load_board
     from shiftpu.boards.estimate import LUT_HEADROOM, estimate_resources
@@ -40,7 +77,7 @@ def run(boards: list[str]) -> dict:
     results = {}
     for name in boards:
         board = load_board(name)
-        print(f"{name}: synthesising {board.accel.pe_oc}x{board.accel.pe_px} ...", flush=True)
+        print(f"{name}: synthesising {board.accel.array_shape} ...", flush=True)
         est = estimate_resources(board, board.accel, CACHE)
         results[name] = est
         print(f"{name}: LUT {est.used['LUT']:.0f} / {est.available['LUT']} ({est.percent('LUT'):.1f}%), "
@@ -66,7 +103,15 @@ def run(boards: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boards", nargs="+", default=list(BOARDS), choices=BOARDS)
-    run(ap.parse_args().boards)
+    ap.add_argument("--from-timing", nargs="+", type=Path, default=[], metavar="DIR",
+                    help="output folders of `shiftpu build-hw --timing` runs whose synthesis gives the figures")
+    args = ap.parse_args()
+    for name in args.boards:
+        for out in args.from_timing:
+            if seed_from_timing(name, out):
+                print(f"{name}: cell counts from the timing run's synthesis in {out}", flush=True)
+                break
+    run(args.boards)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def board_speeds(work: Path, boards: list[str], frames: int) -> dict:
     for name in boards:
         board = load_board(name)
         cfg = board.accel
-        print(f"board {name}: {cfg.pe_oc}x{cfg.pe_px} PEs, {cfg.axi_data_bits}-bit bus", flush=True)
+        print(f"board {name}: {cfg.array_shape} PEs, {cfg.axi_data_bits}-bit bus", flush=True)
         load = _load()
         accel, info = _rtl(cfg)
         folder = work / f"demo-{name}"
@@ -162,7 +162,7 @@ def board_speeds(work: Path, boards: list[str], frames: int) -> dict:
         ex.run(x)
         timed = _time_frames(ex, x, frames)
         timed.pop("outputs")
-        out[name] = {"array": f"{cfg.pe_oc}x{cfg.pe_px}", "bus_bits": cfg.axi_data_bits, "load_before": load,
+        out[name] = {"array": cfg.array_shape, "bus_bits": cfg.axi_data_bits, "load_before": load,
                      **info, **timed}
     return out
 

@@ -23,7 +23,7 @@ SIZE = 512
 FRAMES = 5
 
 
-def _detector():
+def detector512():
     """The paper-scale detector of examples/detector512.py: 512x512, 20 classes, random shift weights,
     activation scales calibrated on generated images (only speed is measured on it)."""
     import numpy as np
@@ -47,7 +47,7 @@ def run(with_rtl: bool = True) -> dict:
     from shiftpu.compiler.perf import Schedule
     from shiftpu.sw.executor import Executor
 
-    model, x = _detector()
+    model, x = detector512()
     result: dict = {"model": f"detector {SIZE}x{SIZE} (examples/detector512.py)", "machine": platform.processor() or
                     platform.machine(), "cpus": os.cpu_count(), "boards": {}}
     with tempfile.TemporaryDirectory() as tmp:

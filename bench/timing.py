@@ -33,7 +33,7 @@ def run(boards: list[str]) -> None:
 
     for name in boards:
         board = load_board(name)
-        print(f"{name}: timing {board.accel.pe_oc}x{board.accel.pe_px} ({board.yosys_family.value}) ...", flush=True)
+        print(f"{name}: timing {board.accel.array_shape} ({board.yosys_family.value}) ...", flush=True)
         report = timing_estimate(board, board.accel, CACHE, progress=lambda line, n=name: print(f"{n}: {line}", flush=True))
         record = add_report(report.to_json() | report_identity(board.accel, board.yosys_family.value))
         print(f"{name}: estimated Fmax {record.fmax_mhz_estimated} MHz (delay model, not Vivado timing)", flush=True)

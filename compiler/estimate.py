@@ -83,6 +83,7 @@ def estimate(programs: list[list[Instruction]], cfg: AccelConfig, ddr_bytes_per_
         "latency_ms": round(secs * 1e3, 4),
         "fps": round(1.0 / secs, 3) if secs else 0.0,
         "macs": macs,
+        "peak_macs_per_cycle": cfg.macs_per_cycle,
         "utilization": round(util, 4),
         "overall_pe_utilization": round(macs / (total * cfg.macs_per_cycle), 4) if total else 0.0,
         "ddr_bytes": sum(la.ddr_bytes for la in layers),

@@ -111,11 +111,9 @@ class PEArray(wiring.Component):
         row_width = TERM_WIDTH + P.bit_length()
         lane_width = TERM_WIDTH + L.bit_length() + 1
         row_levels = (LEVELS_PER_STAGE,) * ROW_SUM_STAGES
-        # the lane tree: with DSP lanes, the first stage is one level (each product plus a LUT lane's term in the
-        # slice's post-adder, into its P register), the second the rest
+        # the lane tree: with DSP lanes, the first stage is one level (each registered product plus a LUT lane's
+        # term: a slice's post-adder), the second the rest (up to three levels, for 16 lanes)
         lane_levels = row_levels if D == 0 else (1, (L - 1).bit_length() - 1)
-        if D and lane_levels[1] > LEVELS_PER_STAGE:
-            raise ValueError(f"dsp_lanes with pe_ic = {L}: at most {1 << (LEVELS_PER_STAGE + 1)} lanes")
         # operands shared along a column (lane activations and their negations) or a row (lane weights)
         lane_act = [[self.lane_acts[j * (L - 1) + lane - 1] for lane in range(1, L)] for j in range(P)]
         lane_neg = []

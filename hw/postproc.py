@@ -5,25 +5,33 @@ Implements ``shiftpu.arch.numerics.requantize`` exactly: ``y = sat(rhe(v * 2^-sh
 ``shift + leaky_shift`` for negative ``v``; the result saturates to (out_bits, out_signed) and leaves
 as one byte (4-bit values sign- or zero-extended).
 
+The output is a saturated byte, so of the shifted value ``t`` only a window of :data:`WINDOW_BITS` low bits is
+needed, together with the guard bit below it, a sticky bit (any bit below the guard bit is set) and one bit
+saying whether any bit above the window differs from the sign. The window is cut out of ``v`` by a narrowing
+shifter: ``v`` padded with :data:`~shiftpu.arch.numerics.MAX_LEFT_SHIFT` + 1 zeros below (left shifts) and sign
+bits above is shifted right by ``u = shift + MAX_LEFT_SHIFT`` (clamped to ``0 .. 2^SHIFT_BITS - 1``), two bits of
+``u`` per stage, highest first, each stage keeping only the bits the later stages can still select (one LUT per
+kept bit: a 4:1 multiplexer). The bits a stage drops below its output go into the sticky bit; those it drops
+above go into the high-part bit. No full-width shifted copy of ``v`` is ever built.
+
 The requantiser is a pipeline of :data:`REQUANT_LATENCY` register stages with no stall: a value given in
 cycle ``t`` leaves in cycle ``t + REQUANT_LATENCY``. Only the first stage has a wide adder (the bias); the
 rounding decision and the saturation are AND-OR trees and bit selections, not comparators, and the +1 of
 rounding up is added to the output byte alone, so every stage stays a few LUT levels deep at any width:
 
-1. ``v = value + bias``; both candidate shifts (plain, and LeakyReLU's for negative values) clamped into
-   right and left amounts;
-2. the shift chosen by the sign of ``v``, and the mask of the bits below its guard bit (a thermometer code);
-3. the right-shifted and the left-shifted value, the guard and sticky bits;
-4. the shifted value's low bits, its high bits reduced in chunks of :data:`REDUCE_CHUNK`, and the rounding
-   decision;
-5. the reductions of high and low bits that saturation needs, for each output format;
+1. ``v = value + bias``; both candidate amounts ``u`` (plain, and LeakyReLU's for negative values), clamped;
+2. the amount chosen by the sign of ``v``; the first shifter stage (the highest two bits of ``u``);
+3. the second shifter stage;
+4. the third shifter stage: the window and the high-part bit; the rounding decision (guard and sticky bits);
+5. whether the rounded value lies above or below the output format;
 6. saturation, the rounding increment of the output byte, ReLU.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed
-from amaranth.lib import wiring
+from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Value
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from shiftpu.arch.latency import REQUANT_LATENCY
@@ -32,9 +40,31 @@ from shiftpu.arch.numerics import MAX_LEFT_SHIFT, Activation
 #: The bit above the largest magnitude of each output format (out_bits, out_signed): qmax = 2^k - 1, and
 #: qmin = -2^k (signed) or 0 (unsigned).
 _FORMAT_BITS = {(4, True): 3, (8, True): 7, (4, False): 4, (8, False): 8}
-#: Bits of the shifted value reduced together in stage 4 (with the left/right selection in front: two LUT
-#: levels).
-REDUCE_CHUNK = 5
+#: Low bits of the shifted value that saturation and the output byte look at: every format's bit k, and below.
+WINDOW_BITS = max(_FORMAT_BITS.values()) + 1
+#: Bits of the shift amount the shifter selects with, two per shifter stage (three stages).
+SHIFT_BITS = 6
+#: Bits of ``u`` each shifter stage selects with, highest first.
+_SHIFTER_STAGES = (2, 2, 2)
+#: What travels with a value through the pipeline besides its bits: the output format (out_bits is 4 or 8; it is
+#: 8; out_signed), and from stage 2 on (once v is known) the sign of v and whether ReLU makes the result 0.
+_Control = data.StructLayout({"valid": 1, "wide": 1, "signed": 1, "neg": 1, "zero": 1})
+
+
+def _shifter_stage(window: Value, sel: Value, step: int, sign: Value) -> tuple[Value, Value, Value]:
+    """One stage of the narrowing shifter: ``window >> (sel * step)``, keeping the bits later stages can select.
+
+    Returns the kept bits, whether any bit dropped below them is set, and whether any bit dropped above them
+    differs from ``sign`` (``window`` holds the sign-extended bits explicitly).
+    """
+    n = 1 << len(sel)
+    kept = len(window) - step * (n - 1)
+    out = Cat(*(Cat(*(window[i + step * j] for j in range(n))).bit_select(sel, 1) for i in range(kept)))
+    below = [window[step * c:step * (c + 1)].any() for c in range(n - 1)]
+    above = [(window[kept + step * c:kept + step * (c + 1)] ^ sign.replicate(step)).any() for c in range(n - 1)]
+    dropped_below = Cat(*((sel > c) & below[c] for c in range(n - 1))).any()
+    dropped_above = Cat(*((sel <= c) & above[c] for c in range(n - 1))).any()
+    return out, dropped_below, dropped_above
 
 
 class Requantizer(wiring.Component):
@@ -57,110 +87,77 @@ class Requantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         stage = m.d.sync
-        # v = value + bias needs vw bits, |v| <= 2^(vw-1): a right shift by vw + 1 or more rounds to 0, so shifts
-        # are clamped to that; one more bit keeps the sign of the largest shift's guard bit
+        # v = value + bias needs vw bits; with |v| <= 2^(vw-1) a right shift by vw or more rounds to 0, so the
+        # amount u = shift + MAX_LEFT_SHIFT is clamped to 0 .. u_max (a right shift of u_max - MAX_LEFT_SHIFT)
         vw = max(self.value_width, 32) + 1
-        max_right = vw + 1
-        width = vw + 2
-        wide = width + MAX_LEFT_SHIFT  # the left-shifted value
+        u_max = (1 << SHIFT_BITS) - 1
+        assert u_max - MAX_LEFT_SHIFT >= vw, "value too wide for the shift amount"
+        pad = MAX_LEFT_SHIFT + 1  # zeros below v: the left shifts, and the guard bit of no shift
+        window = WINDOW_BITS + 1  # the guard bit and the low bits of t
 
         def clamped(sh):
-            right = Mux(sh > max_right, max_right, Mux(sh > 0, sh, 0))
-            left = Mux(-sh > MAX_LEFT_SHIFT, MAX_LEFT_SHIFT, Mux(sh < 0, -sh, 0))
-            return right, left
+            return Mux(sh < 0, 0, Mux(sh > u_max, u_max, sh[:SHIFT_BITS]))
 
-        # stage 1: the sum; the right/left amounts of the plain shift and of LeakyReLU's negative-side shift
-        v1 = Signal(signed(width))
-        right_p1, right_n1 = Signal(range(max_right + 1)), Signal(range(max_right + 1))
-        left_p1, left_n1 = Signal(range(MAX_LEFT_SHIFT + 1)), Signal(range(MAX_LEFT_SHIFT + 1))
-        sh_n = Signal(signed(10))
-        m.d.comb += sh_n.eq(self.shift + self.leaky_shift)
-        leaky1, relu1 = Signal(), Signal()
-        bits1, signed1 = Signal(4), Signal()
-        (rp, lp), (rn, ln) = clamped(self.shift), clamped(sh_n)
-        stage += [v1.eq(self.value + self.bias), right_p1.eq(rp), left_p1.eq(lp), right_n1.eq(rn), left_n1.eq(ln),
+        # stage 1: the sum; the amounts of the plain shift and of LeakyReLU's negative-side shift; the format
+        v1 = Signal(signed(vw))
+        u_p1, u_n1 = Signal(SHIFT_BITS, name="u_p1"), Signal(SHIFT_BITS, name="u_n1")
+        sh_p, sh_n = Signal(signed(10), name="sh_p"), Signal(signed(10), name="sh_n")
+        m.d.comb += [sh_p.eq(self.shift + MAX_LEFT_SHIFT),
+                     sh_n.eq(self.shift + (self.leaky_shift + MAX_LEFT_SHIFT))]
+        leaky1, relu1 = Signal(name="leaky1"), Signal(name="relu1")
+        ctl1 = Signal(_Control)
+        stage += [v1.eq(self.value + self.bias), u_p1.eq(clamped(sh_p)), u_n1.eq(clamped(sh_n)),
                   leaky1.eq(self.act == Activation.LEAKY), relu1.eq(self.act == Activation.RELU),
-                  bits1.eq(self.out_bits), signed1.eq(self.out_signed)]
+                  ctl1.valid.eq((self.out_bits == 4) | (self.out_bits == 8)), ctl1.wide.eq(self.out_bits[3]),
+                  ctl1.signed.eq(self.out_signed)]
 
-        # stage 2: the amounts for this value's sign, and the mask of the bits below its guard bit
+        # stage 2: the amount for this value's sign; the first shifter stage on v padded and sign-extended
         neg1 = v1[-1]
-        use_n = leaky1 & neg1
-        right = Signal(range(max_right + 1))
-        m.d.comb += right.eq(Mux(use_n, right_n1, right_p1))
-        v2 = Signal(signed(width))
-        right2 = Signal(range(max_right + 1))
-        left2 = Signal(range(MAX_LEFT_SHIFT + 1))
-        sticky_mask2 = Signal(max_right)  # bit k: v's bit k is below the guard bit (k < right - 1)
-        zero2, bits2, signed2 = Signal(), Signal(4), Signal()
-        stage += [
-            v2.eq(v1), right2.eq(right), left2.eq(Mux(use_n, left_n1, left_p1)),
-            sticky_mask2.eq(Cat(*(right > k + 1 for k in range(max_right)))),
-            zero2.eq(relu1 & neg1), bits2.eq(bits1), signed2.eq(signed1),
-        ]
+        u = Signal(SHIFT_BITS)
+        m.d.comb += u.eq(Mux(leaky1 & neg1, u_n1, u_p1))
+        padded = Cat(Const(0, pad), v1, neg1.replicate(window + u_max - pad - vw))
+        hi, mid, lo = (SHIFT_BITS - sum(_SHIFTER_STAGES[:i + 1]) for i in range(3))  # lowest bit of each part
+        x, below, above = _shifter_stage(padded, u[hi:], 1 << hi, neg1)
+        x2, u2, ctl2 = Signal(len(x), name="x2"), Signal(hi, name="u2"), Signal(_Control, name="ctl2")
+        sticky2, above2 = Signal(name="sticky2"), Signal(name="above2")
+        stage += [x2.eq(x), u2.eq(u[:hi]), sticky2.eq(below), above2.eq(above), ctl2.eq(ctl1),
+                  ctl2.neg.eq(neg1), ctl2.zero.eq(relu1 & neg1)]  # ctl1 has no sign yet
 
-        # stage 3: the shifted value and whether it rounds up (half to even: the first bit shifted out is set and
-        # any bit below it, or the result's lowest bit, is); a left shift never rounds
-        q = Signal(signed(width))
-        m.d.comb += q.eq(v2 >> right2)
-        guard = Cat(0, v2).bit_select(right2, 1)  # v's bit right - 1
-        sticky = (v2[:max_right] & sticky_mask2).any()  # any of v's bits 0 .. right - 2
-        q3, lv3 = Signal(signed(width)), Signal(signed(wide))
-        left3, guard3, sticky3, zero3, bits3, signed3 = Signal(), Signal(), Signal(), Signal(), Signal(4), Signal()
-        stage += [
-            q3.eq(q), lv3.eq(v2 << left2), left3.eq(left2 != 0), guard3.eq(guard), sticky3.eq(sticky),
-            zero3.eq(zero2), bits3.eq(bits2), signed3.eq(signed2),
-        ]
-        t3 = Signal(signed(wide))  # the shifted value
-        m.d.comb += t3.eq(Mux(left3, lv3, q3))
+        # stage 3: the second shifter stage
+        x, below, above = _shifter_stage(x2, u2[mid:], 1 << mid, ctl2.neg)
+        x3, u3, ctl3 = Signal(len(x), name="x3"), Signal(mid, name="u3"), Signal(_Control, name="ctl3")
+        sticky3, above3 = Signal(name="sticky3"), Signal(name="above3")
+        stage += [x3.eq(x), u3.eq(u2[:mid]), sticky3.eq(sticky2 | below), above3.eq(above2 | above), ctl3.eq(ctl2)]
 
-        # stage 4: the shifted value's low bits, and its high bits reduced chunk by chunk (any set, all set);
-        # whether it rounds up
-        ks = sorted(set(_FORMAT_BITS.values()))
-        low_bits = max(ks) + 2  # every format's magnitude bit, the bit above it, and the next
-        n_chunks = -(-(wide - low_bits) // REDUCE_CHUNK)
-        chunks = [t3[low_bits + REDUCE_CHUNK * c:low_bits + REDUCE_CHUNK * (c + 1)] for c in range(n_chunks)]
-        low4 = Signal(low_bits)
-        chunk_any4, chunk_all4 = Signal(n_chunks), Signal(n_chunks)
-        neg4, up4, zero4, bits4, signed4 = Signal(), Signal(), Signal(), Signal(4), Signal()
-        stage += [
-            low4.eq(t3[:low_bits]), chunk_any4.eq(Cat(*(c.any() for c in chunks))),
-            chunk_all4.eq(Cat(*(c.all() for c in chunks))), neg4.eq(t3[-1]),
-            up4.eq(~left3 & guard3 & (sticky3 | q3[0])), zero4.eq(zero3), bits4.eq(bits3), signed4.eq(signed3),
-        ]
+        # stage 4: the third shifter stage: the window of t, the high-part bit, and whether t rounds up (half to
+        # even: the guard bit is set and any bit below it, or t's lowest bit, is; a left shift has no guard bit)
+        x, below, above = _shifter_stage(x3, u3, 1 << lo, ctl3.neg)
+        assert len(x) == window
+        guard, t = x[0], x[1:]
+        t4, ctl4 = Signal(WINDOW_BITS, name="t4"), Signal(_Control, name="ctl4")
+        up4, above4 = Signal(name="up4"), Signal(name="above4")
+        stage += [t4.eq(t), up4.eq(guard & (sticky3 | below | t[0])), above4.eq(above3 | above), ctl4.eq(ctl3)]
 
-        # stage 5: per output format (k: the bit above its magnitude), the reductions saturation needs
-        any_hi = {k: Signal(name=f"any_hi{k}") for k in ks}  # a bit at or above k is set
-        all_hi = {k: Signal(name=f"all_hi{k}") for k in ks + [k + 1 for k in ks]}  # all bits from k on are set
-        all_lo = {k: Signal(name=f"all_lo{k}") for k in ks}  # bits 0 .. k-1 are all set
-        all5 = Signal()  # all bits set (-1)
-        low5 = Signal(8)
-        bit5 = {k: Signal(name=f"bit{k}") for k in ks}  # bit k itself
-        neg5, up5, zero5, bits5, signed5 = Signal(), Signal(), Signal(), Signal(4), Signal()
-        stage += [
-            *(any_hi[k].eq(low4[k:].any() | chunk_any4.any()) for k in ks),
-            *(all_hi[k].eq(low4[k:].all() & chunk_all4.all()) for k in all_hi),
-            *(all_lo[k].eq(low4[:k].all()) for k in ks), all5.eq(low4.all() & chunk_all4.all()),
-            *(bit5[k].eq(low4[k]) for k in ks), low5.eq(low4[:8]), neg5.eq(neg4),
-            up5.eq(up4), zero5.eq(zero4), bits5.eq(bits4), signed5.eq(signed4),
-        ]
-
-        # stage 6: saturation of t + up into the format, the byte rounded up, ReLU
-        over, under = Signal(), Signal()
-        qmin, qmax = Signal(8), Signal(8)
-        with m.Switch(Cat(bits5, signed5)):
+        # stage 5: whether t + up lies above or below the format
+        fits_hi = ~above4  # the bits above the window are all equal to the sign
+        over, under = Signal(name="over"), Signal(name="under")
+        with m.Switch(Cat(ctl4.wide, ctl4.signed)):
             for (b, sg), k in _FORMAT_BITS.items():
-                with m.Case(b | (sg << 4)):
+                with m.Case((b == 8) | (sg << 1)):
                     # above: t > qmax, or t == qmax and it rounds up
-                    m.d.comb += [over.eq(~neg5 & (any_hi[k] | (all_lo[k] & up5))), qmax.eq((1 << k) - 1)]
-                    if sg:  # below: t < -2^k, unless t == -2^k - 1 and it rounds up
-                        m.d.comb += [under.eq(neg5 & ~all_hi[k] & ~(up5 & all_hi[k + 1] & ~bit5[k] & all_lo[k])),
-                                     qmin.eq(-(1 << k) & 0xFF)]
-                    else:  # below: t < 0, unless t == -1 and it rounds up
-                        m.d.comb += [under.eq(neg5 & ~(up5 & all5)), qmin.eq(0)]
-            with m.Default():  # out_bits other than 4 and 8 are refused by the decoder
-                m.d.comb += [over.eq(0), under.eq(0), qmin.eq(0), qmax.eq(0)]
+                    m.d.comb += over.eq(~ctl4.neg & (above4 | t4[k:].any() | (t4[:k].all() & up4)))
+                    # below: t < qmin (t == qmin - 1 rounding up to qmin saturates to the same byte)
+                    m.d.comb += under.eq(ctl4.neg & ~(fits_hi & t4[k:].all()) if sg else ctl4.neg)
+        low5, ctl5 = Signal(8, name="low5"), Signal(_Control, name="ctl5")
+        up5, over5, under5 = Signal(name="up5"), Signal(name="over5"), Signal(name="under5")
+        stage += [low5.eq(t4[:8]), up5.eq(up4), over5.eq(ctl4.valid & over), under5.eq(ctl4.valid & under),
+                  ctl5.eq(ctl4)]
+
+        # stage 6: saturation, the byte rounded up, ReLU
+        qmax = Mux(ctl5.wide, Mux(ctl5.signed, 0x7F, 0xFF), Mux(ctl5.signed, 0x07, 0x0F))
+        qmin = Mux(ctl5.signed, Mux(ctl5.wide, 0x80, 0xF8), 0)
         out = Signal(8)
-        stage += out.eq(Mux(zero5, 0, Mux(over, qmax, Mux(under, qmin, low5 + up5))))
+        stage += out.eq(Mux(ctl5.zero, 0, Mux(over5, qmax, Mux(under5, qmin, low5 + up5))))
         m.d.comb += self.out.eq(out)
         assert REQUANT_LATENCY == 6, "the stages above are the latency the cycle model counts"
         return m

@@ -1,8 +1,9 @@
 """Power of a run: measured from the board's PMBus rails where it has them, else estimated.
 
 Estimate (watts) = board static power (fabric idle, from the board file)
-                 + fabric dynamic power: ``DYNAMIC_W_PER_GOPS`` x achieved shift-add throughput (GOP/s)
-                 x (pe_oc x pe_px) / (8 x 8), i.e. the activity the run achieved on the PE array scaled by its size.
+                 + fabric dynamic power: ``DYNAMIC_W_PER_GOPS`` x achieved shift-add throughput (GOP/s),
+i.e. an energy per operation (20 pJ): a larger array doing the same work per second switches the same logic
+(its clock tree and idle registers are not modelled).
 The coefficient is a planning figure for a shift-add array at 16 nm / 28 nm (not a measurement); the
 result is always labelled "estimated". The throughput is MACs per frame x a frame rate
 (:func:`estimate_power_at_fps`), so two estimates of one model differ only by the frame rate they are taken at:
@@ -38,11 +39,10 @@ class PowerReport:
 
 def estimate_power(board: Board, gops: float) -> PowerReport:
     """Static power of the board plus dynamic power for ``gops`` GOP/s of shift-add work."""
-    scale = board.accel.macs_per_cycle / 64
-    dynamic = DYNAMIC_W_PER_GOPS * gops * scale
+    dynamic = DYNAMIC_W_PER_GOPS * gops
     return PowerReport(round(board.static_power_w + dynamic, 3), PowerSource.ESTIMATED,
                        f"static {board.static_power_w} W (board file) + dynamic {dynamic:.3f} W "
-                       f"({DYNAMIC_W_PER_GOPS} W per GOP/s x {gops:.2f} GOP/s x array scale {scale:g})",
+                       f"({DYNAMIC_W_PER_GOPS} W per GOP/s x {gops:.2f} GOP/s)",
                        static_w=board.static_power_w, dynamic_w=round(dynamic, 3))
 
 

@@ -10,6 +10,7 @@ import pytest
 from qdq_graphs import detector, random_input, run_onnxruntime
 from typer.testing import CliRunner
 
+from shiftpu.boards import load_board
 from shiftpu.boards.clock import fps_clock
 from shiftpu.cli.main import app
 
@@ -46,7 +47,9 @@ def test_estimate_json(compiled):
     r = runner.invoke(app, ["estimate", str(d / "out"), "--json"])
     assert r.exit_code == 0, r.output
     est = json.loads(r.output)
-    assert {"fps", "cycles", "utilization", "layers"} <= set(est)
+    assert {"fps", "cycles", "macs", "clock_mhz", "utilization", "overall_pe_utilization", "peak_macs_per_cycle",
+            "clock_source", "layers"} <= set(est)
+    assert est["peak_macs_per_cycle"] == load_board("pynq-z2").accel.macs_per_cycle
     assert 0 < est["utilization"] <= 1 and est["fps"] > 0 and "estimated" in est["kind"]
     conv = [la for la in est["layers"] if la["op"] == "CONV"]
     assert len(conv) == 15

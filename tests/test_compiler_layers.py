@@ -202,7 +202,7 @@ def test_depthwise_without_the_depthwise_dataflow_runs_dense():
 def test_convs_on_pes_with_lanes_are_exact(tmp_path, pe_ic, c_in, k, stride):
     """Boards whose PEs sum pe_ic input channels per cycle (PIXEL): channels filling the lanes or not."""
     board = json.loads((Path(__file__).parents[1] / "boards" / "ultra96v2.json").read_text())
-    board["accel"]["pe_ic"] = pe_ic
+    board["accel"].update(pe_ic=pe_ic, dsp_lanes=pe_ic // 2)
     board["name"] = "ultra96v2-lanes"
     path = tmp_path / "ultra96v2-lanes.json"
     path.write_text(json.dumps(board))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 from qdq_graphs import QdqBuilder
@@ -104,15 +106,21 @@ def test_streaming_add_cost():
     assert instruction_cost(add, CFG, 8.0, OVERLAPPED) == InstrCost(408, 128, 280, 2048, 1024, 0)
 
 
-def test_dataflow_choice_follows_the_shape():
+def test_dataflow_choice_follows_the_shape(tmp_path):
+    # the PYNQ-Z2 without input-channel lanes (with pe_ic >= pe_px, PIXEL is never slower than INPUT_CHANNEL)
+    board = json.loads((Path(__file__).parents[1] / "boards" / "pynq-z2.json").read_text())
+    board["name"] = "pynq-z2-no-lanes"
+    board["accel"].update(pe_oc=8, pe_px=8, pe_ic=1, dsp_lanes=0)
+    path = tmp_path / "pynq-z2-no-lanes.json"
+    path.write_text(json.dumps(board))
     b = QdqBuilder((3, 64, 64), seed=0)
     wide = b.conv(b.x, 16, 3, act="relu")  # 3 input channels, wide map: pixel-parallel
     narrow = QdqBuilder((256, 2, 2), seed=0)
     deep = narrow.conv(narrow.x, 64, 1, act="relu")  # many input channels, tiny map: input-channel-parallel
     b.output(wide)
     narrow.output(deep)
-    r1 = compile_model(b.model(), "pynq-z2")
-    r2 = compile_model(narrow.model(), "pynq-z2")
+    r1 = compile_model(b.model(), str(path))
+    r2 = compile_model(narrow.model(), str(path))
     (c1,), (c2,) = r1.graph.fabric_ops(), r2.graph.fabric_ops()
     assert c1.dataflow is Dataflow.PIXEL and c1.options[Dataflow.PIXEL] > c1.options[Dataflow.INPUT_CHANNEL]
     assert c2.dataflow is Dataflow.INPUT_CHANNEL

@@ -97,7 +97,7 @@ def test_page_without_optional_inputs_says_what_is_missing(bare_page):
     assert "Roofline" in roof and "estimated" in roof
     cfg = load_board(BOARD).accel
     clock = fps_clock(BOARD)
-    assert f"peak {cfg.pe_oc * cfg.pe_px * clock.clock_mhz * 1e6 / 1e9:.1f} GMAC/s" in roof
+    assert f"peak {cfg.macs_per_cycle * clock.clock_mhz * 1e6 / 1e9:.1f} GMAC/s" in roof
     summary = " ".join(page.sections["summary"].split())
     assert f"fps (fabric only, rtl schedule) at {clock.clock_mhz:g} MHz ({clock.label})" in summary
     assert f"{load_board(BOARD).ddr_bandwidth_gbps:.2f} GB/s" in roof

@@ -41,7 +41,7 @@ class AccelConfig:
     pe_ic: int = 1
     #: Lanes of each PE whose product is a DSP slice's multiplier (the weight's value times the activation),
     #: added to a shifting lane's term in the slice's post-adder; the other lanes shift in LUTs. At most
-    #: pe_ic / 2, with pe_ic <= 8. The same numbers either way: it trades LUTs for DSP slices.
+    #: pe_ic / 2. The same numbers either way: it trades LUTs for DSP slices.
     dsp_lanes: int = 0
     #: Activation width in bits (8, or 4 for the narrow option; stored one per byte in DDR).
     act_bits: int = 8
@@ -81,8 +81,6 @@ class AccelConfig:
         if self.dsp_lanes < 0 or self.dsp_lanes > self.pe_ic // 2:
             problems.append(f"dsp_lanes={self.dsp_lanes} must be 0..pe_ic/2 ({self.pe_ic // 2}): each DSP lane is "
                             f"paired with a shifting lane")
-        elif self.dsp_lanes and self.pe_ic > 8:
-            problems.append(f"dsp_lanes={self.dsp_lanes} needs pe_ic <= 8 (pe_ic={self.pe_ic})")
         if self.act_bits not in (4, 8):
             problems.append(f"act_bits={self.act_bits} must be 4 or 8")
         if self.acc_bits not in (24, 32, 48):
@@ -118,6 +116,11 @@ class AccelConfig:
     def channel_block(self) -> int:
         """Channels stored together per pixel in DDR (one AXI beat of int8 activations)."""
         return self.axi_bytes
+
+    @property
+    def array_shape(self) -> str:
+        """The PE array as people write it: pe_oc x pe_px, times pe_ic where a PE has lanes ("8x4x16")."""
+        return f"{self.pe_oc}x{self.pe_px}" + (f"x{self.pe_ic}" if self.pe_ic > 1 else "")
 
     @property
     def macs_per_cycle(self) -> int:

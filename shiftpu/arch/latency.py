@@ -20,8 +20,9 @@ ENGINE_START = 1
 #: Engines: cycles from the end of an instruction's work to the sequencer seeing it done (a registered flag).
 ENGINE_DONE = 1
 
-#: Register stages of a requantiser (sum; shift amounts; shift and rounding bits; chunked reductions; the
-#: formats' reductions; saturation, rounding, activation).
+#: Register stages of a requantiser (sum and clamped shift amounts; the shift amount for the value's sign; three
+#: stages cutting the output window out of the value with the sticky and overflow bits and the rounding decision;
+#: the formats' bounds; saturation, increment, activation).
 REQUANT_LATENCY = 6
 
 #: CONV engine: cycles after the engine starts in which the per-instruction products (row and plane sizes,

@@ -44,7 +44,7 @@ class Roofline:
     """The board's roofline: compute peak and DDR bandwidth of the compiled accelerator."""
 
     clock_hz: float  #: accelerator clock of the estimate (``shiftpu.boards.clock.fps_clock``)
-    macs_per_cycle: int  #: pe_oc x pe_px
+    macs_per_cycle: int  #: pe_oc x pe_px x pe_ic
     ddr_bytes_per_s: float  #: the board's usable DDR bandwidth
 
     @property

@@ -95,7 +95,7 @@ def roofline_figure(roof: Roofline, rows: tuple[LayerRow, ...], board_title: str
     points = roofline_points(roof, rows)
     with _pyplot("roofline") as plt:
         svg = _svg(roofline_plot(plt, roof, points, board_title))
-    caption = (f"Estimated. Roof: peak {roof.peak_macs_per_s / 1e9:.1f} GMAC/s (pe_oc x pe_px x clock) and "
+    caption = (f"Estimated. Roof: peak {roof.peak_macs_per_s / 1e9:.1f} GMAC/s (pe_oc x pe_px x pe_ic x clock) and "
                f"{roof.ddr_bytes_per_s / 1e9:.2f} GB/s DDR bandwidth (board file); ridge at "
                f"{roof.ridge_intensity:.1f} MACs/byte. One point per fabric layer with MACs ({len(points)}), at its "
                "estimated MACs / DDR bytes and estimated MACs / time; layers without MACs are not drawn.")

@@ -144,7 +144,7 @@ def ensure_built(cfg: AccelConfig, root: Path | None = None, progress: BuildProg
             info = json.loads(stamp.read_text())
             if info.get("fingerprint") == fingerprint and product.exists():
                 return RtlBuild(cfg, directory, verilog_path, 0.0, True, backend)
-        say(f"building the RTL simulation of accelerator 0x{cfg.config_hash():08x} ({cfg.pe_oc}x{cfg.pe_px} PEs) "
+        say(f"building the RTL simulation of accelerator 0x{cfg.config_hash():08x} ({cfg.array_shape} PEs) "
             f"with Verilator in {directory}: generating Verilog, then compiling (1-4 min; cached afterwards)")
         t0 = time.perf_counter()
         write_verilog(cfg, verilog_path)
