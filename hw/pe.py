@@ -7,7 +7,7 @@ terms added (term 1 in the low nibble).
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -37,11 +37,15 @@ def negated_shift_term(act, neg_act, code4):
 
 def code_value(code, weight_code: WeightCode):
     """The integer weight of a code (0 or +-2^e; two-term: the sum of both terms), as a signed value: the
-    multiplicand of a PE lane that multiplies in a DSP slice."""
+    multiplicand of a PE lane that multiplies in a DSP slice.
+
+    A term's bits come straight from its code, one LUT each: bit ``i`` of ``+2^k`` is ``i == k``, of ``-2^k``
+    (two's complement) ``i >= k``, so no negation sits in front of the slice."""
     def term(code4):
         ecode = code4[:SHIFT_CODE_BITS - 1]
-        power = Mux(ecode == 0, 0, Const(1, unsigned(MAX_WEIGHT_EXPONENT + 1)) << (ecode - 1)[:3])
-        return Mux(code4[SHIFT_CODE_BITS - 1], -power, power)
+        sign = code4[SHIFT_CODE_BITS - 1]
+        bits = [(ecode != 0) & Mux(sign, ecode <= i + 1, ecode == i + 1) for i in range(MAX_WEIGHT_EXPONENT + 2)]
+        return Cat(*bits).as_signed()
     value = term(code[:SHIFT_CODE_BITS])
     if weight_code is WeightCode.SHIFT8_TWO_TERM:
         value = value + term(code[SHIFT_CODE_BITS:])

@@ -18,6 +18,7 @@ pytest.importorskip("amaranth")
 from rtl_support import LAYER_KINDS, SMALL, assert_bit_exact, random_program  # noqa: E402
 
 from shiftpu.arch.isa import Dataflow, Instruction, Opcode, encode_program  # noqa: E402
+from shiftpu.arch.numerics import NEGATIVE_ZERO_CODE, SHIFT4_VALUES, WeightCode, decode_weights  # noqa: E402
 from shiftpu.compiler.perf import Schedule, instruction_cost  # noqa: E402
 from shiftpu.sim.rtl import RtlAccelerator, cases  # noqa: E402
 
@@ -77,3 +78,31 @@ def test_lanes_divide_the_pixel_compute():
         a = instruction_cost(i, one, SIM_BANDWIDTH, Schedule.RTL).compute_cycles
         b = instruction_cost(i, LANES, SIM_BANDWIDTH, Schedule.RTL).compute_cycles
         assert a == ratio * b
+
+
+@pytest.mark.parametrize("weight_code", list(WeightCode))
+def test_dsp_lane_multiplicand_is_the_codes_value(weight_code):
+    """The DSP lanes multiply by the code's value, decoded bit by bit (no negation): every legal code."""
+    from amaranth import Module, Signal, signed
+    from amaranth.sim import Simulator
+
+    from shiftpu.hw.pe import code_value
+
+    m = Module()
+    code, value = Signal(weight_code.bits), Signal(signed(10))
+    m.d.comb += value.eq(code_value(code, weight_code))
+    legal = [c for c in range(1 << weight_code.bits)
+             if all((c >> (4 * t)) & 15 != NEGATIVE_ZERO_CODE for t in range(weight_code.bits // 4))]
+    got = {}
+
+    async def bench(ctx):
+        for c in legal:
+            ctx.set(code, c)
+            got[c] = ctx.get(value)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    want = decode_weights(np.array(legal, dtype=np.uint8), weight_code) if weight_code is WeightCode.SHIFT4 else [
+        int(SHIFT4_VALUES[c & 15]) + int(SHIFT4_VALUES[c >> 4]) for c in legal]
+    assert [got[c] for c in legal] == [int(v) for v in want]

@@ -48,9 +48,12 @@ def test_stages_overlap_on_successive_frames():
     stats = run_all(Pipeline(stages, depth=2, trace=trace), range(12))
     spans = {(s.stage, s.frame): s for s in trace.spans}
     assert len(spans) == 36
-    # while the fabric works on frame 5, preprocessing of frame 6 runs at the same time
-    fab, pre = spans[("fabric", 5)], spans[("pre", 6)]
-    assert pre.start < fab.end and fab.start < pre.end
+    # while the fabric works on a frame, preprocessing of the next one runs at the same time (a sequential run has
+    # no such pair; a loaded machine may delay a thread past one pair, not past all of them)
+    overlapping = [k for k in range(11)
+                   if spans[("pre", k + 1)].start < spans[("fabric", k)].end
+                   and spans[("fabric", k)].start < spans[("pre", k + 1)].end]
+    assert len(overlapping) >= 6, overlapping
     assert set(stats.stage_mean_ms()) == {"pre", "fabric", "post"}
     assert stats.efficiency > 0.5
 

@@ -73,7 +73,7 @@ def test_missing_hwh_and_bitstream_are_clear_errors(tmp_path):
         PynqDevice(tmp_path / "nothing.bit", pynq_device=simulated_device())
 
 
-def test_hang_times_out_frees_pynq_buffers_and_redownloads(tmp_path):
+def test_hang_times_out_frees_pynq_buffers_and_recovers(tmp_path):
     device, driver = open_sim(tmp_path, timeout_s=2.0)
     accel = DriverAccelerator(driver, CFG)
     ddr = device.overlay.device.default_memory
