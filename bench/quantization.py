@@ -18,7 +18,8 @@ Parts (each stored with its command, the time it was measured and the machine's 
   estimated); and the default run again under cProfile, the cumulative time of each step.
 
 A part left out of ``--parts`` keeps its figures from the existing bench/results/quantization.json, so one part
-can be measured again alone. Measured figures only; the targets are issue #16's.
+can be measured again alone; so does a tiny_yolov2 run left out of ``--yolo-variants`` (with the date it was
+measured), and a run measured again keeps the figures it replaces beside it. Measured figures only; the targets are issue #16's.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 COMMAND = "python -m bench.quantization --write"
 PARTS = ("digits", "datafree", "mixed", "structures", "tiny_yolov2")
+#: The `shiftpu quantize` runs of the tiny_yolov2 part.
+YOLO_VARIANTS = ("default", "mixed")
 #: Seeds of the natural-image crops: BatchNorm statistics, calibration, test (three disjoint draws).
 BN_SEED, CALIB_SEED, TEST_SEED = 100, 101, 102
 
@@ -210,14 +213,15 @@ def _timed_command(argv: list[str], log: Path, timeout: float) -> tuple[float, i
 #: Functions of a profiled `shiftpu quantize` whose cumulative time the results give: (file, function, label).
 PROFILED = (("ptq.py", "quantize_model", "quantize_model (all of the PTQ)"),
             ("slopes.py", "round_leaky_slopes", "LeakyReLU slopes rounded (float model run on the calibration set)"),
-            ("ptq.py", "_equalise", "cross-layer equalisation (a fast PTQ and a model run per candidate pair)"),
-            ("ptq.py", "calibrate", "activation statistics (collect_stats), every _Quantizer run"),
+            ("ptq.py", "_equalise", "cross-layer equalisation (one float model run; per candidate pair a fast PTQ and "
+             "a run of the quantized model)"),
+            ("calibrate.py", "collect", "activation statistics (a float model run each)"),
             ("ptq.py", "capture_inputs", "float layer inputs kept for the calibration-driven methods"),
             ("ptq.py", "quantized_values", "quantized layer inputs (the partial quantized model run)"),
             ("layerstats.py", "collect", "patch moment matrices (LayerStats.collect)"),
             ("layeropt.py", "optimise_layer", "per-layer methods (bias correction, scale search, rounding)"),
             ("rounding.py", "optimise_rounding", "of which: rounding optimisation"),
-            ("layerstats.py", "output_mse", "of which: layer output error evaluations (output_mse)"),
+            ("layerstats.py", "terms", "of which: layer output error evaluations (OutputError.terms)"),
             ("ptq.py", "measure", "report SQNR measurement (_Quantizer.measure)"),
             ("mixed.py", "choose_formats", "mixed precision: sensitivity and choice"),
             ("sensitivity.py", "curvatures", "of which: Hutchinson curvature (finite differences)"))
@@ -284,9 +288,11 @@ def measure_tiny_yolov2(args) -> dict:
                               "--max-weight-bytes", str(budget)]}
         for tag in args.yolo_variants:
             load = [round(v, 2) for v in os.getloadavg()]
+            measured = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             seconds, rc = _timed_command([shiftpu, *variants[tag]], d / f"{tag}.log", args.yolo_timeout)
             text = (d / f"{tag}.log").read_text()
-            runs[tag] = {"command": " ".join(["shiftpu", *variants[tag]]), "wall_s": round(seconds, 1),
+            runs[tag] = {"command": " ".join(["shiftpu", *variants[tag]]), "measured": measured,
+                         "wall_s": round(seconds, 1),
                          "exit": rc, "load_before": load, "load_after": [round(v, 2) for v in os.getloadavg()],
                          "output_sqnr": [ln for ln in text.splitlines() if ln.startswith("model output")],
                          "float_nodes": [ln.strip() for ln in text.splitlines() if "has no fabric operation" in ln],
@@ -303,13 +309,31 @@ def measure_tiny_yolov2(args) -> dict:
                                                     *variants["default"]]),
                                "wall_s": round(seconds, 1), "exit": rc,
                                "lines": _profile_lines(d / "default.prof") if rc == 0 else []}
+    variants_flag = "" if args.yolo_variants == list(YOLO_VARIANTS) else f" --yolo-variants {' '.join(args.yolo_variants)}"
     part.update(command="python -m bench.quantization --parts tiny_yolov2 --yolo-calib "
                         f"{args.yolo_calib} --bn-images {args.bn_images} --yolo-timeout {args.yolo_timeout:.0f}"
-                        + ("" if args.yolo_profile else " --no-yolo-profile"),
+                        + variants_flag + ("" if args.yolo_profile else " --no-yolo-profile"),
                 input="1x3x512x512", calib=args.yolo_calib, one_term_bytes=one, two_term_bytes=two, budget=budget,
                 timeout_s=args.yolo_timeout, runs=runs,
                 threads="onnxruntime's default (a thread per core), torch 1 thread")
     return _finish(part, start)
+
+
+def _carry_runs(part: dict, previous: dict) -> None:
+    """Keep the earlier tiny_yolov2 figures a new measurement does not replace, each with when it was measured:
+    the runs of the variants not measured again (with mixed precision's sensitivity estimate, the mixed run's),
+    the profile when it was not measured again, and the run each new one replaces (``previous_runs``)."""
+    for tag, run in previous["runs"].items():
+        run = {**run, "measured": run.get("measured", previous["measured"])}
+        if tag in part["runs"]:
+            run.pop("carried", None)
+            part.setdefault("previous_runs", {})[tag] = run
+        else:
+            part["runs"][tag] = {**run, "carried": True}
+            if tag == "mixed" and "sensitivity_estimate" in previous:
+                part["sensitivity_estimate"] = {"measured": previous["measured"], **previous["sensitivity_estimate"]}
+    if "profile" not in part and "profile" in previous:
+        part["profile"] = {"measured": previous["measured"], **previous["profile"]}
 
 
 # -- the results file ---------------------------------------------------------------------------------------------
@@ -368,8 +392,9 @@ def _targets(result: dict) -> list[str]:
         y = result["tiny_yolov2"]
         for tag, run in y["runs"].items():
             what = "every calibration-driven method" + (", --mixed-precision" if tag == "mixed" else "")
+            when = f" (measured {run['measured']})" if run.get("carried") else ""
             lines.append(f"| `shiftpu quantize`, Tiny-YOLOv2 512x512, {what}: < 10 min on 2 cores | "
-                         f"{_wall(run)}; load average {run['load_before'][0]:.2f} at start, "
+                         f"{_wall(run)}{when}; load average {run['load_before'][0]:.2f} at start, "
                          f"{run['load_after'][0]:.2f} at end | "
                          f"{'yes' if run['exit'] == 0 and run['wall_s'] < 600 else 'no'} |")
     return lines + [""]
@@ -445,42 +470,51 @@ def _yolo_section(part: dict) -> list[str]:
              "two cores were shared with synthesis jobs that others started during the runs (the load columns).", "",
              "| run | command | wall time | load average (1 min) at start / end | model output SQNR (calibration set) |",
              "|---|---|---|---|---|"]
-    for tag, run in part["runs"].items():
+    rows = [(tag, run) for tag, run in part["runs"].items()]
+    rows += [(f"{tag}, the measurement before", run) for tag, run in part.get("previous_runs", {}).items()]
+    for tag, run in rows:
         sqnr = "; ".join(s.replace("model output ", "") for s in run["output_sqnr"]) or "-"
-        lines.append(f"| {tag} | `{run['command']}` | {_wall(run)} | {run['load_before'][0]:.2f} / "
+        when = f" (measured {run['measured']})" if run.get("carried") or tag not in part["runs"] else ""
+        lines.append(f"| {tag}{when} | `{run['command']}` | {_wall(run)} | {run['load_before'][0]:.2f} / "
                      f"{run['load_after'][0]:.2f} | {sqnr} |")
+    if any(run.get("carried") for run in part["runs"].values()) or part.get("previous_runs"):
+        lines += ["", "A row with its own date was measured before this part's command, with the code of that day: "
+                  "a run this command did not measure again keeps its figures, and the measurement a new run "
+                  "replaces is kept beside it."]
     est = part.get("sensitivity_estimate")
     if est:
         lines += ["", f"Mixed precision's sensitivity pass (`sensitivity.curvatures`): one Hutchinson probe of one "
-                  f"weight tensor took {est['one_probe_s']:.0f} s (measured after the mixed run, at its load: two runs of "
+                  f"weight tensor took {est['one_probe_s']:.0f} s (measured after the mixed run"
+                  + (f" of {est['measured']}" if "measured" in est else "") + ", at its load: two runs of "
                   "the float model per "
                   f"calibration sample, {est['samples']} samples); the pass makes {est['probes']} probes of each of "
                   f"{est['tensors']} tensors (every layer's weights and output), about {est['estimated_s'] / 60:.0f} "
                   "min (estimated), before the PTQ itself."]
     prof = part.get("profile")
     if prof:
-        lines += ["", f"Where the time of the default run goes: `{prof['command']}`, {_wall(prof)} under the profiler; "
+        when = f" (measured {prof['measured']})" if "measured" in prof else ""
+        lines += ["", f"Where the time of the default run goes: `{prof['command']}`{when}, {_wall(prof)} under the "
+                  "profiler; "
                   "cumulative time per step (nested steps are part of the one above them):", ""]
         lines += [f"- {ln}" for ln in prof["lines"]]
     equalised = [ln for ln in part["runs"].get("default", {}).get("log_tail", []) if "cross-layer equalisation" in ln]
     kept = sum(ln.endswith(" kept") and "not kept" not in ln for ln in equalised)
-    lines += ["", "What the time is spent on, and what would shorten it (not done here: each changes what the PTQ "
-              "computes or how long it searches):", "",
-              f"- Equalisation scores each candidate pair with a whole fast PTQ (activation statistics on every "
-              f"calibration sample) and a run of the quantized model; here {kept} of {len(equalised)} pairs were "
-              "kept (BatchNorm-trained layers are already balanced). Scoring on fewer samples, or skipping pairs whose "
-              "factors are all within 2x of 1, would save most of it.",
+    lines += ["", "What the time is spent on:", "",
+              f"- Equalisation runs the float model once for all candidate pairs (equalising a pair divides the "
+              "channels of the tensors between its layers by powers of two and leaves every other tensor bit for bit "
+              "as it was, so each candidate's activation statistics are derived from that run exactly) and scores "
+              "each pair with a fast PTQ and a run of the quantized model on the calibration samples; here "
+              f"{kept} of {len(equalised)} pairs were kept (BatchNorm-trained layers are already balanced).",
               "- The per-layer methods are dominated by the two 1,024-channel 3x3 layers (9,216 inputs per output "
-              "channel): the rounding sweeps and every layer output error evaluation cost channels x inputs^2 "
-              "multiply-adds (about 10^11); the float term of `LayerStats.output_mse` is the same in every "
-              "evaluation of a layer and could be computed once.",
+              "channel), where every product with a moment matrix costs channels x inputs^2 multiply-adds (about "
+              "10^11): the patch moments, one product per set of candidate weights scored (the terms that depend on "
+              "the float weights alone are computed once per layer, and a candidate is scored on the channels it "
+              "changes only), and per rounding sweep one product for the gradient and one for its updates (a "
+              "block of 64 weights at a time).",
               "- Mixed precision's sensitivity pass runs the float model twice per calibration sample per probe "
               "(finite differences), 16 probes per tensor: with 2 x 9 tensors at 512x512 that alone exceeds the "
               "10 minutes many times over. Fewer samples or probes for large inputs, or one probe batch for all "
-              "tensors, would be needed.",
-              "- The model is exported with a static batch: with a symbolic batch dimension the edge Pad of the "
-              "stride-1 max pool is not folded into the MaxPool and stays float on the CPU (`compiler/quant/fold.py` "
-              "`_fold_pads` asks every dimension of the Pad's input to be >= 1, and a symbolic batch is 0)."]
+              "tensors, would be needed."]
     return lines + [""]
 
 
@@ -549,7 +583,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test", type=int, default=64, help="structures: test crops")
     ap.add_argument("--bn-images", type=int, default=64, help="crops the BatchNorm statistics are set on")
     ap.add_argument("--yolo-calib", type=int, default=32, help="tiny_yolov2: calibration crops (512x512)")
-    ap.add_argument("--yolo-variants", nargs="+", default=["default", "mixed"], choices=["default", "mixed"])
+    ap.add_argument("--yolo-variants", nargs="+", default=list(YOLO_VARIANTS), choices=YOLO_VARIANTS,
+                    help="tiny_yolov2: the runs to measure (a run left out keeps its earlier figures)")
     ap.add_argument("--yolo-timeout", type=float, default=1200.0, help="tiny_yolov2: stop a run after this many s")
     ap.add_argument("--no-yolo-profile", dest="yolo_profile", action="store_false",
                     help="tiny_yolov2: skip the default run under cProfile (where the time goes)")
@@ -565,7 +600,10 @@ def main(argv: list[str] | None = None) -> dict:
     measure = {"digits": measure_digits, "datafree": measure_datafree, "mixed": measure_mixed,
                "structures": measure_structures, "tiny_yolov2": measure_tiny_yolov2}
     for name in args.parts:
+        previous = result.get(name)
         result[name] = measure[name](args)
+        if name == "tiny_yolov2" and previous:
+            _carry_runs(result[name], previous)
         if args.write:  # after each part, so that a long run keeps what it measured
             RESULTS.mkdir(exist_ok=True)
             path.write_text(json.dumps(result, indent=1) + "\n")

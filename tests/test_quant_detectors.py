@@ -274,6 +274,29 @@ def test_pads_fold_into_the_float_model_exactly():
     np.testing.assert_array_equal(got, ref)
 
 
+def test_pads_fold_with_a_symbolic_batch():
+    """A model exported with a dynamic batch: the edge Pad of the stride-1 max pool still folds into the MaxPool
+    (only the spatial size of the Pad's input matters), and the folded model computes the same for any batch."""
+    torch.manual_seed(0)
+    net = TinyYolo().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(1, 3, 32, 32), buf, dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    float_model = onnx.load_from_string(buf.getvalue())
+    assert float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert "Pad" in {n.op_type for n in float_model.graph.node}
+    folded = fold_float_model(float_model)
+    assert "Pad" not in {n.op_type for n in folded.graph.node}
+    pools = [n for n in folded.graph.node if n.op_type == "MaxPool"]
+    assert [onnx.helper.get_attribute_value(a) for a in pools[-1].attribute if a.name == "pads"] == [[0, 0, 1, 1]]
+    x = np.random.default_rng(1).uniform(-4, 4, (3, 3, 32, 32)).astype(np.float32)
+    ref, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+                for m in (float_model, folded))
+    np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize(("alpha", "k"), [(0.1, 3), (0.2, 2), (0.125, 3), (0.7, 1), (0.9, 1), (1e-9, 15),
                                           (0.0, None), (-0.1, None)])
 def test_slopes_round_to_the_nearest_power_of_two(alpha, k):

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from shiftpu.arch.numerics import WeightCode, shift_representable
 from shiftpu.compiler.quant.layeropt import LayerMethods, optimise_layer
-from shiftpu.compiler.quant.layerstats import ConvGeometry, LayerStats, patches
+from shiftpu.compiler.quant.layerstats import ConvGeometry, LayerStats, patch_rows, patches
 from shiftpu.compiler.quant.weights import quantize_weights
 
 
@@ -99,3 +99,45 @@ def test_each_step_lowers_the_layer_output_error(code):
     plain = optimise_layer(w, b, stats, code, LayerMethods(False, False, False), np.random.default_rng(0))
     np.testing.assert_array_equal(plain.weights.values, quantize_weights(w, code).values)
     assert [n for n, _ in plain.steps] == ["nearest"]
+
+
+@pytest.mark.parametrize("geo", [ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1)),
+                                 ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+                                 ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 4)])
+def test_output_error_with_the_float_terms_computed_once(geo):
+    """``LayerStats.error_of`` (the float terms computed once per layer) gives ``output_mse``, ``output_energy`` and
+    ``corrected_bias`` for every channel and for a subset of channels (with their group's moments)."""
+    rng = np.random.default_rng(3)
+    xf = rng.normal(size=(6, 4, 9, 9)) + 0.2
+    xq = xf + 0.05 * rng.normal(size=xf.shape)
+    stats = LayerStats.collect(xf, xq, geo, np.random.default_rng(0))
+    w = rng.normal(size=(8, 4 // geo.group * 9))
+    b = rng.normal(size=8)
+    u = quantize_weights(w).dequantize().astype(np.float64)
+    bq = b - 0.2
+    error = stats.error_of(w, b)
+    np.testing.assert_allclose(error.energy(), stats.output_energy(w, b), rtol=1e-12)
+    terms = error.terms(u)
+    np.testing.assert_allclose(error.mse(terms, bq), stats.output_mse(u, bq, w, b), rtol=1e-9)
+    np.testing.assert_allclose(error.corrected_bias(terms), stats.corrected_bias(u, w, b), rtol=1e-12)
+    rows = np.array([6, 1, 3])
+    sub = error.terms(u[rows], rows)
+    np.testing.assert_allclose(error.mse(sub, bq[rows], rows), stats.output_mse(u, bq, w, b)[rows], rtol=1e-9)
+    np.testing.assert_allclose(error.corrected_bias(sub, rows), stats.corrected_bias(u, w, b)[rows], rtol=1e-12)
+    for centred in (False, True):
+        for (s1, h1, t1), (s2, h2, t2) in zip(stats.objective(w, centred), stats.objective(w, centred, error),
+                                               strict=True):
+            assert s1 == s2
+            np.testing.assert_array_equal(h1, h2)
+            np.testing.assert_allclose(t2, t1, rtol=1e-12, atol=1e-12 * np.abs(t1).max())
+
+
+def test_patch_rows_are_the_rows_of_the_unfolded_input():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 4, 7, 6)).astype(np.float32)
+    for geo in (ConvGeometry((3, 3), (2, 1), (1, 0, 2, 1), (1, 2), 2), ConvGeometry((1, 1))):
+        full = patches(x, geo)
+        rows = rng.choice(full.shape[1], 20, replace=False)
+        np.testing.assert_array_equal(patch_rows(x, geo, np.sort(rows)), full[:, np.sort(rows)])
+    flat = rng.normal(size=(9, 5)).astype(np.float32)
+    np.testing.assert_array_equal(patch_rows(flat, ConvGeometry(), np.array([0, 4, 8])), patches(flat, ConvGeometry())[:, [0, 4, 8]])

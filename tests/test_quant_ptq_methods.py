@@ -137,6 +137,69 @@ def test_equalisation_candidates_are_scored_without_the_report_measurement(monke
     assert after.output_sqnr_db == before.output_sqnr_db and after.layers == before.layers
 
 
+def _two_unbalanced_pairs() -> onnx.ModelProto:
+    """Conv -> ReLU -> Conv -> LeakyReLU -> MaxPool -> Conv, both shared sets of channels unbalanced (up to 2^7)."""
+    torch.manual_seed(1)
+    c1, c2, c3 = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+    k1 = torch.ldexp(torch.ones(8), torch.arange(8) - 4)
+    k2 = torch.ldexp(torch.ones(8), 3 - torch.arange(8))
+    with torch.no_grad():
+        c1.weight.mul_(k1[:, None, None, None])
+        c1.bias.mul_(k1)
+        c2.weight.div_(k1[None, :, None, None])
+        c2.weight.mul_(k2[:, None, None, None])
+        c2.bias.mul_(k2)
+        c3.weight.div_(k2[None, :, None, None])
+    return _export(nn.Sequential(c1, nn.ReLU(), c2, nn.LeakyReLU(0.125), nn.MaxPool2d(2), c3), (4, 8, 8))
+
+
+def _random_pair() -> onnx.ModelProto:
+    torch.manual_seed(2)
+    return _export(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)), (3, 8, 8))
+
+
+@pytest.mark.parametrize("make", [lambda: _unbalanced(False), lambda: _unbalanced(True), _two_unbalanced_pairs,
+                                  _random_pair], ids=["conv", "flatten", "two-pairs", "random"])
+def test_equalisation_scores_are_those_of_a_whole_fast_ptq(make):
+    """The candidates are scored from one float run (their statistics derived from it) and the pairs that help are
+    kept: each score is the model output SQNR of a whole fast PTQ of the equalised model (statistics collected
+    again), the statistics handed on are those of the model returned, and the decisions follow the scores."""
+    from shiftpu.compiler.quant import ptq
+    from shiftpu.compiler.quant.calibrate import collect_stats, input_spec
+
+    folded = fold_float_model(make())
+    _, shape = input_spec(folded)
+    x = np.random.default_rng(0).normal(size=(40, *shape[1:])).astype(np.float32)
+    options = replace(PtqOptions.fast(), equalize=True)
+    fast = replace(PtqOptions.fast(), layer_formats=options.layer_formats)
+    reference = ptq._run(folded, input_spec(folded)[0], x, [o.name for o in folded.graph.output])
+
+    def whole(model: onnx.ModelProto) -> float:
+        q = ptq._Quantizer(model, x, fast).run(measure=False)[0]
+        return ptq._output_sqnr(reference, ptq._run(q, input_spec(q)[0], x, list(reference)))
+
+    equalised, steps, stats = ptq._equalise(folded, x, options)
+    assert steps and stats is not None
+    model = folded
+    for step, pair in zip(steps, find_pairs(folded), strict=True):
+        assert step.before_db == pytest.approx(whole(model), abs=1e-9)
+        if step.note:
+            continue
+        ranges = channel_ranges(_run_tensor(model, x, pair.tensor), len(stats[pair.tensor].channel_max_abs))
+        candidate = apply_equalisation(model, pair, equalisation_factors(model, pair, ranges))
+        assert step.after_db == pytest.approx(whole(candidate), abs=1e-9)
+        assert step.kept == (step.after_db > step.before_db + ptq.EQUALISATION_MIN_GAIN_DB)
+        if step.kept:
+            model = candidate
+    assert equalised.SerializeToString() == model.SerializeToString()
+    again = collect_stats(equalised, x, ptq._Quantizer(equalised, x, fast).stat_names())
+    for name, st in again.items():
+        assert (st.max_abs, st.min) == (stats[name].max_abs, stats[name].min), name
+        np.testing.assert_array_equal(st.values, stats[name].values)
+    if make is _two_unbalanced_pairs:
+        assert [s.kept for s in steps] == [True, True]
+
+
 def _run_tensor(model: onnx.ModelProto, x: np.ndarray, name: str) -> np.ndarray:
     m = onnx.ModelProto()
     m.CopyFrom(model)

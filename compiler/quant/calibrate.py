@@ -95,34 +95,69 @@ class TensorStats:
     max_abs: float = 0.0
     min: float = np.inf
     samples: list[np.ndarray] = field(default_factory=list)
+    #: for a tensor collected per channel (``collect``'s ``channels``): the channel of each value in
+    #: ``samples``, and each channel's largest magnitude and smallest value
+    sample_channels: list[np.ndarray] = field(default_factory=list)
+    channel_max_abs: np.ndarray | None = None
+    channel_min: np.ndarray | None = None
 
-    def add(self, x: np.ndarray) -> None:
+    def add(self, x: np.ndarray, channels: int = 0) -> None:
+        """Take in one batch; ``channels`` > 0: also per channel (axis 1, or blocks of a flattened axis 1)."""
         flat = x.ravel()
         self.max_abs = max(self.max_abs, float(np.abs(flat).max(initial=0.0)))
         self.min = min(self.min, float(flat.min(initial=np.inf)))
         stride = max(1, flat.size // SAMPLES_PER_BATCH)
         self.samples.append(flat[::stride].astype(np.float32))
+        if channels:
+            per = x.reshape(x.shape[0], channels, -1)
+            top, low = np.abs(per).max(axis=(0, 2)), per.min(axis=(0, 2))
+            self.channel_max_abs = top if self.channel_max_abs is None else np.maximum(self.channel_max_abs, top)
+            self.channel_min = low if self.channel_min is None else np.minimum(self.channel_min, low)
+            self.sample_channels.append(np.arange(0, flat.size, stride) // per.shape[2] % channels)
 
     @property
     def values(self) -> np.ndarray:
         return np.concatenate(self.samples) if self.samples else np.zeros(0, np.float32)
 
+    def divided(self, factors: np.ndarray) -> TensorStats:
+        """The statistics of the tensor with channel c divided by ``factors[c]`` (powers of two, so exactly what
+        calibration sees of the tensor equalised by them); for a tensor collected per channel."""
+        if self.channel_max_abs is None:
+            raise ValueError("the tensor's statistics were not collected per channel")
+        f = np.asarray(factors, dtype=np.float32)
+        return TensorStats(float((self.channel_max_abs / f).max(initial=0.0)), float((self.channel_min / f).min()),
+                           [s / f[c] for s, c in zip(self.samples, self.sample_channels, strict=True)],
+                           list(self.sample_channels), self.channel_max_abs / f, self.channel_min / f)
+
 
 def collect_stats(model: onnx.ModelProto, data: np.ndarray, names: list[str]) -> dict[str, TensorStats]:
     """Run the float model on the calibration data and gather statistics of the named tensors."""
+    return collect(model, data, names)[0]
+
+
+def collect(model: onnx.ModelProto, data: np.ndarray, names: list[str], channels: dict[str, int] | None = None,
+            keep: tuple[str, ...] = ()) -> tuple[dict[str, TensorStats], dict[str, np.ndarray]]:
+    """``collect_stats``, those in ``channels`` also per channel (with that many channels), and in the same run
+    the values of the tensors named in ``keep`` (e.g. the model outputs)."""
     input_name, shape = input_spec(model)
-    sess = session(model, [n for n in names if n != input_name])
+    channels = channels or {}
+    sess = session(model, [n for n in dict.fromkeys([*names, *keep]) if n != input_name])
     out_names = [o.name for o in sess.get_outputs()]
     stats = {n: TensorStats() for n in names}
+    kept: dict[str, list[np.ndarray]] = {n: [] for n in keep}
     ran = False
     for batch in batches(data, shape):
         ran = True
         for name, value in zip(out_names, sess.run(out_names, {input_name: batch}), strict=True):
             if name in stats:
-                stats[name].add(np.asarray(value))
+                stats[name].add(np.asarray(value), channels.get(name, 0))
+            if name in kept:
+                kept[name].append(np.asarray(value))
     if not ran:
         raise CalibrationError(f"calibration data has {len(data)} samples; the model's fixed batch is {shape[0]}")
-    if input_name in stats:
-        for batch in batches(data, shape):
-            stats[input_name].add(batch)
-    return stats
+    for batch in batches(data, shape):
+        if input_name in stats:
+            stats[input_name].add(batch, channels.get(input_name, 0))
+        if input_name in kept:
+            kept[input_name].append(batch)
+    return stats, {n: np.concatenate(v) for n, v in kept.items()}

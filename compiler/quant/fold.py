@@ -98,7 +98,7 @@ class _Folder:
             else:
                 shape = shapes.get(pad.input[0], [])
                 kernel = tuple(int(v) for v in attr(user, "kernel_shape", []))
-                if len(shape) != 4 or min(shape) < 1 or len(kernel) != 2 or int(attr(user, "ceil_mode", 0)) or \
+                if len(shape) != 4 or min(shape[2:]) < 1 or len(kernel) != 2 or int(attr(user, "ceil_mode", 0)) or \
                         any(d != 1 for d in attr(user, "dilations", [1, 1])):
                     continue
                 strides = tuple(int(v) for v in attr(user, "strides", [1, 1]))

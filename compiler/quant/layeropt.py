@@ -71,49 +71,66 @@ def optimise_layer(w: np.ndarray, bias: np.ndarray, stats: LayerStats, code: Wei
     base = quantize_weights(w, code)
     q = base.values.reshape(shape[0], -1).astype(np.float64)
     exps = base.exponents.astype(np.int64)
-    energy = float(stats.output_energy(wf, bf).sum())
+    error = stats.error_of(wf, bf)
+    energy = float(error.energy().sum())
 
     def real(q: np.ndarray, e: np.ndarray) -> np.ndarray:
         return q * np.ldexp(1.0, e)[:, None]
 
-    b = bf.copy()
-    steps = [("nearest", _sqnr(energy, float(stats.output_mse(real(q, exps), b, wf, bf).sum())))]
-    if methods.bias_correction:
-        b = stats.corrected_bias(real(q, exps), wf, bf)
-        steps.append(("bias correction", _sqnr(energy, float(stats.output_mse(real(q, exps), b, wf, bf).sum()))))
+    def channel_error(q: np.ndarray, e: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Output error of the channels ``rows`` (all: None) with levels q at exponents e, the bias corrected
+        for them when bias correction is on."""
+        terms = error.terms(real(q, e), rows)
+        bq = error.corrected_bias(terms, rows) if methods.bias_correction else bf if rows is None else bf[rows]
+        return error.mse(terms, bq, rows)
 
-    def channel_error(q: np.ndarray, e: np.ndarray) -> np.ndarray:
-        u = real(q, e)
-        bq = stats.corrected_bias(u, wf, bf) if methods.bias_correction else bf
-        return stats.output_mse(u, bq, wf, bf)
+    b = bf.copy()
+    terms = error.terms(real(q, exps))
+    #: per channel, the output error of (q, exps) with the bias the enabled methods give it
+    current = error.mse(terms, b)
+    steps = [("nearest", _sqnr(energy, float(current.sum())))]
+    if methods.bias_correction:
+        b = error.corrected_bias(terms)
+        current = error.mse(terms, b)
+        steps.append(("bias correction", _sqnr(energy, float(current.sum()))))
 
     if methods.scale_search:
-        best = channel_error(q, exps)
+        first = exps.copy()
         top = max_fit_exponent(np.abs(wf).max(axis=1), code).astype(np.int64)
         for step in range(SCALE_SEARCH_STEPS):
             e = top - step
-            qe = nearest_level(wf / np.ldexp(1.0, e)[:, None], levels)
-            err = channel_error(qe, e)
-            better = err < best
-            q[better], exps[better], best[better] = qe[better], e[better], err[better]
+            rows = np.flatnonzero(e != first)  # at its first exponent a channel's error is ``current`` already
+            qe = nearest_level(wf[rows] / np.ldexp(1.0, e[rows])[:, None], levels)
+            # the same real weights at another exponent have the same error: not better
+            new = (real(qe, e[rows]) != real(q[rows], exps[rows])).any(axis=1)
+            rows, qe = rows[new], qe[new]
+            if rows.size == 0:
+                continue
+            err = channel_error(qe, e[rows], rows)
+            better = err < current[rows]
+            at = rows[better]
+            q[at], exps[at], current[at] = qe[better], e[at], err[better]
         if methods.bias_correction:
             b = stats.corrected_bias(real(q, exps), wf, bf)
-        steps.append(("scale search", _sqnr(energy, float(best.sum()))))
+        steps.append(("scale search", _sqnr(energy, float(current.sum()))))
 
     if methods.rounding:
         scale = np.ldexp(1.0, exps)
         cand = rounding_candidates(wf / scale[:, None], levels)
-        start = channel_error(q, exps)
         chosen = q.copy()
-        for channels, h, t in stats.objective(wf, centred=methods.bias_correction):
+        for channels, h, t in stats.objective(wf, centred=methods.bias_correction, error=error):
             damp = DAMPING * float(np.mean(np.diag(h)))
             h = h + damp * np.eye(len(h))
             t = t + damp * wf[channels]
             chosen[channels] = optimise_rounding(cand.levels[channels], q[channels], h, t, scale[channels], rng)
-        better = channel_error(chosen, exps) < start
-        q[better] = chosen[better]
+        rows = np.flatnonzero((chosen != q).any(axis=1))  # a channel whose levels did not change keeps its error
+        if rows.size:
+            err = channel_error(chosen[rows], exps[rows], rows)
+            better = err < current[rows]
+            at = rows[better]
+            q[at], current[at] = chosen[at], err[better]
         b = stats.corrected_bias(real(q, exps), wf, bf) if methods.bias_correction else bf
-        steps.append(("rounding", _sqnr(energy, float(stats.output_mse(real(q, exps), b, wf, bf).sum()))))
+        steps.append(("rounding", _sqnr(energy, float(current.sum()))))
 
     weights = ShiftWeights(q.reshape(shape).astype(np.int8), exps.astype(np.int32))
     return LayerResult(weights, b, tuple(steps))

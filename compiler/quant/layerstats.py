@@ -53,6 +53,42 @@ def patches(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     return stacked.reshape(g, n * ho * wo, (c // g) * kh * kw)
 
 
+def _out_size(x_shape: tuple[int, ...], geo: ConvGeometry) -> tuple[int, int]:
+    """Output height and width of the convolution of an [N, C, H, W] input."""
+    kh, kw = geo.kernel
+    (sh, sw), (dh, dw) = geo.strides, geo.dilations
+    t, left, b, r = geo.pads
+    return ((x_shape[2] + t + b - dh * (kh - 1) - 1) // sh + 1, (x_shape[3] + left + r - dw * (kw - 1) - 1) // sw + 1)
+
+
+def patch_rows(x: np.ndarray, geo: ConvGeometry, rows: np.ndarray) -> np.ndarray:
+    """``patches(x, geo)[:, rows]`` without unfolding the rows not asked for (the same values)."""
+    if x.ndim != 4:
+        return x.reshape(-1, x.shape[-1])[rows].astype(np.float64)[None]
+    _, c, _, _ = x.shape
+    kh, kw = geo.kernel
+    (sh, sw), (dh, dw) = geo.strides, geo.dilations
+    t, left, b, r = geo.pads
+    ho, wo = _out_size(x.shape, geo)
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)))
+    sample, pos = np.divmod(np.asarray(rows, dtype=np.int64), ho * wo)
+    oy, ox = np.divmod(pos, wo)
+    ys = oy[:, None] * sh + np.arange(kh)[None, :] * dh  # [R, kh]
+    xs = ox[:, None] * sw + np.arange(kw)[None, :] * dw  # [R, kw]
+    got = xp[sample[:, None, None], :, ys[:, :, None], xs[:, None, :]]  # [R, kh, kw, C]
+    g = geo.group
+    got = got.reshape(len(sample), kh * kw, g, c // g).transpose(2, 0, 3, 1)  # [G, R, C/G, kh*kw]
+    return got.reshape(g, len(sample), (c // g) * kh * kw).astype(np.float64)
+
+
+def _patch_shape(x_shape: tuple[int, ...], geo: ConvGeometry) -> tuple[int, int, int]:
+    """What ``patches`` gives for one sample of an input of this shape: groups, rows, values per row."""
+    if len(x_shape) != 4:
+        return 1, int(np.prod(x_shape[1:-1], dtype=np.int64)), int(x_shape[-1])
+    ho, wo = _out_size(x_shape, geo)
+    return geo.group, ho * wo, x_shape[1] // geo.group * geo.kernel[0] * geo.kernel[1]
+
+
 @dataclass
 class LayerStats:
     """Accumulated patch moments of one layer (per group), from paired float and quantized inputs."""
@@ -71,25 +107,36 @@ class LayerStats:
         (the same rows of both)."""
         if len(xf) != len(xq) or len(xf) == 0:
             raise ValueError(f"{len(xf)} float and {len(xq)} quantized input samples: need the same, at least one")
-        one = patches(xf[:1], geo)
-        cost_per_row = 3 * one.shape[0] * one.shape[2] ** 2
+        groups, per_sample, width = _patch_shape(xf.shape, geo)
+        cost_per_row = 3 * groups * width**2
         target = min(MAX_ROWS, max(MIN_ROWS, MOMENT_BUDGET // cost_per_row))
-        keep = min(1.0, target / (one.shape[1] * len(xf)))
-        step = max(1, CHUNK_VALUES // one.size)
+        keep = min(1.0, target / (per_sample * len(xf)))
+        step = max(1, CHUNK_VALUES // (groups * per_sample * width))
         sums: list[np.ndarray] | None = None
+        buf: np.ndarray | None = None
         rows = 0
         for i in range(0, len(xf), step):
-            pf, pq = patches(xf[i : i + step], geo), patches(xq[i : i + step], geo)
-            if keep < 1.0:
-                sel = np.flatnonzero(rng.random(pf.shape[1]) < keep)
-                pf, pq = pf[:, sel], pq[:, sel]
+            if keep < 1.0:  # only the rows drawn are unfolded
+                sel = np.flatnonzero(rng.random(per_sample * len(xf[i : i + step])) < keep)
+                pf, pq = patch_rows(xf[i : i + step], geo, sel), patch_rows(xq[i : i + step], geo, sel)
+            else:
+                pf, pq = patches(xf[i : i + step], geo), patches(xq[i : i + step], geo)
             qt = pq.transpose(0, 2, 1)
-            part = [pq.sum(axis=1), pf.sum(axis=1), qt @ pq, qt @ pf, pf.transpose(0, 2, 1) @ pf]
-            sums = part if sums is None else [a + b for a, b in zip(sums, part, strict=True)]
+            products = ((qt, pq), (qt, pf), (pf.transpose(0, 2, 1), pf))
+            if sums is None:
+                sums = [pq.sum(axis=1), pf.sum(axis=1), *(a @ b for a, b in products)]
+            else:  # accumulated in place: the moment matrices of wide layers are large
+                sums[0] += pq.sum(axis=1)
+                sums[1] += pf.sum(axis=1)
+                buf = np.empty_like(sums[2]) if buf is None else buf
+                for acc, (a, b) in zip(sums[2:], products, strict=True):
+                    acc += np.matmul(a, b, out=buf)
             rows += pf.shape[1]
         if sums is None or rows == 0:
             raise ValueError("no patch row was kept")
-        return cls(rows, *(v / rows for v in sums))
+        for v in sums:
+            v /= rows
+        return cls(rows, *sums)
 
     def groups(self, channels: int) -> list[slice]:
         """The output channels of each group, for ``channels`` output channels."""
@@ -105,16 +152,24 @@ class LayerStats:
         """Per channel c of group k: a_c . v_k."""
         return np.concatenate([a[s] @ vk for s, vk in zip(self.groups(len(a)), v, strict=True)])
 
-    def objective(self, w: np.ndarray, centred: bool) -> list[tuple[slice, np.ndarray, np.ndarray]]:
+    def objective(self, w: np.ndarray, centred: bool,
+                  error: OutputError | None = None) -> list[tuple[slice, np.ndarray, np.ndarray]]:
         """Per group the quadratic form of ``rounding.optimise_rounding`` for float weights ``w`` [C, n]:
-        (channels, H [n, n], T [channels, n]); centred moments when a corrected bias absorbs the mean error."""
+        (channels, H [n, n], T [channels, n]); centred moments when a corrected bias absorbs the mean error.
+        ``error`` (``error_of(w, ...)``) supplies E[x_q x_f^T] w already computed."""
         out = []
         for k, s in enumerate(self.groups(len(w))):
-            qq, qf = self.qq[k], self.qf[k]
+            qq = self.qq[k]
+            if error is not None:
+                t = error.cross[s]
+                if centred:
+                    t = t - np.outer(error.float_mean[s], self.mean_q[k])
+            else:
+                qf = self.qf[k] - np.outer(self.mean_q[k], self.mean_f[k]) if centred else self.qf[k]
+                t = w[s] @ qf.T
             if centred:
                 qq = qq - np.outer(self.mean_q[k], self.mean_q[k])
-                qf = qf - np.outer(self.mean_q[k], self.mean_f[k])
-            out.append((s, qq, w[s] @ qf.T))
+            out.append((s, qq, t))
         return out
 
     def output_mse(self, u: np.ndarray, bias_q: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -124,6 +179,11 @@ class LayerStats:
         e += 2 * db * (self._dot(u, self.mean_q) - self._dot(w, self.mean_f)) + db**2
         return np.maximum(e, 0.0)
 
+    def error_of(self, w: np.ndarray, bias: np.ndarray) -> OutputError:
+        """The layer output error of quantized weights against float weights ``w`` [C, n] and ``bias`` [C], with
+        the terms that depend on ``w`` alone computed once (``output_mse`` for many quantized weights)."""
+        return OutputError(self, w, bias)
+
     def output_energy(self, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """Per channel E[(w . x_f + bias)^2], the float output's energy."""
         return self._quad(w, self.ff, w) + 2 * bias * self._dot(w, self.mean_f) + bias**2
@@ -131,3 +191,58 @@ class LayerStats:
     def corrected_bias(self, u: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """The bias that removes the mean output error of real weights u: bias + E[w . x_f] - E[u . x_q]."""
         return bias + self._dot(w, self.mean_f) - self._dot(u, self.mean_q)
+
+
+class OutputError:
+    """``LayerStats.output_mse`` against fixed float weights ``w`` and ``bias``: the float term E[(w . x_f)^2],
+    E[x_q x_f^T] w and E[w . x_f] are computed once, so that each evaluation of quantized weights costs one
+    product with E[x_q x_q^T] (restricted to the channels asked for)."""
+
+    def __init__(self, stats: LayerStats, w: np.ndarray, bias: np.ndarray) -> None:
+        self.stats = stats
+        self.w = w
+        self.bias = bias
+        per = len(w) // len(stats.qq)
+        #: the group of each output channel
+        self.group = np.arange(len(w)) // per
+        #: [C, n] row c: E[x_q x_f^T]_k w_c (k the channel's group), the cross term's vector
+        self.cross = np.concatenate([w[s] @ qf.T for s, qf in zip(stats.groups(len(w)), stats.qf, strict=True)])
+        #: [C] E[(w_c . x_f)^2] and E[w_c . x_f]
+        self.float_term = stats._quad(w, stats.ff, w)
+        self.float_mean = stats._dot(w, stats.mean_f)
+
+    def energy(self) -> np.ndarray:
+        """Per channel E[(w . x_f + bias)^2], the float output's energy."""
+        return self.float_term + 2 * self.bias * self.float_mean + self.bias**2
+
+    def terms(self, u: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """For real quantized weights ``u`` of the channels ``rows`` (all: None; u then [C, n], else
+        [len(rows), n]): per channel E[(u . x_q - w . x_f)^2] and E[u . x_q]."""
+        r = slice(None) if rows is None else np.asarray(rows)
+        if len(self.stats.qq) == 1:
+            quad = np.einsum("cn,cn->c", u @ self.stats.qq[0], u)
+            mean = u @ self.stats.mean_q[0]
+        else:
+            quad = np.empty(len(u))
+            mean = np.empty(len(u))
+            groups = self.group[r]
+            for k in np.unique(groups):
+                at = np.flatnonzero(groups == k)
+                uk = u[at]
+                quad[at] = np.einsum("cn,cn->c", uk @ self.stats.qq[k], uk)
+                mean[at] = uk @ self.stats.mean_q[k]
+        quad = quad - 2 * np.einsum("cn,cn->c", u, self.cross[r]) + self.float_term[r]
+        return quad, mean
+
+    def mse(self, terms: tuple[np.ndarray, np.ndarray], bias_q: np.ndarray,
+            rows: np.ndarray | None = None) -> np.ndarray:
+        """Per channel E[(u . x_q + bias_q - w . x_f - bias)^2] from ``terms(u, rows)``."""
+        r = slice(None) if rows is None else np.asarray(rows)
+        quad, mean = terms
+        db = bias_q - self.bias[r]
+        return np.maximum(quad + 2 * db * (mean - self.float_mean[r]) + db**2, 0.0)
+
+    def corrected_bias(self, terms: tuple[np.ndarray, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+        """The bias that removes the mean output error (``LayerStats.corrected_bias``) from ``terms(u, rows)``."""
+        r = slice(None) if rows is None else np.asarray(rows)
+        return self.bias[r] + self.float_mean[r] - terms[1]

@@ -16,6 +16,7 @@ DequantizeLinear and a QuantizeLinear, and the report says which and why.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum, auto
@@ -25,8 +26,16 @@ import onnx
 
 from shiftpu.arch.numerics import ActFormat, Activation, WeightCode
 from shiftpu.compiler.quant.activations import LeakySlope, choose_exponent, leaky_shift_of
-from shiftpu.compiler.quant.calibrate import batches, collect_stats, input_spec, session, validate_calibration
-from shiftpu.compiler.quant.equalize import apply_equalisation, channel_ranges, equalisation_factors, find_pairs
+from shiftpu.compiler.quant.calibrate import (
+    TensorStats,
+    batches,
+    collect,
+    collect_stats,
+    input_spec,
+    session,
+    validate_calibration,
+)
+from shiftpu.compiler.quant.equalize import EqualisationPair, apply_equalisation, equalisation_factors, find_pairs
 from shiftpu.compiler.quant.fold import LAYER_OPS, fold_float_model
 from shiftpu.compiler.quant.layeropt import LayerMethods, optimise_layer
 from shiftpu.compiler.quant.layerstats import ConvGeometry, LayerStats
@@ -222,8 +231,15 @@ def _role(node: onnx.NodeProto, g: GraphIndex) -> tuple[Role, str]:
 
 class _Quantizer:
     def __init__(self, folded: onnx.ModelProto, data: np.ndarray, options: PtqOptions,
-                 reference: onnx.ModelProto | None = None) -> None:
+                 reference: onnx.ModelProto | None = None, stats: dict[str, TensorStats] | None = None,
+                 nearest_cache: dict | None = None) -> None:
         self.model = folded
+        #: activation statistics of the float model on ``data`` already collected (they hold ``stat_names()``)
+        self.given_stats = stats
+        #: layer weights quantized by nearest rounding in earlier quantizations of the same model's variants (the
+        #: equalisation candidates): (digest, shape, code) -> (float weights, shift weights, weight SQNR)
+        self.nearest_cache = {} if nearest_cache is None else nearest_cache
+        self.weight_sqnr: dict[str, float] = {}  # layer name -> weight SQNR taken from nearest_cache
         #: the float model the report's model-output SQNR is measured against (the model before its LeakyReLU
         #: slopes were rounded)
         self.reference = reference or folded
@@ -241,7 +257,8 @@ class _Quantizer:
         self.float_inputs: dict[str, np.ndarray] = {}  # layer input -> float model values (first samples)
         self.n_layers = 0
 
-    def calibrate(self) -> None:
+    def stat_names(self) -> list[str]:
+        """The tensors whose activation statistics the quantization reads."""
         names = set(self.g.graph_inputs)
         for n in self.model.graph.node:
             role = self.roles[id(n)][0]
@@ -254,7 +271,13 @@ class _Quantizer:
                 names.update(i for i in n.input[:1] if self.g.const(i) is None)
             if role is Role.COMBINE:
                 names.update(i for i in n.input if self.g.const(i) is None)
-        self.stats = collect_stats(self.model, self.data, sorted(names))
+        return sorted(names)
+
+    def calibrate(self) -> None:
+        if self.given_stats is not None:
+            self.stats = self.given_stats
+        else:
+            self.stats = collect_stats(self.model, self.data, self.stat_names())
 
     def fmt(self, signed: bool, bits: int | None = None) -> ActFormat:
         return ActFormat(bits or self.options.act_bits, signed)
@@ -329,7 +352,13 @@ class _Quantizer:
         methods = self.options.layer_methods
         code = self.options.layer_format(node_label(node)).weight_code
         if not (methods.bias_correction or methods.scale_search or methods.rounding):
-            return quantize_weights(w_float, code), b_float, ()
+            key = (hashlib.sha1(np.ascontiguousarray(w_float).tobytes()).hexdigest(), w_float.shape, code)
+            hit = self.nearest_cache.get(key)
+            if hit is None or not np.array_equal(hit[0], w_float):
+                w = quantize_weights(w_float, code)
+                hit = self.nearest_cache[key] = (w_float, w, sqnr_db(w_float, w.dequantize()))
+            self.weight_sqnr[node_label(node)] = hit[2]
+            return hit[1], b_float, ()
         xf = self.float_inputs[node.input[0]]
         xq = self.quantized_values(x.name, len(xf))
         n = min(len(xf), len(xq))
@@ -365,7 +394,10 @@ class _Quantizer:
         self.layer_inputs[name] = (node.input[0], x.name)
         act_node = self.fused.get(id(node))
         label = _activation_label(act_node, self.g) if act_node is not None else "none"
-        self.report.layers.append(LayerReport(name, node.op_type, sqnr_db(w_float, w.dequantize()), float("nan"),
+        weight_sqnr = self.weight_sqnr.get(name)
+        if weight_sqnr is None:
+            weight_sqnr = sqnr_db(w_float, w.dequantize())
+        self.report.layers.append(LayerReport(name, node.op_type, weight_sqnr, float("nan"),
                                               q.exponent, q.fmt, label, steps))
 
     def combine(self, node: onnx.NodeProto) -> None:
@@ -552,52 +584,78 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray,
     if options.leaky_slope is LeakySlope.ROUND:
         folded, slopes = round_leaky_slopes(folded, data)
     steps: list[MethodStep] = []
+    stats = None
     if options.equalize:
-        folded, steps = _equalise(folded, data, options)
-    model, report = _Quantizer(folded, data, options, reference).run()
+        folded, steps, stats = _equalise(folded, data, options)
+        if len(data) > EQUALISATION_SAMPLES:  # the statistics are those of the first samples only
+            stats = None
+    model, report = _Quantizer(folded, data, options, reference, stats).run()
     report.slopes = slopes
     report.equalisation = steps
     report.seed = options.seed
     return model, report
 
 
-def _output_sqnr(reference: dict[str, np.ndarray], model: onnx.ModelProto, data: np.ndarray) -> float:
+def _output_sqnr(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
     """The worst model output's SQNR (dB) against the float outputs ``reference``."""
-    input_name, _ = input_spec(model)
-    got = _run(model, input_name, data, list(reference))
     return min(sqnr_db(reference[n][: len(got[n])], got[n]) for n in reference)
 
 
+def _chain(model: onnx.ModelProto, g: GraphIndex, pair: EqualisationPair) -> list[str]:
+    """The tensors from the output of a pair's first layer to the input of its second (what equalising the pair
+    divides, channel by channel)."""
+    first = next(n for n in model.graph.node if node_label(n) == pair.first)
+    tensors = [first.output[0]]
+    while tensors[-1] != pair.tensor:
+        tensors.append(g.consumers[tensors[-1]][0].output[0])
+    return tensors
+
+
 def _equalise(folded: onnx.ModelProto, data: np.ndarray,
-              options: PtqOptions) -> tuple[onnx.ModelProto, list[MethodStep]]:
+              options: PtqOptions) -> tuple[onnx.ModelProto, list[MethodStep], dict[str, TensorStats] | None]:
     """Cross-layer equalisation of each pair in graph order, kept where the model output SQNR of the fast
-    quantization on the first EQUALISATION_SAMPLES calibration samples rises by EQUALISATION_MIN_GAIN_DB."""
+    quantization on the first EQUALISATION_SAMPLES calibration samples rises by EQUALISATION_MIN_GAIN_DB; with
+    the activation statistics of the model returned on those samples (None without a pair).
+
+    The float model is run once: equalising a pair divides the channels of the tensors between its layers by
+    powers of two and leaves every other tensor bit for bit as it was, so a candidate's statistics are those of
+    the model before it, with the statistics of these tensors divided (``TensorStats.divided``); each channel's
+    range (what the factors are chosen from) comes from the same run."""
     pairs = find_pairs(folded)
     if not pairs:
-        return folded, []
+        return folded, [], None
     sample = data[:EQUALISATION_SAMPLES]
-    input_name, _ = input_spec(folded)
     g = GraphIndex(folded)
-    reference = _run(folded, input_name, sample, list(g.graph_outputs))
-    tensors = _run(folded, input_name, sample, list(dict.fromkeys(p.tensor for p in pairs)))
     fast = replace(PtqOptions.fast(options.weight_code, options.act_bits, options.leaky_slope),
                    layer_formats=options.layer_formats)
+    names = _Quantizer(folded, sample, fast).stat_names()
+    by_label = {node_label(n): n for n in folded.graph.node}
+    chains = {p: _chain(folded, g, p) for p in pairs}
+    channels = {t: int(g.const(by_label[p.first].input[1]).shape[0]) for p in pairs for t in chains[p]
+                if t in names or t == p.tensor}
+    stats, reference = collect(folded, sample, sorted(set(names) | set(channels)), channels,
+                               tuple(g.graph_outputs))
 
-    def score(m: onnx.ModelProto) -> float:
-        return _output_sqnr(reference, _Quantizer(m, sample, fast).run(measure=False)[0], sample)
+    nearest: dict = {}  # the layers a candidate leaves alone keep their quantized weights
 
-    current = score(folded)
+    def score(m: onnx.ModelProto, st: dict[str, TensorStats]) -> float:
+        q = _Quantizer(m, sample, fast, stats=st, nearest_cache=nearest).run(measure=False)[0]
+        input_name, _ = input_spec(q)
+        return _output_sqnr(reference, _run(q, input_name, sample, list(g.graph_outputs)))
+
+    current = score(folded, stats)
     steps = []
     for pair in pairs:
-        channels = int(g.const(next(n for n in folded.graph.node if node_label(n) == pair.first).input[1]).shape[0])
-        factors = equalisation_factors(folded, pair, channel_ranges(tensors[pair.tensor], channels))
+        factors = equalisation_factors(folded, pair, stats[pair.tensor].channel_max_abs.astype(np.float64))
         if (factors == 1.0).all():
             steps.append(MethodStep(pair.label, current, current, False, "already balanced (every factor is 1)"))
             continue
         candidate = apply_equalisation(folded, pair, factors)
-        after = score(candidate)
+        divided = dict(stats)
+        divided.update((t, stats[t].divided(factors)) for t in chains[pair] if t in channels)
+        after = score(candidate, divided)
         kept = after > current + EQUALISATION_MIN_GAIN_DB
         steps.append(MethodStep(pair.label, current, after, kept))
         if kept:
-            folded, current = candidate, after
-    return folded, steps
+            folded, current, stats = candidate, after, divided
+    return folded, steps, stats

@@ -48,6 +48,8 @@ MAX_SWEEPS = 24
 #: ... and fewer for large layers: about this many multiply-adds per start (channels x inputs^2 per sweep),
 #: never fewer than 2 sweeps.
 SWEEP_BUDGET = 20_000_000_000
+#: Weights visited between two updates of the whole gradient in a sweep (one matrix product per block).
+SWEEP_BLOCK = 64
 #: Pair moves are tried when channels x inputs^2 x 9 stays below this.
 PAIR_MOVE_BUDGET = 5_000_000
 #: A move must lower the error by more than this fraction of the channel's energy to count (round-off).
@@ -102,24 +104,49 @@ def relaxed_rounding(real: np.ndarray, start: np.ndarray, h: np.ndarray, t: np.n
 
 def _single_moves(u: np.ndarray, real: np.ndarray, h: np.ndarray, t: np.ndarray, tol: np.ndarray,
                   rng: np.random.Generator) -> None:
-    """Coordinate-descent sweeps until no single weight change helps (u updated in place)."""
+    """Coordinate-descent sweeps until no single weight change helps (u updated in place).
+
+    A sweep computes the gradient ``r = u H - t`` and visits the weights in blocks of SWEEP_BLOCK: within a block
+    the block's own entries of r are kept current after each change, and after the block one matrix product
+    brings the entries of the weights still to visit up to date. The values of all channels are read weight by
+    weight from copies laid out that way."""
     hd = np.diag(h)
     rows_all = np.arange(len(u))
     sweeps = int(np.clip(SWEEP_BUDGET // max(u.size * u.shape[1], 1), 2, MAX_SWEEPS))
+    real_t = np.ascontiguousarray(real.transpose(1, 0, 2))  # [n, C, 3]
     for _ in range(sweeps):
-        r = u @ h - t
+        order = rng.permutation(u.shape[1])
+        r_t = np.ascontiguousarray((u @ h - t)[:, order].T)  # [n, C], the weights in visiting order
+        u_t = np.ascontiguousarray(u.T)  # [n, C]
         changed = False
-        for i in rng.permutation(u.shape[1]):
-            d = real[:, i, :] - u[:, i : i + 1]
-            gain = d**2 * hd[i] + 2 * d * r[:, i : i + 1]
-            k = gain.argmin(axis=1)
-            rows = np.flatnonzero(gain[rows_all, k] < -tol)
-            if rows.size == 0:
-                continue
-            changed = True
-            delta = d[rows, k[rows]]
-            u[rows, i] += delta
-            r[rows] += delta[:, None] * h[i][None, :]
+        for first in range(0, len(order), SWEEP_BLOCK):
+            block = order[first : first + SWEEP_BLOCK]
+            end = first + len(block)
+            hb = h[np.ix_(block, block)]
+            rb = r_t[first:end]  # [B, C], updated in place
+            delta = np.zeros((len(block), len(u)))
+            moved = False
+            for j, i in enumerate(block):
+                d = real_t[i] - u_t[i][:, None]
+                gain = d**2 * hd[i] + 2 * d * rb[j][:, None]
+                k = gain.argmin(axis=1)
+                rows = np.flatnonzero(gain[rows_all, k] < -tol)
+                if rows.size == 0:
+                    continue
+                moved = True
+                step = d[rows, k[rows]]
+                u_t[i, rows] += step
+                delta[j, rows] = step
+                rb[j + 1 :, rows] += hb[j, j + 1 :][:, None] * step[None, :]
+            changed |= moved
+            if moved and end < len(order):
+                rest = h[block][:, order[end:]].T  # [n - end, B]
+                hit = np.flatnonzero(delta.any(axis=0))
+                if len(hit) * 2 < len(u):
+                    r_t[end:, hit] += rest @ delta[:, hit]
+                else:
+                    r_t[end:] += rest @ delta
+        u[...] = u_t.T
         if not changed:
             return
 
@@ -178,6 +205,8 @@ def optimise_rounding(cand: np.ndarray, start: np.ndarray, h: np.ndarray, t: np.
         if small:
             while _pair_moves(u, real, h, t, tol):
                 _single_moves(u, real, h, t, tol, rng)
+        if len(starts) == 1:
+            return np.rint(u / s)
         err = quadratic_error(u, h, t)
         if best is None:
             best, best_err = u, err

@@ -62,13 +62,14 @@ class SlopeReport:
         return out
 
 
-def _run(model: onnx.ModelProto, data: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+def _run(model: onnx.ModelProto, data: np.ndarray, names: list[str], wide: list[str]) -> dict[str, np.ndarray]:
+    """The named tensors on ``data``; those in ``wide`` as float64, the others as the model gives them."""
     input_name, shape = input_spec(model)
     sess = session(model, names)
     values: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for batch in batches(data, shape):
         for n, v in zip(names, sess.run(names, {input_name: batch}), strict=True):
-            values[n].append(np.asarray(v, np.float64))
+            values[n].append(np.asarray(v, np.float64 if n in wide else None))
     return {n: np.concatenate(v) for n, v in values.items()}
 
 
@@ -92,10 +93,11 @@ def round_leaky_slopes(model: onnx.ModelProto, data: np.ndarray) -> tuple[onnx.M
         return model, SlopeReport([], {}, {}, 0)
     sample = data[:SLOPE_SAMPLES]
     outputs = [o.name for o in model.graph.output]
-    ref = _run(model, sample, outputs + list(dict.fromkeys(n.input[0] for n, _, _ in changed)))
-    got = _run(rounded, sample, outputs)
+    ref = _run(model, sample, outputs + list(dict.fromkeys(n.input[0] for n, _, _ in changed)), outputs)
+    got = _run(rounded, sample, outputs, outputs)
+    # the most negative input of each activation, taken in the model's precision (the same value as in float64)
     slopes = [SlopeRounding(node_label(n), alpha, k,
-                            float(np.abs(np.minimum(ref[n.input[0]], 0.0)).max(initial=0.0) * abs(alpha - 2.0**-k)))
+                            max(0.0, -float(ref[n.input[0]].min(initial=0.0))) * abs(alpha - 2.0**-k))
               for n, alpha, k in changed]
     return rounded, SlopeReport(slopes, {o: sqnr_db(ref[o], got[o]) for o in outputs},
                                 {o: float(np.abs(ref[o] - got[o]).max(initial=0.0)) for o in outputs}, len(sample))

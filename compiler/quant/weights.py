@@ -19,14 +19,33 @@ def weight_levels(code: WeightCode) -> np.ndarray:
     return two_term_values().astype(np.float64)
 
 
+def _above(v: np.ndarray, mid: np.ndarray) -> np.ndarray:
+    """How many of the sorted ``mid`` lie below each value (``np.searchsorted(mid, v)``): counted one midpoint at a
+    time for a short list (quicker than a binary search per value)."""
+    if len(mid) > 24:
+        return np.searchsorted(mid, v)
+    count = np.zeros(v.shape, np.uint8)
+    above = np.empty(v.shape, bool)
+    for m in mid:
+        np.greater(v, m, out=above)
+        np.add(count, above, out=count, casting="unsafe")
+    return count.astype(np.intp)
+
+
 def nearest_level(v: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Each value rounded to the nearest level (ties go to the smaller magnitude); clips outside the range."""
+    """Each value rounded to the nearest level (ties go to the smaller magnitude); clips outside the range.
+
+    A value is compared with the midpoints of neighbouring levels (exact: the levels are integers)."""
     v = np.asarray(v, dtype=np.float64)
-    hi = np.clip(np.searchsorted(levels, v), 1, len(levels) - 1)
-    lo_v, hi_v = levels[hi - 1], levels[hi]
-    d_lo, d_hi = v - lo_v, hi_v - v
-    pick_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (np.abs(hi_v) < np.abs(lo_v)))
-    return np.clip(np.where(pick_hi, hi_v, lo_v), levels[0], levels[-1])
+    if len(levels) == 1:
+        return np.full_like(v, levels[0])
+    mid = (levels[:-1] + levels[1:]) / 2
+    idx = _above(v, mid)  # a value on a midpoint goes to the level below it ...
+    up = np.abs(levels[1:]) < np.abs(levels[:-1])
+    if up.any():  # ... or to the one above where that has the smaller magnitude
+        at = np.minimum(idx, len(mid) - 1)
+        idx += (v == mid[at]) & up[at]
+    return levels[idx]
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,7 @@ def quantize_weights(w: np.ndarray, code: WeightCode = WeightCode.SHIFT4) -> Shi
     e0 = max_fit_exponent(np.abs(flat).max(axis=1), code)
     best_err = np.full(w.shape[0], np.inf)
     best_e = e0.copy()
+    best_q = np.zeros_like(flat)
     for step in range(SCALE_SEARCH_STEPS):
         e = e0 - step
         s = np.ldexp(1.0, e)[:, None]
@@ -69,9 +89,8 @@ def quantize_weights(w: np.ndarray, code: WeightCode = WeightCode.SHIFT4) -> Shi
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_e = np.where(better, e, best_e)
-    s = np.ldexp(1.0, best_e)[:, None]
-    q = nearest_level(flat / s, levels).reshape(w.shape)
-    return ShiftWeights(q.astype(np.int8), best_e.astype(np.int32))
+        best_q[better] = q[better]
+    return ShiftWeights(best_q.reshape(w.shape).astype(np.int8), best_e.astype(np.int32))
 
 
 def quantize_bias(b: np.ndarray, acc_exponents: np.ndarray) -> np.ndarray:
