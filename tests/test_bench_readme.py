@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from shiftpu.boards import load_board
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the benchmarks live next to the package, not in it
 
@@ -51,7 +53,10 @@ def test_results_for_another_config_are_refused():
 
 def test_check_mode_reports_a_stale_readme(tmp_path, monkeypatch, capsys):
     stale = tmp_path / "README.md"
-    stale.write_text(readme.README.read_text().replace("| pynq-z2 | 8x8", "| pynq-z2 | 4x4", 1))
+    shape = load_board("pynq-z2").accel.array_shape
+    text = readme.README.read_text()
+    assert f"| pynq-z2 | {shape}, " in text
+    stale.write_text(text.replace(f"| pynq-z2 | {shape}, ", "| pynq-z2 | 4x4, ", 1))
     monkeypatch.setattr(readme, "README", stale)
     assert readme.main(["--check"]) == 1
     assert "run python -m bench.readme --write" in capsys.readouterr().err
