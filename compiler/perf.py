@@ -47,8 +47,11 @@ cycles (fetch and decode). Utilisation of an instruction is ``MACs / (cycles · 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from functools import cache
+from importlib import import_module
 
 from shiftpu.arch import limits
 from shiftpu.arch.config import AccelConfig
@@ -471,26 +474,62 @@ def _stream_sequential(i: Instruction, cfg: AccelConfig, beat: float, lr: int) -
     return InstrCost(total, compute, total - compute, int(read), int(write), 0)
 
 
+def _timing(cfg: AccelConfig, ddr_bytes_per_cycle: float, read_latency: int) -> tuple[float, float, int]:
+    """Bytes per cycle, cycles per AXI beat and ``L_r`` (the reader's address stage beyond the one READ_LATENCY
+    counts) of a target."""
+    bpc = bytes_per_cycle(cfg, ddr_bytes_per_cycle)
+    return bpc, max(1.0, cfg.axi_bytes / bpc), read_latency + READ_ADDRESS_LATENCY - 1
+
+
+def _within_bandwidth(c: InstrCost, ddr_bytes_per_cycle: float) -> InstrCost:
+    """Reads and writes move at once (the CONV loader and store, ADD's B operand and output): together no faster
+    than the board's DDR."""
+    floor = int(round((c.read_bytes + c.write_bytes) / ddr_bytes_per_cycle))
+    return c if c.cycles >= floor else InstrCost(floor, c.compute_cycles, floor - c.compute_cycles, c.read_bytes,
+                                                 c.write_bytes, c.macs)
+
+
+def conv_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule,
+              read_latency: int) -> InstrCost:
+    """CONV: the CONV engine's sequence (rtl schedule) or the overlapped model."""
+    bpc, beat, lr = _timing(cfg, ddr_bytes_per_cycle, read_latency)
+    if schedule is Schedule.RTL:
+        return _within_bandwidth(_conv_sequential(i, cfg, beat, lr), ddr_bytes_per_cycle)
+    return _conv_cost(i, cfg, bpc)
+
+
+def stream_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule,
+                read_latency: int) -> InstrCost:
+    """POOL, ADD and MOVE: the POOL/ADD/MOVE engine's sequence (rtl schedule) or the overlapped model."""
+    bpc, beat, lr = _timing(cfg, ddr_bytes_per_cycle, read_latency)
+    if schedule is Schedule.RTL:
+        return _within_bandwidth(_stream_sequential(i, cfg, beat, lr), ddr_bytes_per_cycle)
+    return _stream_cost(i, cfg, bpc)
+
+
+def end_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule,
+             read_latency: int) -> InstrCost:
+    """END: its fetch and retirement (rtl schedule)."""
+    _bpc, beat, lr = _timing(cfg, ddr_bytes_per_cycle, read_latency)
+    end = int(round(_fetch_cycles(cfg, beat, lr))) + 2 if schedule is Schedule.RTL else INSTR_OVERHEAD
+    return InstrCost(end, 0, 0, 0, 0, 0)
+
+
+@cache
+def cost_rule(opcode: Opcode) -> Callable[..., InstrCost]:
+    """The timing rule an instruction's record names (``shiftpu.ops``: ``OpSpec.cost``, ``module:function``)."""
+    from shiftpu.ops import OPS
+
+    module, _, name = OPS[opcode].cost.partition(":")
+    return getattr(import_module(module), name)
+
+
 def instruction_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float,
                      schedule: Schedule = Schedule.RTL, read_latency: int = READ_LATENCY) -> InstrCost:
     """Estimated cost of one instruction on an accelerator with DDR bandwidth ``ddr_bytes_per_cycle`` and
-    ``read_latency`` cycles from a read command to its first beat (writes answered as much later)."""
-    lr = read_latency + READ_ADDRESS_LATENCY - 1  # the reader's address stage beyond the one READ_LATENCY counts
-    bpc = bytes_per_cycle(cfg, ddr_bytes_per_cycle)
-    beat = max(1.0, cfg.axi_bytes / bpc)
-    if i.opcode is Opcode.END:
-        end = int(round(_fetch_cycles(cfg, beat, lr))) + 2 if schedule is Schedule.RTL else INSTR_OVERHEAD
-        return InstrCost(end, 0, 0, 0, 0, 0)
-    if schedule is Schedule.RTL:
-        c = _conv_sequential(i, cfg, beat, lr) if i.opcode is Opcode.CONV else _stream_sequential(i, cfg, beat, lr)
-        # reads and writes move at once (the CONV loader and store, ADD's B operand and output): together no
-        # faster than the board's DDR
-        floor = int(round((c.read_bytes + c.write_bytes) / ddr_bytes_per_cycle))
-        return c if c.cycles >= floor else InstrCost(floor, c.compute_cycles, floor - c.compute_cycles,
-                                                     c.read_bytes, c.write_bytes, c.macs)
-    if i.opcode is Opcode.CONV:
-        return _conv_cost(i, cfg, bpc)
-    return _stream_cost(i, cfg, bpc)
+    ``read_latency`` cycles from a read command to its first beat (writes answered as much later): the rule its
+    opcode's record names."""
+    return cost_rule(i.opcode)(i, cfg, ddr_bytes_per_cycle, schedule, read_latency)
 
 
 def program_overhead(cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule = Schedule.RTL,

@@ -3,6 +3,7 @@ random test cases, and the golden model, the disassembler and the lowering take 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 from importlib import import_module
 
@@ -66,6 +67,28 @@ def test_the_golden_model_runs_the_registered_semantics(monkeypatch):
     g.execute(i, np.zeros(64, np.uint8), act, pc=3)
     assert seen == [(Opcode.MOVE, (1, 2, 2), 3)]
     assert g.load(act, 512, 1, 2, 2, False, 0).ravel().tolist() == [0, 32, 64, 96]
+
+
+def test_the_cost_model_calls_the_registered_rule(monkeypatch):
+    from shiftpu.compiler import perf
+
+    seen = []
+
+    def rule(i, cfg, ddr_bytes_per_cycle, schedule, read_latency):
+        seen.append((i.opcode, ddr_bytes_per_cycle, schedule, read_latency))
+        return perf.InstrCost(7, 0, 7, 0, 0, 0)
+
+    monkeypatch.setattr(sys.modules[__name__], "_move_rule", rule, raising=False)
+    spec = OPS[Opcode.MOVE]
+    monkeypatch.setitem(OPS, Opcode.MOVE, OpSpec(**{**{f.name: getattr(spec, f.name) for f in fields(spec)},
+                                                  "cost": f"{__name__}:_move_rule"}))
+    perf.cost_rule.cache_clear()
+    try:
+        i = Instruction(Opcode.MOVE, in_c=1, in_h=2, in_w=2, out_c=1, out_h=2, out_w=2)
+        assert perf.instruction_cost(i, AccelConfig(), 4.0, perf.Schedule.RTL, 9).cycles == 7
+        assert seen == [(Opcode.MOVE, 4.0, perf.Schedule.RTL, 9)]
+    finally:
+        perf.cost_rule.cache_clear()
 
 
 def test_disassembly_prints_the_registered_fields(monkeypatch):

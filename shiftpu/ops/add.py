@@ -26,4 +26,4 @@ def lower(op: Any, ctx: LowerContext) -> Instruction:
 
 SPEC = OpSpec(Opcode.ADD, golden=golden, lower=lower,
               disasm_fields=("in2_addr", "shift_a", "shift_b", "out_shift", "in2_signed", "act"),
-              cost="shiftpu.compiler.perf:instruction_cost", random_case="shiftpu.sim.rtl.cases:add_random_eltwise")
+              cost="shiftpu.compiler.perf:stream_cost", random_case="shiftpu.sim.rtl.cases:add_random_eltwise")

@@ -76,4 +76,4 @@ def lower(op: Any, ctx: LowerContext) -> Instruction:
 SPEC = OpSpec(Opcode.CONV, golden=golden, lower=lower, check_constants=check_constants,
               disasm_fields=("dataflow", "depthwise", "kh", "kw", "stride", "pad_t", "pad_l", "pad_b", "pad_r",
                              "strip_w", "ic_tile", "oc_tile", "w_addr", "qp_addr", "act", "leaky_shift"),
-              cost="shiftpu.compiler.perf:instruction_cost", random_case="shiftpu.sim.rtl.cases:add_random_conv")
+              cost="shiftpu.compiler.perf:conv_cost", random_case="shiftpu.sim.rtl.cases:add_random_conv")

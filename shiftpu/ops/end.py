@@ -6,4 +6,4 @@ from shiftpu.arch.isa import Opcode
 from shiftpu.ops.spec import OpSpec
 
 SPEC = OpSpec(Opcode.END, golden=None, disasm_fields=None, lower=None,
-              cost="shiftpu.compiler.perf:instruction_cost", random_case=None)
+              cost="shiftpu.compiler.perf:end_cost", random_case=None)

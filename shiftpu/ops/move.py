@@ -24,4 +24,4 @@ def lower(op: Any, ctx: LowerContext) -> Instruction:
 
 
 SPEC = OpSpec(Opcode.MOVE, golden=golden, lower=lower, disasm_fields=("upsample", "out_shift", "act"),
-              cost="shiftpu.compiler.perf:instruction_cost", random_case="shiftpu.sim.rtl.cases:add_random_eltwise")
+              cost="shiftpu.compiler.perf:stream_cost", random_case="shiftpu.sim.rtl.cases:add_random_eltwise")

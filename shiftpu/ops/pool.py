@@ -36,4 +36,4 @@ def lower(op: Any, ctx: LowerContext) -> Instruction:
 
 SPEC = OpSpec(Opcode.POOL, golden=golden, lower=lower,
               disasm_fields=("kh", "kw", "stride", "pad_t", "pad_l", "pad_b", "pad_r", "out_shift", "act"),
-              cost="shiftpu.compiler.perf:instruction_cost", random_case="shiftpu.sim.rtl.cases:add_random_eltwise")
+              cost="shiftpu.compiler.perf:stream_cost", random_case="shiftpu.sim.rtl.cases:add_random_eltwise")
