@@ -62,14 +62,13 @@ class Detector512(nn.Module):
         return self.head(x)
 
 
-def write_detector512(path: str | Path, seed: int = 0, calibration_images: int = 2) -> onnx.ModelProto:
-    """Build the detector with seeded random weights, calibrate on random images, write the shift QDQ ONNX."""
-    from shiftpu.compiler.quant.export import export_qdq
+def calibrated_random_qat(model: nn.Module, size: int, seed: int, calibration_images: int) -> nn.Module:
+    """``model`` (built with random weights) with seeded random BatchNorm statistics, prepared for shift QAT and
+    its activation scales calibrated on ``calibration_images`` random ``size`` x ``size`` images: a model to time
+    the accelerator with, not to use."""
     from shiftpu.compiler.quant.prepare import QatOptions, prepare_qat
 
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = Detector512()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -79,7 +78,16 @@ def write_detector512(path: str | Path, seed: int = 0, calibration_images: int =
     qat.train()
     with torch.no_grad():
         for _ in range(calibration_images):
-            qat(torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE, generator=gen))
+            qat(torch.rand(1, 3, size, size, generator=gen))
+    return qat
+
+
+def write_detector512(path: str | Path, seed: int = 0, calibration_images: int = 2) -> onnx.ModelProto:
+    """Build the detector with seeded random weights, calibrate on random images, write the shift QDQ ONNX."""
+    from shiftpu.compiler.quant.export import export_qdq
+
+    torch.manual_seed(seed)
+    qat = calibrated_random_qat(Detector512(), INPUT_SIZE, seed, calibration_images)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return export_qdq(qat, [1, 3, INPUT_SIZE, INPUT_SIZE], path)
 

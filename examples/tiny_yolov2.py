@@ -115,22 +115,11 @@ def write_tiny_yolov2(path: str | Path, seed: int = 0, calibration_images: int =
                       size: int = INPUT_SIZE) -> onnx.ModelProto:
     """Build Tiny-YOLOv2 with seeded random weights, calibrate on random ``size`` x ``size`` images, write the
     shift QDQ ONNX."""
+    from examples.detector512 import calibrated_random_qat
     from shiftpu.compiler.quant.export import export_qdq
-    from shiftpu.compiler.quant.prepare import QatOptions, prepare_qat
 
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = TinyYolov2()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
-    qat = prepare_qat(model.eval(), QatOptions(input_signed=False))
-    qat.train()
-    with torch.no_grad():
-        for _ in range(calibration_images):
-            qat(torch.rand(1, 3, size, size, generator=gen))
+    qat = calibrated_random_qat(TinyYolov2(), size, seed, calibration_images)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     exported = _pad_stride1_pools(export_qdq(qat, [1, 3, size, size]))
     onnx.save(exported, str(path))
