@@ -43,11 +43,11 @@ def seed_from_timing(name: str, timing_out: Path) -> bool:
         BOARD_KIND,
         ESTIMATE_KINDS,
         ResourceEstimate,
+        estimate_cache_path,
         parse_stat_json,
         resources_from_cells,
-        synth_script,
     )
-    from shiftpu.boards.rtl import accelerator_verilog, verilog_digest
+    from shiftpu.boards.rtl import accelerator_verilog
 
     board = load_board(name)
     family = board.yosys_family.value
@@ -63,9 +63,9 @@ def seed_from_timing(name: str, timing_out: Path) -> bool:
                                config_hash=board.accel.config_hash(), used=resources_from_cells(cells),
                                available={k: board.resources[BOARD_KIND[k]] for k in ESTIMATE_KINDS}, cells=cells,
                                synth_seconds=seconds)
-        key = f"{family}-{verilog_digest(text + synth_script(family))}"
-        (CACHE / "estimate").mkdir(parents=True, exist_ok=True)
-        (CACHE / "estimate" / f"{key}.json").write_text(json.dumps(est.to_json(), indent=2) + "\n")
+        cache = estimate_cache_path(CACHE, text, family)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(est.to_json(), indent=2) + "\n")
         return True
     return False
 

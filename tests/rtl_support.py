@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from shiftpu.arch.config import AccelConfig
@@ -26,6 +28,14 @@ def square_conv(kh: int, stride: int, pad: int, in_c: int, in_h: int, in_w: int,
                        pad_r=pad, in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
                        strip_w=strip_w, ic_tile=ic_tile, oc_tile=oc_tile, in_signed=True, out_bits=8,
                        depthwise=dataflow is Dataflow.DEPTHWISE)
+
+
+def conv_3x3(**changes) -> Instruction:
+    """A padded 3x3 PIXEL CONV, 16 -> 8 channels on 8x8 (one strip, one output tile, one input tile), with
+    ``changes``: the base case of the cycle-model tests."""
+    base = Instruction(Opcode.CONV, dataflow=Dataflow.PIXEL, kh=3, kw=3, pad_t=1, pad_l=1, pad_b=1, pad_r=1,
+                       in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=8, strip_w=8, ic_tile=16, oc_tile=8)
+    return dataclasses.replace(base, **changes)
 
 
 def random_program(cfg: AccelConfig, seed: int, kinds, max_hw: int = 10, max_c: int = 12) -> cases.ProgramImage:

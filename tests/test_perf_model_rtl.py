@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("cocotb")
 pytest.importorskip("amaranth")
 
-from rtl_support import SMALL, assert_bit_exact  # noqa: E402
+from rtl_support import SMALL, assert_bit_exact, conv_3x3  # noqa: E402
 
 from shiftpu.arch.isa import Dataflow, Instruction, Opcode, encode_program  # noqa: E402
 from shiftpu.compiler.perf import Schedule, instruction_cost, program_overhead  # noqa: E402
@@ -29,18 +29,14 @@ TOLERANCE = 0.02
 SIM_BANDWIDTH = 2 * SMALL.axi_bytes
 
 
-def _conv(**changes) -> Instruction:
-    base = Instruction(Opcode.CONV, dataflow=Dataflow.PIXEL, kh=3, kw=3, pad_t=1, pad_l=1, pad_b=1, pad_r=1,
-                       in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=8, strip_w=8, ic_tile=16, oc_tile=8)
-    return dataclasses.replace(base, **changes)
 
 
 CASES = {
-    "conv3x3": lambda: _conv(),
-    "conv3x3-no-left-pad": lambda: _conv(pad_l=0, pad_r=2),
-    "conv3x3-two-input-tiles": lambda: _conv(ic_tile=8),
-    "conv3x3-input-channel": lambda: _conv(dataflow=Dataflow.INPUT_CHANNEL),
-    "depthwise": lambda: _conv(dataflow=Dataflow.DEPTHWISE, depthwise=1, out_c=16, ic_tile=16, oc_tile=16),
+    "conv3x3": lambda: conv_3x3(),
+    "conv3x3-no-left-pad": lambda: conv_3x3(pad_l=0, pad_r=2),
+    "conv3x3-two-input-tiles": lambda: conv_3x3(ic_tile=8),
+    "conv3x3-input-channel": lambda: conv_3x3(dataflow=Dataflow.INPUT_CHANNEL),
+    "depthwise": lambda: conv_3x3(dataflow=Dataflow.DEPTHWISE, depthwise=1, out_c=16, ic_tile=16, oc_tile=16),
     "add": lambda: Instruction(Opcode.ADD, in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=16),
     "pool": lambda: Instruction(Opcode.POOL, kh=3, kw=3, stride=2, pad_t=1, pad_l=1, pad_b=1, pad_r=1, in_h=9,
                                 in_w=9, in_c=16, out_h=5, out_w=5, out_c=16),

@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("cocotb")
 pytest.importorskip("amaranth")
 
-from rtl_support import LAYER_KINDS, SMALL, assert_bit_exact, random_program  # noqa: E402
+from rtl_support import LAYER_KINDS, SMALL, assert_bit_exact, conv_3x3, random_program  # noqa: E402
 
-from shiftpu.arch.isa import Dataflow, Instruction, Opcode, encode_program  # noqa: E402
+from shiftpu.arch.isa import Dataflow, encode_program  # noqa: E402
 from shiftpu.arch.numerics import NEGATIVE_ZERO_CODE, SHIFT4_VALUES, WeightCode, decode_weights  # noqa: E402
 from shiftpu.compiler.perf import Schedule, instruction_cost  # noqa: E402
 from shiftpu.sim.rtl import RtlAccelerator, cases  # noqa: E402
@@ -42,17 +42,13 @@ def test_random_programs_are_bit_exact(rtl, seed):
     assert_bit_exact(rtl, random_program(LANES, seed, kinds, max_hw=12, max_c=20))
 
 
-def _conv(**changes) -> Instruction:
-    base = Instruction(Opcode.CONV, dataflow=Dataflow.PIXEL, kh=3, kw=3, pad_t=1, pad_l=1, pad_b=1, pad_r=1,
-                       in_h=8, in_w=8, in_c=16, out_h=8, out_w=8, out_c=8, strip_w=8, ic_tile=16, oc_tile=8)
-    return dataclasses.replace(base, **changes)
 
 
 CASES = {
-    "lanes-full": lambda: _conv(),
-    "lanes-partly-empty": lambda: _conv(in_c=6, ic_tile=6),
-    "two-input-tiles": lambda: _conv(ic_tile=8),
-    "pointwise": lambda: _conv(kh=1, kw=1, pad_t=0, pad_l=0, pad_b=0, pad_r=0, in_c=20, ic_tile=20, out_c=12,
+    "lanes-full": lambda: conv_3x3(),
+    "lanes-partly-empty": lambda: conv_3x3(in_c=6, ic_tile=6),
+    "two-input-tiles": lambda: conv_3x3(ic_tile=8),
+    "pointwise": lambda: conv_3x3(kh=1, kw=1, pad_t=0, pad_l=0, pad_b=0, pad_r=0, in_c=20, ic_tile=20, out_c=12,
                                oc_tile=12),
 }
 
@@ -72,7 +68,7 @@ def test_pixel_conv_cycles_as_modelled(rtl, name):
 def test_lanes_divide_the_pixel_compute():
     """The PIXEL dataflow's compute cycles shrink by pe_ic; the others do not use the lanes."""
     one = SMALL
-    conv = _conv()
+    conv = conv_3x3()
     for dataflow, ratio in ((Dataflow.PIXEL, 4), (Dataflow.INPUT_CHANNEL, 1)):
         i = dataclasses.replace(conv, dataflow=dataflow)
         a = instruction_cost(i, one, SIM_BANDWIDTH, Schedule.RTL).compute_cycles
